@@ -1,0 +1,111 @@
+"""Settings are read in a fresh interpreter for each case, as a server would at start-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parents[2]
+STRONG_KEY = "k" * 20 + "-a-long-enough-secret-value-for-tests"
+
+
+def load_settings(env: dict[str, str], expr: str = "None") -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    clean.update({"DJANGO_SETTINGS_MODULE": "chutesweb.settings", **env})
+    code = (
+        "import json, django; from django.conf import settings; django.setup(); "
+        f"print(json.dumps({expr}, default=str))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=clean, capture_output=True, text=True
+    )
+
+
+def test_production_refuses_the_development_secret_key() -> None:
+    result = load_settings({"DEBUG": "false", "SECRET_KEY": ""})
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set" in result.stderr
+
+
+def test_production_refuses_a_short_secret_key() -> None:
+    result = load_settings({"DEBUG": "false", "SECRET_KEY": "short"})
+    assert result.returncode != 0
+    assert "at least 32 characters" in result.stderr
+
+
+def test_production_with_a_real_key_tightens_cookies_and_hsts() -> None:
+    result = load_settings(
+        {"DEBUG": "false", "SECRET_KEY": STRONG_KEY},
+        "[settings.SESSION_COOKIE_SECURE, settings.CSRF_COOKIE_SECURE, "
+        "settings.SECURE_HSTS_SECONDS, settings.SECURE_SSL_REDIRECT]",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [True, True, 31536000, True]
+
+
+def test_a_boolean_variable_must_be_true_or_false() -> None:
+    result = load_settings({"DEBUG": "maybe"})
+    assert result.returncode != 0
+    assert "DEBUG must be true or false" in result.stderr
+
+
+def test_a_numeric_variable_must_be_a_number() -> None:
+    result = load_settings({"UPSTREAM_IDLE_TIMEOUT": "soon"})
+    assert result.returncode != 0
+    assert "UPSTREAM_IDLE_TIMEOUT must be a number" in result.stderr
+
+
+def test_embedded_defaults_are_sqlite_and_the_in_memory_layer() -> None:
+    result = load_settings(
+        {},
+        "[settings.DATABASES['default']['ENGINE'], "
+        "settings.DATABASES['default']['OPTIONS']['transaction_mode'], "
+        "settings.CHANNEL_LAYERS['default']['BACKEND'], settings.LAVA_FORWARD_URL, "
+        "settings.CHUTES_API_BASE]",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        "django.db.backends.sqlite3",
+        "IMMEDIATE",
+        "channels.layers.InMemoryChannelLayer",
+        "https://api.lava.so/v1/forward",
+        "https://llm.chutes.ai/v1",
+    ]
+
+
+def test_database_url_selects_postgresql_and_redis_url_the_redis_layer() -> None:
+    result = load_settings(
+        {"DATABASE_URL": "postgres://app@db.internal:5432/chat", "REDIS_URL": "redis://r:6379/2"},
+        "[settings.DATABASES['default']['ENGINE'], settings.DATABASES['default']['NAME'], "
+        "settings.CHANNEL_LAYERS['default']['BACKEND'], "
+        "settings.CHANNEL_LAYERS['default']['CONFIG']['hosts']]",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        "django.db.backends.postgresql",
+        "chat",
+        "channels_redis.core.RedisChannelLayer",
+        ["redis://r:6379/2"],
+    ]
+
+
+def test_sqlite_uses_wal_mode(db) -> None:
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite only: this run uses another database")
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        assert cursor.fetchone()[0] == "wal"
+
+
+def test_the_test_database_is_not_the_development_database(db) -> None:
+    from django.db import connection
+
+    assert str(connection.settings_dict["NAME"]) != str(settings.SQLITE_PATH)

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from http import HTTPStatus
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import UserCreationForm
+from django.db import connection
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from .http import api_login_required
+from .models import ChatModel
+
+logger = logging.getLogger(__name__)
+
+
+@login_required
+def index(request: HttpRequest) -> HttpResponse:
+    return render(request, "chat/index.html")
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    if not settings.ALLOW_SIGNUP:
+        raise Http404("Sign-up is switched off on this site.")
+    if request.user.is_authenticated:
+        return redirect("chat:index")
+    form = UserCreationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("chat:index")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+def model_as_json(model: ChatModel) -> dict[str, object]:
+    return {
+        "id": model.model_id,
+        "name": model.name,
+        "description": model.description,
+        # Decimal strings: the browser must never turn a price into a float.
+        "input_price_per_million": str(model.input_price),
+        "output_price_per_million": str(model.output_price),
+        "context_length": model.context_length,
+        "max_output_tokens": model.max_output_tokens,
+        "capabilities": model.capabilities,
+    }
+
+
+@require_GET
+@api_login_required
+def api_models(request: HttpRequest) -> JsonResponse:
+    models = ChatModel.objects.filter(
+        enabled=True, input_price__isnull=False, output_price__isnull=False
+    )
+    return JsonResponse({"models": [model_as_json(m) for m in models]})
+
+
+def _database_ok() -> bool:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            return cursor.fetchone() == (1,)
+    except Exception:
+        logger.exception("health check: database unavailable")
+        return False
+
+
+async def _channel_layer_ok() -> bool:
+    layer = get_channel_layer()
+    if layer is None:
+        return False
+    try:
+        channel = await asyncio.wait_for(layer.new_channel("healthz."), 2)
+        token = uuid.uuid4().hex
+        await asyncio.wait_for(layer.send(channel, {"type": "healthz", "token": token}), 2)
+        message = await asyncio.wait_for(layer.receive(channel), 2)
+        return message.get("token") == token
+    except Exception:
+        logger.exception("health check: channel layer unavailable")
+        return False
+
+
+@never_cache
+@require_GET
+async def healthz(request: HttpRequest) -> JsonResponse:
+    database = await sync_to_async(_database_ok)()
+    channel_layer = await _channel_layer_ok()
+    ok = database and channel_layer
+    return JsonResponse(
+        {
+            "status": "ok" if ok else "unavailable",
+            "database": database,
+            "channel_layer": channel_layer,
+        },
+        status=HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
+    )
