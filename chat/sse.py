@@ -1,0 +1,151 @@
+"""An incremental Server-Sent Events decoder for the upstream's chat completion streams.
+
+It follows the parsing rules of the reference OpenAI client (see
+`../shared/reference/upstream-api.md`) plus two Chutes quirks:
+
+- a failure mid-stream is written as a bare JSON line with no field name,
+  `{"error": "Unhandled exception during response stream: ..."}`; a strict SSE parser would drop
+  it as an unknown field, so it is surfaced as an event named `error` with `bare=True`;
+- a stream may end without `data: [DONE]`; `done` stays False and `truncated` tells the caller.
+
+Lines are found on bytes and only then decoded, so a multi-byte UTF-8 character split across
+network reads is never mangled, and any way of splitting the input yields the same events.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DONE_MARKER = "[DONE]"
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+# A legal SSE field name looks like a word; anything else (a `{` or spaces) is not SSE at all.
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    data: str
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+    # True for a line the upstream wrote without any SSE field (Chutes' mid-stream error).
+    bare: bool = False
+
+    @property
+    def is_error(self) -> bool:
+        return self.bare or self.event == "error"
+
+
+class SSEDecoder:
+    """Feed raw bytes with `feed()`, call `close()` at end of stream; both return new events."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._data: list[str] = []
+        self._event = ""
+        self._last_id: str | None = None
+        self._retry: int | None = None
+        self._first_line = True
+        self.done = False
+        self.closed = False
+
+    @property
+    def truncated(self) -> bool:
+        """True once the stream has ended without `[DONE]`."""
+        return self.closed and not self.done
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self.done or self.closed or not chunk:
+            return []
+        self._buffer += chunk
+        return self._drain(final=False)
+
+    def close(self) -> list[SSEEvent]:
+        """Signal end of stream: surfaces a trailing bare line and a pending complete event."""
+        if self.closed:
+            return []
+        events = [] if self.done else self._drain(final=True)
+        if not self.done:
+            self._dispatch(events)
+        self.closed = True
+        self._buffer.clear()
+        return events
+
+    def _drain(self, *, final: bool) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        buffer = self._buffer
+        pos = 0
+        size = len(buffer)
+        while not self.done:
+            match = _LINE_END.search(buffer, pos)
+            if match is None:
+                break
+            # A lone CR at the very end may be the first half of CRLF: wait for the next byte.
+            if match.group() == b"\r" and match.end() == size and not final:
+                break
+            self._line(self._decode(buffer[pos : match.start()]), events)
+            pos = match.end()
+        if final and not self.done and pos < size:
+            # An unterminated last line: only a bare line or [DONE] is worth keeping, a partial
+            # `data:` line is a truncated JSON document.
+            text = self._decode(buffer[pos:])
+            pos = size
+            if self._is_bare(text) or text.strip() in (
+                f"data: {DONE_MARKER}",
+                f"data:{DONE_MARKER}",
+            ):
+                self._line(text, events)
+        del buffer[:pos]
+        return events
+
+    def _decode(self, raw: bytes | bytearray) -> str:
+        text = raw.decode("utf-8", errors="replace")
+        if self._first_line:
+            self._first_line = False
+            text = text.removeprefix("\ufeff")
+        return text
+
+    @staticmethod
+    def _is_bare(line: str) -> bool:
+        if not line or line.startswith(":"):
+            return False
+        name = line.partition(":")[0]
+        return _FIELD_NAME.fullmatch(name) is None
+
+    def _line(self, line: str, events: list[SSEEvent]) -> None:
+        if not line:
+            self._dispatch(events)
+            return
+        if line.startswith(":"):
+            return
+        if self._is_bare(line):
+            events.append(SSEEvent(data=line.strip(), event="error", bare=True))
+            return
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self._last_id = value
+        elif name == "retry" and value.isdigit():
+            self._retry = int(value)
+        # Other well-formed field names are ignored, as the SSE specification requires.
+
+    def _dispatch(self, events: list[SSEEvent]) -> None:
+        data, event = self._data, self._event
+        self._data = []
+        self._event = ""
+        if not data:
+            return
+        joined = "\n".join(data)
+        if joined == DONE_MARKER:
+            self.done = True
+            return
+        events.append(
+            SSEEvent(data=joined, event=event or "message", id=self._last_id, retry=self._retry)
+        )

@@ -1,0 +1,79 @@
+"""Fixtures for the upstream client tests: a stand-in on loopback and configs that point at it.
+
+Import the fixtures a module uses explicitly (they are registered under their `name`):
+
+    from chat.tests.fixtures_upstream import config_fixture, fake_fixture  # noqa: F401
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from chat.fakeupstream import FakeUpstream
+from chat.upstream import UpstreamConfig, UpstreamError, aclose_clients, stream_chat
+
+TOKEN = "aks_test_fixture-secret-0123456789"
+MODEL = "unsloth/Mistral-Nemo-Instruct-2407"
+REASONING_MODEL = "deepseek-ai/DeepSeek-R1-0528"
+
+
+def chat_body(text: str = "Hello there", model: str = MODEL, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def config_for(fake: FakeUpstream, **overrides: Any) -> UpstreamConfig:
+    """A config that reaches `fake` through its forward proxy, with test-sized timeouts."""
+    base = UpstreamConfig(
+        forward_url=fake.forward_url,
+        # The real Chutes address as the target: the stand-in serves it by path, so tests
+        # also prove the target URL is passed through, not called.
+        api_base="https://llm.chutes.ai/v1",
+        secret_key=TOKEN,
+        connect_timeout=2.0,
+        idle_timeout=5.0,
+        total_timeout=10.0,
+        max_retries=3,
+        backoff_base=0.001,
+        backoff_cap=0.005,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@dataclasses.dataclass
+class Collected:
+    events: list[Any]
+    error: UpstreamError | None
+
+    def of(self, kind: type) -> list[Any]:
+        return [event for event in self.events if isinstance(event, kind)]
+
+    def text(self, kind: type) -> str:
+        return "".join(event.text for event in self.of(kind))
+
+
+async def collect(body: dict[str, Any], config: UpstreamConfig, **kwargs: Any) -> Collected:
+    """Every event of one stream, and the error that ended it if any."""
+    events: list[Any] = []
+    try:
+        async for event in stream_chat(body, config=config, **kwargs):
+            events.append(event)
+    except UpstreamError as exc:
+        return Collected(events, exc)
+    return Collected(events, None)
+
+
+@pytest.fixture(name="fake")
+async def fake_fixture() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream(tokens=(TOKEN,)) as server:
+        yield server
+        # The shared client belongs to this test's loop: close it while the loop still runs.
+        await aclose_clients()
+
+
+@pytest.fixture(name="config")
+def config_fixture(fake: FakeUpstream) -> UpstreamConfig:
+    return config_for(fake)
