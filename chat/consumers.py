@@ -1,12 +1,295 @@
+"""The chat websocket: authorise, validate, dispatch, send. Generations run elsewhere
+(`chat.generation`); this socket only starts, stops and watches them."""
+
 from __future__ import annotations
 
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.utils import timezone
+
+from . import protocol, services
+from .generation import conversation_group, done_frame_for, get_manager
+from .models import Message
+from .protocol import FrameError
+
+logger = logging.getLogger(__name__)
+
+# How long a watch waits for another process to send an exact snapshot before using the
+# last saved text instead.
+SNAPSHOT_TIMEOUT = 2.0
+# Replies whose end this socket has delivered, to drop a late duplicate `done`.
+FINISHED_MEMORY = 256
 
 
-class ChatConsumer(AsyncJsonWebsocketConsumer):
+class ChatConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
+            # Accept first so the browser sees our close code rather than a failed handshake.
+            await self.accept()
             await self.close(code=4401)
             return
+        self.user = user
+        self.watching: set[int] = set()
+        # Per reply: the last sequence number this socket delivered.
+        self.delivered: dict[int, int] = {}
+        # Replies whose snapshot is on its way from another process, with deltas held meanwhile.
+        self.held: dict[int, list[dict[str, Any]]] = {}
+        self.finished: OrderedDict[int, None] = OrderedDict()
+        self.pending_tasks: set[asyncio.Future[None]] = set()
+        self.manager = get_manager()
+        await self.manager.ensure_started()
         await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        for conversation_id in getattr(self, "watching", ()):
+            await self.channel_layer.group_discard(
+                conversation_group(conversation_id), self.channel_name
+            )
+
+    # Client frames.
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        request_id = None
+        try:
+            frame = protocol.parse_client_frame(text_data)
+            request_id = getattr(frame, "request_id", None)
+            if isinstance(frame, protocol.Send):
+                await self.handle_send(frame)
+            elif isinstance(frame, protocol.Regenerate):
+                await self.handle_regenerate(frame)
+            elif isinstance(frame, protocol.Stop):
+                await self.handle_stop(frame)
+            elif isinstance(frame, protocol.Watch):
+                await self.handle_watch(frame.conversation)
+            elif isinstance(frame, protocol.Unwatch):
+                await self.handle_unwatch(frame.conversation)
+        except FrameError as exc:
+            await self.send_frame(
+                protocol.error_frame(exc.code, exc.message, exc.request_id or request_id)
+            )
+
+    async def handle_send(self, frame: protocol.Send) -> None:
+        plan = await database_sync_to_async(services.accept_send)(self.user, frame)
+        await self._accepted(plan)
+
+    async def handle_regenerate(self, frame: protocol.Regenerate) -> None:
+        plan = await database_sync_to_async(services.accept_regenerate)(self.user, frame)
+        await self._accepted(plan)
+
+    async def _accepted(self, plan: services.GenerationPlan) -> None:
+        # Watch before the generation starts so the sender misses no frame of it.
+        await self._join(plan.conversation_id)
+        await self.send_frame(
+            protocol.accepted_frame(
+                plan.request_id,
+                plan.conversation_id,
+                plan.user_message["id"] if plan.user_message else None,
+                plan.message_id,
+            )
+        )
+        if plan.duplicate:
+            await self._send_snapshots(plan.conversation_id, only=plan.message_id)
+        else:
+            await self.manager.start(plan)
+
+    async def handle_stop(self, frame: protocol.Stop) -> None:
+        reply = await database_sync_to_async(services.owned_reply)(self.user, frame.message)
+        if reply.status != Message.Status.STREAMING:
+            # Already over: tell this socket how it ended (again, if it saw the end).
+            self.finished.pop(reply.pk, None)
+            await self._deliver_done(reply.pk, done_frame_for(reply))
+            return
+        if await self.manager.request_stop(reply.pk):
+            return
+        if self._orphaned(reply.heartbeat_at):
+            await self.manager.interrupt_orphans([reply.pk])
+
+    async def handle_watch(self, conversation_id: int) -> None:
+        if (
+            conversation_id not in self.watching
+            and len(self.watching) >= settings.MAX_WATCHED_CONVERSATIONS
+        ):
+            raise FrameError(
+                protocol.INVALID_FRAME,
+                f"A connection can watch at most {settings.MAX_WATCHED_CONVERSATIONS} "
+                "conversations; unwatch one first.",
+            )
+        # Ownership first: watching someone else's conversation reveals nothing.
+        await database_sync_to_async(services.owned_conversation)(self.user, conversation_id)
+        await self._join(conversation_id)
+        streaming = await self._send_snapshots(conversation_id)
+        await self.send_frame(protocol.watching_frame(conversation_id, streaming))
+
+    async def handle_unwatch(self, conversation_id: int) -> None:
+        if conversation_id in self.watching:
+            self.watching.discard(conversation_id)
+            await self.channel_layer.group_discard(
+                conversation_group(conversation_id), self.channel_name
+            )
+        await self.send_frame({"type": "unwatched", "conversation": conversation_id})
+
+    async def _join(self, conversation_id: int) -> None:
+        if conversation_id not in self.watching:
+            await self.channel_layer.group_add(
+                conversation_group(conversation_id), self.channel_name
+            )
+            self.watching.add(conversation_id)
+
+    async def _send_snapshots(self, conversation_id: int, only: int | None = None) -> list[int]:
+        """Snapshot every in-flight reply, after joining the group so no delta is missed.
+
+        Deltas already in a snapshot are dropped by sequence number; deltas after it pass.
+        """
+        rows = await database_sync_to_async(services.in_flight)(self.user, conversation_id)
+        streaming: list[int] = []
+        orphans: list[int] = []
+        for row in rows:
+            if only is not None and row.message_id != only:
+                continue
+            local = self.manager.local_snapshot(row.message_id)
+            if local is not None:
+                await self._deliver_snapshot(
+                    protocol.snapshot_frame(
+                        conversation_id,
+                        local.message_id,
+                        local.seq,
+                        local.content,
+                        local.reasoning,
+                        local.status,
+                    )
+                )
+                streaming.append(row.message_id)
+            elif self._orphaned(row.heartbeat_at):
+                orphans.append(row.message_id)
+            else:
+                # Running in another process: ask it, hold deltas until its snapshot arrives.
+                self.held.setdefault(row.message_id, [])
+                await self.manager.request_snapshot(row.message_id, self.channel_name)
+                asyncio.get_running_loop().call_later(SNAPSHOT_TIMEOUT, self._snapshot_timeout, row)
+                streaming.append(row.message_id)
+        if orphans:
+            await self.manager.interrupt_orphans(orphans)
+        if only is not None and not streaming and not orphans:
+            # The replayed request already finished: send how it ended.
+            reply = await database_sync_to_async(services.owned_reply)(self.user, only)
+            self.finished.pop(reply.pk, None)
+            await self._deliver_done(reply.pk, done_frame_for(reply))
+        return streaming
+
+    def _orphaned(self, heartbeat_at: Any) -> bool:
+        """A streaming reply no process can be running any more.
+
+        With the in-memory channel layer this process is the only one, so a reply it does not
+        run is an orphan of an earlier process. Otherwise its heartbeat must have gone stale.
+        """
+        if "InMemoryChannelLayer" in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+            return True
+        if heartbeat_at is None:
+            return True
+        age = (timezone.now() - heartbeat_at).total_seconds()
+        return age > settings.STREAM_STALE_SECONDS
+
+    def _snapshot_timeout(self, row: services.InFlight) -> None:
+        if row.message_id in self.held:
+            task = asyncio.ensure_future(self._fallback_snapshot(row))
+            self.pending_tasks.add(task)
+            task.add_done_callback(self.pending_tasks.discard)
+
+    async def _fallback_snapshot(self, row: services.InFlight) -> None:
+        if row.message_id not in self.held:
+            return
+        logger.warning("no live snapshot of reply %s; using the saved text", row.message_id)
+        await self.chat_snapshot(
+            {
+                "message": row.message_id,
+                "conversation": row.conversation_id,
+                "seq": row.seq,
+                "content": row.content,
+                "reasoning": row.reasoning,
+                "status": row.status,
+            }
+        )
+
+    async def _deliver_snapshot(self, frame: dict[str, Any]) -> None:
+        self.delivered[frame["message"]] = frame["seq"]
+        await self.send_frame(frame)
+
+    async def _deliver_done(self, message_id: int, frame: dict[str, Any] | str) -> None:
+        if message_id in self.finished:
+            return
+        self.finished[message_id] = None
+        while len(self.finished) > FINISHED_MEMORY:
+            self.finished.popitem(last=False)
+        self.delivered.pop(message_id, None)
+        self.held.pop(message_id, None)
+        await self.send(text_data=frame if isinstance(frame, str) else protocol.encode(frame))
+
+    # Channel-layer events.
+
+    async def chat_stream(self, event: dict[str, Any]) -> None:
+        """A frame of a generation, fanned out to every socket watching its conversation."""
+        message_id: int = event["message"]
+        if message_id in self.held:
+            self.held[message_id].append(event)
+            return
+        if event["kind"] == "done":
+            await self._deliver_done(message_id, event["frame"])
+            return
+        if message_id in self.finished:
+            return
+        seq: int = event["seq"]
+        last = self.delivered.get(message_id)
+        if last is not None and seq <= last:
+            return  # already in the snapshot this socket got
+        if last is not None and seq > last + 1 and event["kind"] == "delta":
+            # A frame was lost (a full channel): resynchronise from an exact snapshot.
+            await self._resync(message_id)
+            return
+        self.delivered[message_id] = seq
+        await self.send(text_data=event["frame"])
+
+    async def _resync(self, message_id: int) -> None:
+        local = self.manager.local_snapshot(message_id)
+        if local is not None:
+            await self._deliver_snapshot(
+                protocol.snapshot_frame(
+                    local.conversation_id,
+                    local.message_id,
+                    local.seq,
+                    local.content,
+                    local.reasoning,
+                    local.status,
+                )
+            )
+        else:
+            self.held.setdefault(message_id, [])
+            await self.manager.request_snapshot(message_id, self.channel_name)
+
+    async def chat_snapshot(self, event: dict[str, Any]) -> None:
+        """An exact snapshot from the process running a generation."""
+        message_id: int = event["message"]
+        held = self.held.pop(message_id, None)
+        if held is None:
+            return  # a late answer: this socket already has one
+        await self._deliver_snapshot(
+            protocol.snapshot_frame(
+                event["conversation"],
+                message_id,
+                event["seq"],
+                event["content"],
+                event["reasoning"],
+                event["status"],
+            )
+        )
+        for later in held:
+            await self.chat_stream(later)
+
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        await self.send(text_data=protocol.encode(frame))

@@ -186,6 +186,13 @@ class Message(models.Model):
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
     # The client's idempotency key for the send or regenerate that created this reply.
     request_id = models.CharField(max_length=64, blank=True)
+    # Conversations are trees: a reply's parent is the question it answers, a question's parent
+    # the reply it follows. Regenerating or editing adds a sibling and deactivates the old
+    # branch instead of deleting it (it was billed, and it can be shown again).
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    active = models.BooleanField(default=True)
 
     model = models.ForeignKey(
         ChatModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -215,7 +222,7 @@ class Message(models.Model):
     class Meta:
         ordering = ["created_at", "id"]
         indexes = [
-            models.Index(fields=["conversation", "created_at"]),
+            models.Index(fields=["conversation", "active", "created_at"]),
             models.Index(fields=["status", "heartbeat_at"]),
             models.Index(fields=["user", "created_at"]),
         ]
@@ -229,3 +236,52 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} message {self.pk}"
+
+
+class Charge(models.Model):
+    """One upstream call billed to a user: a reply, a regeneration or a title.
+
+    Created as a reservation of the worst case when the call is accepted and settled to the real
+    cost when it ends, so concurrent calls can never spend past a user's limit together. Kept
+    when the conversation is deleted: the money was spent.
+    """
+
+    class Kind(models.TextChoices):
+        REPLY = "reply"
+        TITLE = "title"
+
+    class State(models.TextChoices):
+        RESERVED = "reserved"
+        SETTLED = "settled"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="charges"
+    )
+    message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="charges"
+    )
+    chat_model = models.ForeignKey(
+        ChatModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    model_id = models.CharField(max_length=200)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.REPLY)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.RESERVED)
+    input_price = models.DecimalField(null=True, blank=True, **PRICE_DIGITS)
+    output_price = models.DecimalField(null=True, blank=True, **PRICE_DIGITS)
+    reserved = models.DecimalField(default=Decimal(0), **COST_DIGITS)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    estimated = models.BooleanField(default=False)
+    # None when the usage could not be priced; such rows are listed for the admin.
+    cost = models.DecimalField(null=True, blank=True, **COST_DIGITS)
+    lava_request_id = models.CharField(max_length=100, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} charge {self.pk} for {self.user}"

@@ -4,11 +4,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 
-from .models import ChatModel, PriceChange
+from . import budgets, pricing, protocol
+from .models import Charge, ChatModel, Conversation, Message, PriceChange
+from .protocol import FrameError, Params, Regenerate, Send
+from .upstream import NOT_CONFIGURED_MESSAGE, UpstreamConfig
+
+# Below this many tokens of room a reply is not worth starting.
+MIN_REPLY_TOKENS = 256
 
 TRACKED_FIELDS = ("input_price", "output_price", "enabled")
 
@@ -71,3 +85,542 @@ def set_models_enabled(
             save_catalogue_entry(obj, user=user, source=PriceChange.Source.ACTION)
             changed.append(obj)
     return changed, refused
+
+
+# Conversations, replies and their lifecycle ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """Everything a generation needs, decided inside the transaction that accepted it."""
+
+    message_id: int
+    conversation_id: int
+    user_id: int
+    request_id: str
+    user_message: dict[str, Any] | None
+    model_id: str
+    reasoning_model: bool
+    input_price: Decimal
+    output_price: Decimal
+    body: dict[str, Any]
+    prompt_estimate: int
+    charge_id: int | None
+    # The request id had been accepted before: answer the same, start nothing.
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class InFlight:
+    message_id: int
+    conversation_id: int
+    content: str
+    reasoning: str
+    seq: int
+    status: str
+    heartbeat_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a generation ended, written once."""
+
+    message_id: int
+    charge_id: int | None
+    status: str
+    content: str
+    reasoning: str
+    seq: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cached_tokens: int
+    finish_reason: str
+    error_code: str
+    error_message: str
+    lava_request_id: str
+    chutes_invocation_id: str
+    reasoning_ms: int | None
+
+
+def owned_conversation(user: AbstractBaseUser, conversation_id: int) -> Conversation:
+    """The user's conversation, or FrameError(not_found) whether or not it exists."""
+    conversation = Conversation.objects.filter(pk=conversation_id, owner=user).first()
+    if conversation is None:
+        raise FrameError(protocol.NOT_FOUND, "No such conversation.")
+    return conversation
+
+
+def usable_model(model_id: str | None, request_id: str) -> ChatModel:
+    if not model_id:
+        raise FrameError(protocol.MODEL_UNAVAILABLE, "Pick a model first.", request_id)
+    model = ChatModel.objects.filter(model_id=model_id).first()
+    if model is None or not model.enabled:
+        raise FrameError(
+            protocol.MODEL_UNAVAILABLE,
+            f"The model '{model_id}' is not available. Pick another model.",
+            request_id,
+        )
+    if not model.priced:
+        # Never bill at an unknown rate.
+        raise FrameError(
+            protocol.MODEL_UNAVAILABLE,
+            f"The model '{model_id}' has no price yet. Pick another model.",
+            request_id,
+        )
+    return model
+
+
+def _lock_user(user: AbstractBaseUser) -> None:
+    """Serialise one user's sends so limits and budgets hold under concurrency.
+
+    SQLite already serialises writers (IMMEDIATE transactions); PostgreSQL needs a row lock.
+    """
+    if connection.vendor != "sqlite":
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+
+
+def _check_limits(user: AbstractBaseUser, request_id: str) -> None:
+    streaming = Message.objects.filter(
+        user=user, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
+    ).count()
+    if streaming >= settings.MAX_CONCURRENT_GENERATIONS:
+        raise FrameError(
+            protocol.TOO_MANY_GENERATIONS,
+            f"You already have {streaming} replies in progress. Wait for one to finish or stop it.",
+            request_id,
+        )
+    since = timezone.now() - timedelta(minutes=1)
+    recent = Message.objects.filter(
+        user=user, role=Message.Role.ASSISTANT, created_at__gte=since
+    ).count()
+    if recent >= settings.MESSAGES_PER_MINUTE:
+        raise FrameError(
+            protocol.RATE_LIMITED,
+            f"You can send {settings.MESSAGES_PER_MINUTE} messages a minute. Try again shortly.",
+            request_id,
+        )
+
+
+def _check_configured(request_id: str) -> None:
+    if not UpstreamConfig.from_settings().configured:
+        raise FrameError(protocol.NOT_CONFIGURED, NOT_CONFIGURED_MESSAGE, request_id)
+
+
+def active_path(conversation: Conversation) -> list[Message]:
+    return list(conversation.messages.filter(active=True).order_by("id"))
+
+
+def build_prompt(
+    conversation: Conversation,
+    history: list[Message],
+    model: ChatModel,
+    params: Params,
+    request_id: str,
+) -> tuple[dict[str, Any], int]:
+    """The upstream body for the next reply and its estimated prompt tokens.
+
+    History is the active path up to and including the question; reasoning is never sent back.
+    The oldest turns are dropped to leave room for the reply within the model's context.
+    """
+    system_prompt = params.system_prompt
+    if system_prompt is None:
+        system_prompt = conversation.system_prompt
+    system = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+    turns = [
+        {"role": m.role, "content": m.content}
+        for m in history
+        if m.content and (m.role == Message.Role.USER or m.status != Message.Status.STREAMING)
+    ]
+    requested = params.max_tokens or conversation.params.get("max_tokens")
+    max_tokens = min(requested or settings.DEFAULT_MAX_TOKENS, model.max_output_tokens)
+    fixed = pricing.estimate_prompt_tokens(system)
+    sizes = [pricing.estimate_prompt_tokens([t]) for t in turns]
+    total = fixed + sum(sizes)
+    while len(turns) > 1 and total + max_tokens > model.context_length:
+        total -= sizes.pop(0)
+        turns.pop(0)
+        # A conversation sent upstream starts with a question.
+        while len(turns) > 1 and turns[0]["role"] != Message.Role.USER:
+            total -= sizes.pop(0)
+            turns.pop(0)
+    room = model.context_length - total
+    if room < min(max_tokens, MIN_REPLY_TOKENS):
+        raise FrameError(
+            protocol.CONTENT_TOO_LONG,
+            f"The message is too long for {model.name}'s context of "
+            f"{model.context_length:,} tokens. Shorten it or pick a model with a longer context.",
+            request_id,
+        )
+    max_tokens = min(max_tokens, room)
+    body: dict[str, Any] = {
+        "model": model.model_id,
+        "messages": system + turns,
+        "max_tokens": max_tokens,
+    }
+    temperature = params.temperature
+    if temperature is None:
+        temperature = conversation.params.get("temperature")
+    if temperature is not None:
+        body["temperature"] = temperature
+    top_p = params.top_p if params.top_p is not None else conversation.params.get("top_p")
+    if top_p is not None:
+        body["top_p"] = top_p
+    return body, total
+
+
+def _start_reply(
+    *,
+    user: AbstractBaseUser,
+    conversation: Conversation,
+    model: ChatModel,
+    history: list[Message],
+    params: Params,
+    request_id: str,
+    parent: Message | None,
+    user_message: Message | None,
+) -> GenerationPlan:
+    body, prompt_estimate = build_prompt(conversation, history, model, params, request_id)
+    input_price, output_price = model.input_price, model.output_price
+    assert input_price is not None and output_price is not None
+    worst_case = pricing.cost(prompt_estimate, body["max_tokens"], input_price, output_price)
+    budgets.check_budget(user, worst_case, request_id)
+    now = timezone.now()
+    reply = Message.objects.create(
+        conversation=conversation,
+        user=user,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        request_id=request_id,
+        parent=parent,
+        model=model,
+        params=params.as_json(),
+        input_price=input_price,
+        output_price=output_price,
+        # Until the provider reports usage, the estimate stands (the reaper bills with it).
+        prompt_tokens=prompt_estimate,
+        usage_estimated=True,
+        heartbeat_at=now,
+    )
+    charge = Charge.objects.create(
+        user=user,
+        message=reply,
+        chat_model=model,
+        model_id=model.model_id,
+        kind=Charge.Kind.REPLY,
+        input_price=input_price,
+        output_price=output_price,
+        reserved=worst_case,
+        prompt_tokens=prompt_estimate,
+        estimated=True,
+    )
+    conversation.model = model
+    conversation.save(update_fields=["model", "updated_at"])
+    return GenerationPlan(
+        message_id=reply.pk,
+        conversation_id=conversation.pk,
+        user_id=user.pk,
+        request_id=request_id,
+        user_message=(
+            None
+            if user_message is None
+            else {"id": user_message.pk, "content": user_message.content}
+        ),
+        model_id=model.model_id,
+        reasoning_model=model.reasoning,
+        input_price=input_price,
+        output_price=output_price,
+        body=body,
+        prompt_estimate=prompt_estimate,
+        charge_id=charge.pk,
+    )
+
+
+def _replay(user: AbstractBaseUser, request_id: str) -> GenerationPlan | None:
+    """The plan of an earlier accepted request with the same id, marked duplicate."""
+    reply = (
+        Message.objects.filter(user=user, request_id=request_id)
+        .select_related("model", "parent")
+        .first()
+    )
+    if reply is None:
+        return None
+    user_message = reply.parent if reply.parent and reply.parent.role == Message.Role.USER else None
+    return GenerationPlan(
+        message_id=reply.pk,
+        conversation_id=reply.conversation_id,
+        user_id=user.pk,
+        request_id=request_id,
+        user_message=(
+            None
+            if user_message is None
+            else {"id": user_message.pk, "content": user_message.content}
+        ),
+        model_id=reply.model.model_id if reply.model else "",
+        reasoning_model=bool(reply.model and reply.model.reasoning),
+        input_price=reply.input_price or Decimal(0),
+        output_price=reply.output_price or Decimal(0),
+        body={},
+        prompt_estimate=reply.prompt_tokens,
+        charge_id=None,
+        duplicate=True,
+    )
+
+
+def default_title(content: str) -> str:
+    first_line = next((line.strip() for line in content.splitlines() if line.strip()), "")
+    return first_line[:80] or "New chat"
+
+
+def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
+    """Accept a question: store it and an empty streaming reply, or refuse changing nothing."""
+    try:
+        with transaction.atomic():
+            _lock_user(user)
+            replay = _replay(user, frame.request_id)
+            if replay is not None:
+                return replay
+            conversation = None
+            if frame.conversation is not None:
+                conversation = owned_conversation(user, frame.conversation)
+            model_id = frame.model or (
+                conversation.model.model_id if conversation and conversation.model else None
+            )
+            model = usable_model(model_id, frame.request_id)
+            _check_configured(frame.request_id)
+            _check_limits(user, frame.request_id)
+            if conversation is None:
+                conversation = Conversation.objects.create(
+                    owner=user, title=default_title(frame.content), model=model
+                )
+            params = frame.params
+            if params.as_json():
+                conversation.params = {
+                    **conversation.params,
+                    **{k: v for k, v in params.as_json().items() if k != "system_prompt"},
+                }
+                if params.system_prompt is not None:
+                    conversation.system_prompt = params.system_prompt
+                conversation.save(update_fields=["params", "system_prompt", "updated_at"])
+            history = active_path(conversation)
+            parent = history[-1] if history else None
+            question = Message.objects.create(
+                conversation=conversation,
+                user=user,
+                role=Message.Role.USER,
+                content=frame.content,
+                parent=parent,
+            )
+            history.append(question)
+            return _start_reply(
+                user=user,
+                conversation=conversation,
+                model=model,
+                history=history,
+                params=Params(),
+                request_id=frame.request_id,
+                parent=question,
+                user_message=question,
+            )
+    except IntegrityError:
+        # The same request id raced in from another socket; answer as the first one did.
+        replay = _replay(user, frame.request_id)
+        if replay is None:
+            raise
+        return replay
+
+
+def accept_regenerate(user: AbstractBaseUser, frame: Regenerate) -> GenerationPlan:
+    """Replace a finished reply with a new one; the old one stays stored (billed), inactive."""
+    try:
+        with transaction.atomic():
+            _lock_user(user)
+            replay = _replay(user, frame.request_id)
+            if replay is not None:
+                return replay
+            old = (
+                Message.objects.filter(pk=frame.message, user=user, role=Message.Role.ASSISTANT)
+                .select_related("conversation", "model", "parent")
+                .first()
+            )
+            if old is None or old.conversation.owner_id != user.pk:
+                raise FrameError(protocol.NOT_FOUND, "No such message.", frame.request_id)
+            if old.status == Message.Status.STREAMING:
+                raise FrameError(
+                    protocol.CONFLICT,
+                    "This reply is still being written. Stop it first.",
+                    frame.request_id,
+                )
+            conversation = old.conversation
+            model_id = frame.model or (old.model.model_id if old.model else None)
+            model = usable_model(model_id, frame.request_id)
+            _check_configured(frame.request_id)
+            _check_limits(user, frame.request_id)
+            history = [m for m in active_path(conversation) if m.pk < old.pk]
+            conversation.messages.filter(active=True, pk__gte=old.pk).update(active=False)
+            return _start_reply(
+                user=user,
+                conversation=conversation,
+                model=model,
+                history=history,
+                params=Params(),
+                request_id=frame.request_id,
+                parent=old.parent,
+                user_message=None,
+            )
+    except IntegrityError:
+        replay = _replay(user, frame.request_id)
+        if replay is None:
+            raise
+        return replay
+
+
+def in_flight(user: AbstractBaseUser, conversation_id: int) -> list[InFlight]:
+    """The user's conversation's replies still streaming (as last saved), or not_found."""
+    owned_conversation(user, conversation_id)
+    return [
+        InFlight(m.pk, m.conversation_id, m.content, m.reasoning, m.seq, m.status, m.heartbeat_at)
+        for m in Message.objects.filter(
+            conversation_id=conversation_id,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+        ).order_by("id")
+    ]
+
+
+def owned_reply(user: AbstractBaseUser, message_id: int) -> Message:
+    reply = (
+        Message.objects.filter(pk=message_id, user=user, role=Message.Role.ASSISTANT)
+        .select_related("conversation")
+        .first()
+    )
+    if reply is None or reply.conversation.owner_id != user.pk:
+        raise FrameError(protocol.NOT_FOUND, "No such message.")
+    return reply
+
+
+def flush_progress(updates: list[tuple[int, str, str, int]], heartbeat_ids: list[int]) -> None:
+    """Save the partial text of streaming replies, and a heartbeat, in one transaction."""
+    now = timezone.now()
+    with transaction.atomic():
+        for message_id, content, reasoning, seq in updates:
+            Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
+                content=content, reasoning=reasoning, seq=seq, heartbeat_at=now
+            )
+        if heartbeat_ids:
+            Message.objects.filter(pk__in=heartbeat_ids, status=Message.Status.STREAMING).update(
+                heartbeat_at=now
+            )
+
+
+def _price(message: Message) -> None:
+    """Price the reply's usage, estimating the completion when the provider did not report it.
+    Mutates `message`; the caller saves it."""
+    if message.usage_estimated:
+        message.completion_tokens = pricing.estimate_tokens(message.content + message.reasoning)
+    if message.input_price is None or message.output_price is None:
+        message.cost = None
+    else:
+        message.cost = pricing.cost(
+            message.prompt_tokens,
+            message.completion_tokens,
+            message.input_price,
+            message.output_price,
+        )
+
+
+def _settle_charge(charges: QuerySet[Charge], message: Message) -> None:
+    charges.filter(state=Charge.State.RESERVED).update(
+        state=Charge.State.SETTLED,
+        prompt_tokens=message.prompt_tokens,
+        completion_tokens=message.completion_tokens,
+        cached_tokens=message.cached_tokens,
+        estimated=message.usage_estimated,
+        cost=message.cost,
+        lava_request_id=message.lava_request_id,
+        settled_at=timezone.now(),
+    )
+
+
+def finish_generation(outcome: Outcome) -> Message | None:
+    """Write the end of a reply once: text, reasoning, usage, cost and status; settle its
+    charge. Returns None when the reply was deleted meanwhile (the charge is settled anyway)."""
+    with transaction.atomic():
+        message = Message.objects.select_for_update().filter(pk=outcome.message_id).first()
+        detached = message is None
+        if message is None:
+            # The conversation was deleted mid-reply; the money was still spent.
+            charge = Charge.objects.filter(pk=outcome.charge_id).first()
+            if charge is None:
+                return None
+            message = Message(
+                input_price=charge.input_price,
+                output_price=charge.output_price,
+                prompt_tokens=charge.prompt_tokens,
+            )
+        message.status = outcome.status
+        message.content = outcome.content
+        message.reasoning = outcome.reasoning
+        message.seq = outcome.seq
+        message.finish_reason = outcome.finish_reason[:30]
+        message.error_code = outcome.error_code
+        message.error_message = outcome.error_message[:500]
+        message.lava_request_id = outcome.lava_request_id[:100]
+        message.chutes_invocation_id = outcome.chutes_invocation_id[:100]
+        message.reasoning_ms = outcome.reasoning_ms
+        if outcome.prompt_tokens is not None and outcome.completion_tokens is not None:
+            message.prompt_tokens = outcome.prompt_tokens
+            message.completion_tokens = outcome.completion_tokens
+            message.cached_tokens = outcome.cached_tokens
+            message.usage_estimated = False
+        else:
+            message.usage_estimated = True
+        message.finished_at = timezone.now()
+        _price(message)
+        _settle_charge(Charge.objects.filter(pk=outcome.charge_id), message)
+        if detached:
+            return None
+        message.save()
+        Conversation.objects.filter(pk=message.conversation_id).update(updated_at=timezone.now())
+    return message
+
+
+def interrupt(
+    message_ids: list[int] | None = None, *, stale_before: datetime | None = None
+) -> list[Message]:
+    """Mark streaming replies `interrupted`, keeping their saved text, and bill what they used.
+
+    Either the given ids (a generation no process runs any more) or every reply whose heartbeat
+    is older than `stale_before` (the reaper).
+    """
+    query = Message.objects.filter(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
+    if message_ids is not None:
+        query = query.filter(pk__in=message_ids)
+    if stale_before is not None:
+        query = query.filter(Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True))
+    done: list[Message] = []
+    with transaction.atomic():
+        for message in query.select_for_update():
+            message.status = Message.Status.INTERRUPTED
+            message.error_code = "interrupted"
+            message.error_message = "The server stopped before this reply was finished."
+            message.usage_estimated = True
+            message.finished_at = timezone.now()
+            _price(message)
+            _settle_charge(Charge.objects.filter(message=message), message)
+            message.save()
+            done.append(message)
+    return done
+
+
+def delete_conversation(conversation: Conversation) -> None:
+    """Delete a conversation; replies still streaming in it are stopped first (their charges
+    settle when they end, the money having been spent)."""
+    streaming = list(
+        conversation.messages.filter(status=Message.Status.STREAMING).values_list("pk", flat=True)
+    )
+    conversation.delete()
+    if streaming:
+        from .generation import request_stop_from_sync
+
+        for message_id in streaming:
+            request_stop_from_sync(message_id)

@@ -1,10 +1,12 @@
 from django.urls import path
 
-from . import views
+from . import api, views
 
 app_name = "chat"
 
 urlpatterns = [
     path("", views.index, name="index"),
     path("api/models", views.api_models, name="api_models"),
+    path("api/conversations", api.conversations, name="api_conversations"),
+    path("api/conversations/<int:pk>", api.conversation, name="api_conversation"),
 ]

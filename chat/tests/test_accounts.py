@@ -85,3 +85,11 @@ def test_password_change(user_client: Client) -> None:
 def test_only_staff_reach_the_admin(user_client: Client, admin_client: Client) -> None:
     assert user_client.get("/admin/").status_code == HTTPStatus.FOUND
     assert admin_client.get("/admin/").status_code == HTTPStatus.OK
+
+
+def test_demo_mode_says_so_on_every_page(client: Client, settings) -> None:
+    assert "Demo mode" not in client.get("/accounts/login/").content.decode()
+    settings.DEMO_MODE = True
+    assert "Demo mode: replies come from the built-in stand-in" in client.get(
+        "/accounts/login/"
+    ).content.decode()

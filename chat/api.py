@@ -1,0 +1,172 @@
+"""The JSON API beside the websocket: conversations and their messages (session auth, CSRF on
+writes). Documented in docs/protocol.md."""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+from django.core.paginator import EmptyPage, Paginator
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_http_methods
+
+from . import protocol, services
+from .http import api_login_required, json_error
+from .models import Conversation, Message
+from .protocol import FrameError
+
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+MAX_TITLE_CHARS = 200
+
+
+def iso(value: Any) -> str | None:
+    return value.isoformat() if value else None
+
+
+def conversation_summary(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "id": conversation.pk,
+        "title": conversation.title,
+        "model": conversation.model.model_id if conversation.model else None,
+        "created": iso(conversation.created_at),
+        "updated": iso(conversation.updated_at),
+    }
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    error = None
+    if message.error_code:
+        error = {"code": message.error_code, "message": message.error_message}
+    return {
+        "id": message.pk,
+        "role": message.role,
+        "content": message.content,
+        "reasoning": message.reasoning,
+        "status": message.status,
+        "model": message.model.model_id if message.model else None,
+        "usage": {
+            "prompt_tokens": message.prompt_tokens,
+            "completion_tokens": message.completion_tokens,
+            "estimated": message.usage_estimated,
+        }
+        if message.role == Message.Role.ASSISTANT
+        else None,
+        "cost": None if message.cost is None else str(message.cost),
+        "error": error,
+        "reasoning_ms": message.reasoning_ms,
+        "parent": message.parent_id,
+        "created": iso(message.created_at),
+    }
+
+
+def conversation_detail(conversation: Conversation) -> dict[str, Any]:
+    messages = conversation.messages.filter(active=True).select_related("model").order_by("id")
+    return {
+        **conversation_summary(conversation),
+        "system_prompt": conversation.system_prompt,
+        "params": conversation.params,
+        "messages": [message_json(m) for m in messages],
+    }
+
+
+def _int(value: str | None, default: int, low: int, high: int) -> int:
+    try:
+        number = int(value) if value is not None else default
+    except ValueError:
+        return default
+    return max(low, min(high, number))
+
+
+@require_http_methods(["GET"])
+@api_login_required
+def conversations(request: HttpRequest) -> JsonResponse:
+    """The user's conversations, most recently updated first, a page at a time; `q` searches
+    titles and message text."""
+    query = Conversation.objects.filter(owner=request.user).select_related("model")
+    search = request.GET.get("q", "").strip()[:200]
+    if search:
+        query = query.filter(
+            Q(title__icontains=search) | Q(messages__content__icontains=search)
+        ).distinct()
+    size = _int(request.GET.get("page_size"), PAGE_SIZE, 1, MAX_PAGE_SIZE)
+    paginator = Paginator(query.order_by("-updated_at", "-id"), size)
+    number = _int(request.GET.get("page"), 1, 1, 10**9)
+    try:
+        page = paginator.page(number)
+    except EmptyPage:
+        return JsonResponse({"conversations": [], "next_page": None})
+    return JsonResponse(
+        {
+            "conversations": [conversation_summary(c) for c in page],
+            "next_page": page.next_page_number() if page.has_next() else None,
+        }
+    )
+
+
+def _read_json(request: HttpRequest) -> dict[str, Any]:
+    try:
+        data = json.loads(request.body or b"{}")
+    except ValueError:
+        raise FrameError(protocol.INVALID_FRAME, "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise FrameError(protocol.INVALID_FRAME, "The body must be a JSON object.")
+    return data
+
+
+def _apply_changes(conversation: Conversation, data: dict[str, Any]) -> list[str]:
+    fields: list[str] = []
+    unknown = set(data) - {"title", "system_prompt", "params", "model"}
+    if unknown:
+        raise FrameError(protocol.INVALID_FRAME, f"Unknown field '{sorted(unknown)[0]}'.")
+    if "title" in data:
+        title = data["title"]
+        if not isinstance(title, str) or not title.strip():
+            raise FrameError(protocol.INVALID_FRAME, "The title must be non-empty text.")
+        if len(title) > MAX_TITLE_CHARS:
+            raise FrameError(
+                protocol.CONTENT_TOO_LONG, f"Titles are limited to {MAX_TITLE_CHARS} characters."
+            )
+        conversation.title = title.strip()
+        conversation.title_is_custom = True
+        fields += ["title", "title_is_custom"]
+    if "system_prompt" in data:
+        params = protocol.parse_params({"system_prompt": data["system_prompt"]})
+        conversation.system_prompt = params.system_prompt or ""
+        fields.append("system_prompt")
+    if "params" in data:
+        params = protocol.parse_params(data["params"])
+        if params.system_prompt is not None:
+            raise FrameError(protocol.INVALID_FRAME, "Set 'system_prompt' at the top level.")
+        conversation.params = params.as_json()
+        fields.append("params")
+    if "model" in data:
+        model_id = data["model"]
+        if not isinstance(model_id, str):
+            raise FrameError(protocol.INVALID_FRAME, "'model' must be a model id.")
+        conversation.model = services.usable_model(model_id, "")
+        fields.append("model")
+    return fields
+
+
+@require_http_methods(["GET", "PATCH", "DELETE"])
+@api_login_required
+def conversation(request: HttpRequest, pk: int) -> HttpResponse:
+    found = Conversation.objects.filter(pk=pk, owner=request.user).select_related("model").first()
+    if found is None:
+        # The same answer whether it exists for someone else or not at all.
+        return json_error("not_found", "No such conversation.", HTTPStatus.NOT_FOUND)
+    if request.method == "GET":
+        return JsonResponse(conversation_detail(found))
+    if request.method == "DELETE":
+        services.delete_conversation(found)
+        return HttpResponse(status=HTTPStatus.NO_CONTENT)
+    try:
+        fields = _apply_changes(found, _read_json(request))
+    except FrameError as exc:
+        return json_error(exc.code, exc.message, HTTPStatus.BAD_REQUEST)
+    if fields:
+        found.save(update_fields=[*fields, "updated_at"])
+    return JsonResponse(conversation_detail(found))

@@ -1,0 +1,541 @@
+"""Generations: each assistant reply runs as its own asyncio task, detached from any socket.
+
+Sockets only watch. A generation reads the upstream stream, coalesces deltas into frames with a
+per-message sequence number, fans them out to the conversation's channel-layer group, saves its
+partial text about once a second, and writes its end once. One `GenerationManager` per process
+and event loop owns the running generations, the periodic flush, the reaper, and a control
+channel through which any process can stop a generation or ask it for an exact snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import BaseChannelLayer, get_channel_layer
+from django.conf import settings
+from django.db import DatabaseError
+from django.utils import timezone
+
+from . import protocol, services, upstream
+from .models import Message
+from .services import GenerationPlan, Outcome
+
+logger = logging.getLogger(__name__)
+
+# How long the final write keeps retrying a database that is locked or away.
+FINAL_WRITE_DEADLINE = 60.0
+
+
+def conversation_group(conversation_id: int) -> str:
+    return f"conv.{conversation_id}"
+
+
+def control_group(message_id: int) -> str:
+    return f"gen.{message_id}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    message_id: int
+    conversation_id: int
+    seq: int
+    content: str
+    reasoning: str
+    status: str
+
+
+class Generation:
+    def __init__(self, plan: GenerationPlan, manager: GenerationManager) -> None:
+        self.plan = plan
+        self.manager = manager
+        self.message_id = plan.message_id
+        self.conversation_id = plan.conversation_id
+        self.group = conversation_group(plan.conversation_id)
+        self.status = Message.Status.STREAMING
+        self.seq = 0
+        self.flushed_seq = 0
+        self.flushed_at = time.monotonic()
+        # Text already sent to watchers, and text received but not sent yet.
+        self._content: list[str] = []
+        self._reasoning: list[str] = []
+        self._pending_content: list[str] = []
+        self._pending_reasoning: list[str] = []
+        self.usage: upstream.Usage | None = None
+        self.finish_reason = ""
+        self.lava_request_id = ""
+        self.chutes_invocation_id = ""
+        self.error: upstream.UpstreamError | None = None
+        self.stop_requested = False
+        self.shutting_down = False
+        self._reasoning_started: float | None = None
+        self._reasoning_ended: float | None = None
+        self._wake = asyncio.Event()
+        self._last_emit = 0.0
+        self._reader: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    # Text as watchers have seen it.
+
+    def content(self) -> str:
+        if len(self._content) > 1:
+            self._content[:] = ["".join(self._content)]
+        return self._content[0] if self._content else ""
+
+    def reasoning(self) -> str:
+        if len(self._reasoning) > 1:
+            self._reasoning[:] = ["".join(self._reasoning)]
+        return self._reasoning[0] if self._reasoning else ""
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            self.message_id,
+            self.conversation_id,
+            self.seq,
+            self.content(),
+            self.reasoning(),
+            self.status,
+        )
+
+    # Control.
+
+    def stop(self) -> None:
+        """Stop at the user's request: the upstream request is cancelled, the text kept."""
+        self.stop_requested = True
+        if self._reader is not None:
+            self._reader.cancel()
+
+    def interrupt_for_shutdown(self) -> None:
+        self.shutting_down = True
+        if self._reader is not None:
+            self._reader.cancel()
+
+    # The run.
+
+    async def run(self) -> None:
+        self._reader = asyncio.create_task(self._read())
+        emitter = asyncio.create_task(self._emit_loop())
+        try:
+            await asyncio.wait({self._reader})
+        finally:
+            # Whatever ended the reading, what was received goes out and is saved.
+            emitter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await emitter
+            await self._emit()
+            await self._finish()
+
+    async def _read(self) -> None:
+        config = upstream.UpstreamConfig.from_settings()
+        events = upstream.stream_chat(
+            self.plan.body, config=config, reasoning_model=self.plan.reasoning_model
+        )
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if isinstance(event, upstream.TextDelta):
+                        if event.text:
+                            if (
+                                self._reasoning_started is not None
+                                and self._reasoning_ended is None
+                            ):
+                                self._reasoning_ended = time.monotonic()
+                            self._pending_content.append(event.text)
+                            self._poke()
+                    elif isinstance(event, upstream.ReasoningDelta):
+                        if event.text:
+                            if self._reasoning_started is None:
+                                self._reasoning_started = time.monotonic()
+                            self._pending_reasoning.append(event.text)
+                            self._poke()
+                    elif isinstance(event, upstream.Usage):
+                        self.usage = event
+                    elif isinstance(event, upstream.Finish):
+                        self.finish_reason = event.reason or ""
+                    elif isinstance(event, upstream.RequestIds):
+                        self.lava_request_id = event.lava_request_id or ""
+                        self.chutes_invocation_id = event.chutes_invocation_id or ""
+        except upstream.UpstreamError as exc:
+            self.error = exc
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("generation %s failed unexpectedly", self.message_id)
+            self.error = upstream.UpstreamError(
+                "upstream_error", "Something went wrong while generating this reply."
+            )
+
+    def _poke(self) -> None:
+        if not self._wake.is_set():
+            self._wake.set()
+
+    async def _emit_loop(self) -> None:
+        """Send pending text at most once per coalescing window; a lone token goes at once."""
+        loop = asyncio.get_running_loop()
+        window = settings.STREAM_COALESCE_MS / 1000
+        while True:
+            await self._wake.wait()
+            delay = self._last_emit + window - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._wake.clear()
+            await self._emit()
+
+    async def _emit(self) -> None:
+        if not self._pending_content and not self._pending_reasoning:
+            return
+        content = "".join(self._pending_content)
+        reasoning = "".join(self._pending_reasoning)
+        self._pending_content.clear()
+        self._pending_reasoning.clear()
+        self.seq += 1
+        if content:
+            self._content.append(content)
+        if reasoning:
+            self._reasoning.append(reasoning)
+        self._last_emit = asyncio.get_running_loop().time()
+        frame = protocol.delta_frame(
+            self.conversation_id, self.message_id, self.seq, content, reasoning
+        )
+        await self.manager.broadcast(self.group, self.message_id, self.seq, "delta", frame)
+
+    def _reasoning_ms(self) -> int | None:
+        if self._reasoning_started is None:
+            return None
+        end = self._reasoning_ended or time.monotonic()
+        return int((end - self._reasoning_started) * 1000)
+
+    def outcome(self) -> Outcome:
+        if self.error is not None:
+            status = Message.Status.ERROR
+        elif self.stop_requested:
+            status = Message.Status.STOPPED
+        elif self.shutting_down:
+            status = Message.Status.INTERRUPTED
+        else:
+            status = Message.Status.COMPLETE
+        error_code, error_message = "", ""
+        if self.error is not None:
+            error_code, error_message = self.error.code, self.error.message
+        elif status == Message.Status.INTERRUPTED:
+            error_code = "interrupted"
+            error_message = "The server restarted before this reply was finished."
+        usage = self.usage
+        return Outcome(
+            message_id=self.message_id,
+            charge_id=self.plan.charge_id,
+            status=status,
+            content=self.content(),
+            reasoning=self.reasoning(),
+            seq=self.seq,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            finish_reason=self.finish_reason,
+            error_code=error_code,
+            error_message=error_message,
+            lava_request_id=self.lava_request_id,
+            chutes_invocation_id=self.chutes_invocation_id,
+            reasoning_ms=self._reasoning_ms(),
+        )
+
+    async def _finish(self) -> None:
+        outcome = self.outcome()
+        self.status = outcome.status
+        message = await self._write_final(outcome)
+        if message is not None:
+            frame = done_frame_for(message)
+        else:
+            # The database stayed away; the reaper will settle the saved partial later.
+            frame = protocol.done_frame(
+                self.conversation_id,
+                self.message_id,
+                outcome.status,
+                seq=self.seq,
+                prompt_tokens=outcome.prompt_tokens or 0,
+                completion_tokens=outcome.completion_tokens or 0,
+                estimated=outcome.prompt_tokens is None,
+                cost=None,
+                error=(
+                    {"code": outcome.error_code, "message": outcome.error_message}
+                    if outcome.error_code
+                    else None
+                ),
+            )
+        await self.manager.broadcast(self.group, self.message_id, self.seq, "done", frame)
+
+    async def _write_final(self, outcome: Outcome) -> Message | None:
+        deadline = time.monotonic() + FINAL_WRITE_DEADLINE
+        delay = 0.05
+        while True:
+            try:
+                return await database_sync_to_async(services.finish_generation)(outcome)
+            except DatabaseError:
+                if time.monotonic() + delay > deadline:
+                    logger.exception("could not save the end of reply %s", self.message_id)
+                    return None
+                logger.warning("saving the end of reply %s failed; retrying", self.message_id)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+def done_frame_for(message: Message) -> dict[str, Any]:
+    error = None
+    if message.error_code:
+        error = {"code": message.error_code, "message": message.error_message}
+    return protocol.done_frame(
+        message.conversation_id,
+        message.pk,
+        message.status,
+        seq=message.seq,
+        prompt_tokens=message.prompt_tokens,
+        completion_tokens=message.completion_tokens,
+        estimated=message.usage_estimated,
+        cost=message.cost,
+        error=error,
+        reasoning_ms=message.reasoning_ms,
+    )
+
+
+class GenerationManager:
+    """The running generations of this process and event loop."""
+
+    def __init__(self, layer: BaseChannelLayer) -> None:
+        self.layer = layer
+        self.generations: dict[int, Generation] = {}
+        self.channel_name = ""
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self.worker = f"{os.uname().nodename}:{os.getpid()}"
+
+    async def ensure_started(self) -> None:
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            self.channel_name = await self.layer.new_channel("gen-control.")
+            self._spawn(self._control_loop())
+            self._spawn(self._flush_loop())
+            self._spawn(self._reaper_loop())
+            self._started = True
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def start(self, plan: GenerationPlan) -> Generation:
+        await self.ensure_started()
+        generation = Generation(plan, self)
+        self.generations[plan.message_id] = generation
+        await self.layer.group_add(control_group(plan.message_id), self.channel_name)
+        started = protocol.started_frame(
+            plan.conversation_id, plan.message_id, plan.user_message, plan.model_id
+        )
+        await self.broadcast(generation.group, plan.message_id, 0, "started", started)
+        generation.task = self._spawn(self._run(generation))
+        return generation
+
+    async def _run(self, generation: Generation) -> None:
+        try:
+            await generation.run()
+        finally:
+            self.generations.pop(generation.message_id, None)
+            try:
+                await self.layer.group_discard(
+                    control_group(generation.message_id), self.channel_name
+                )
+            except Exception:
+                logger.warning("could not leave control group of %s", generation.message_id)
+
+    async def broadcast(
+        self, group: str, message_id: int, seq: int, kind: str, frame: dict[str, Any]
+    ) -> None:
+        try:
+            await self.layer.group_send(
+                group,
+                {
+                    "type": "chat.stream",
+                    "message": message_id,
+                    "seq": seq,
+                    "kind": kind,
+                    "frame": protocol.encode(frame),
+                },
+            )
+        except Exception:
+            # A watcher missing a frame resynchronises from a snapshot; the generation goes on.
+            logger.exception("could not fan out %s %s of reply %s", kind, seq, message_id)
+
+    def local_snapshot(self, message_id: int) -> Snapshot | None:
+        generation = self.generations.get(message_id)
+        return generation.snapshot() if generation else None
+
+    def stop_local(self, message_id: int) -> bool:
+        generation = self.generations.get(message_id)
+        if generation is None:
+            return False
+        generation.stop()
+        return True
+
+    async def request_stop(self, message_id: int) -> bool:
+        """Stop a generation wherever it runs. True when it runs in this process."""
+        if self.stop_local(message_id):
+            return True
+        await self.layer.group_send(
+            control_group(message_id), {"type": "gen.stop", "message": message_id}
+        )
+        return False
+
+    async def request_snapshot(self, message_id: int, reply_to: str) -> None:
+        """Ask the process running a generation to send its snapshot to `reply_to`."""
+        await self.layer.group_send(
+            control_group(message_id),
+            {"type": "gen.snapshot", "message": message_id, "reply_to": reply_to},
+        )
+
+    async def _control_loop(self) -> None:
+        while True:
+            try:
+                event = await self.layer.receive(self.channel_name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("generation control channel failed; retrying")
+                await asyncio.sleep(1)
+                continue
+            message_id = event.get("message")
+            if event.get("type") == "gen.stop":
+                self.stop_local(message_id)
+            elif event.get("type") == "gen.snapshot":
+                snap = self.local_snapshot(message_id)
+                if snap is not None:
+                    await self.layer.send(event["reply_to"], snapshot_event(snap))
+
+    async def _flush_loop(self) -> None:
+        interval = settings.STREAM_FLUSH_SECONDS
+        heartbeat = settings.STREAM_HEARTBEAT_SECONDS
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            updates: list[tuple[int, str, str, int]] = []
+            beats: list[int] = []
+            flushed: list[tuple[Generation, int]] = []
+            for generation in list(self.generations.values()):
+                if generation.status != Message.Status.STREAMING:
+                    continue
+                if generation.seq > generation.flushed_seq:
+                    updates.append(
+                        (
+                            generation.message_id,
+                            generation.content(),
+                            generation.reasoning(),
+                            generation.seq,
+                        )
+                    )
+                    flushed.append((generation, generation.seq))
+                elif now - generation.flushed_at >= heartbeat:
+                    beats.append(generation.message_id)
+                    flushed.append((generation, generation.flushed_seq))
+            if not updates and not beats:
+                continue
+            try:
+                await database_sync_to_async(services.flush_progress)(updates, beats)
+            except DatabaseError:
+                # The text stays in memory and goes out with the next flush or the final write.
+                logger.warning("saving partial replies failed; will retry", exc_info=True)
+                continue
+            for generation, seq in flushed:
+                generation.flushed_seq = seq
+                generation.flushed_at = now
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            try:
+                await self.reap()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("reaper failed")
+            await asyncio.sleep(settings.REAPER_INTERVAL_SECONDS)
+
+    async def reap(self) -> list[int]:
+        """Mark replies whose heartbeat went stale `interrupted` and tell their watchers."""
+        cutoff = timezone.now() - timezone.timedelta(seconds=settings.STREAM_STALE_SECONDS)
+        messages = await database_sync_to_async(services.interrupt)(stale_before=cutoff)
+        return await self._announce(messages)
+
+    async def interrupt_orphans(self, message_ids: list[int]) -> list[int]:
+        """Interrupt replies no process runs any more (known orphans, not merely stale)."""
+        messages = await database_sync_to_async(services.interrupt)(message_ids)
+        return await self._announce(messages)
+
+    async def _announce(self, messages: list[Message]) -> list[int]:
+        for message in messages:
+            if message.pk in self.generations:
+                continue
+            logger.info("reply %s marked interrupted", message.pk)
+            await self.broadcast(
+                conversation_group(message.conversation_id),
+                message.pk,
+                message.seq,
+                "done",
+                done_frame_for(message),
+            )
+        return [m.pk for m in messages]
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Interrupt every running generation and wait (bounded) for their final writes."""
+        running = [g for g in self.generations.values() if g.task is not None]
+        for generation in running:
+            generation.interrupt_for_shutdown()
+        tasks = [g.task for g in running if g.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for task in list(self._tasks):
+            if task not in tasks:
+                task.cancel()
+
+
+def snapshot_event(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "type": "chat.snapshot",
+        "message": snap.message_id,
+        "conversation": snap.conversation_id,
+        "seq": snap.seq,
+        "content": snap.content,
+        "reasoning": snap.reasoning,
+        "status": snap.status,
+    }
+
+
+_managers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GenerationManager] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_manager() -> GenerationManager:
+    """The manager of the running event loop (one per process in a server)."""
+    loop = asyncio.get_running_loop()
+    manager = _managers.get(loop)
+    if manager is None:
+        manager = GenerationManager(get_channel_layer())
+        _managers[loop] = manager
+    return manager
+
+
+def request_stop_from_sync(message_id: int) -> None:
+    """Stop a generation from synchronous code (an HTTP view), wherever it runs."""
+    async_to_sync(get_channel_layer().group_send)(
+        control_group(message_id), {"type": "gen.stop", "message": message_id}
+    )

@@ -1,0 +1,334 @@
+"""The websocket protocol of `/ws/chat/`: the one definition of every frame.
+
+Client frames are parsed and validated here into typed objects; server frames are built here.
+`docs/protocol.md` documents the same frames for people.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+
+# Error codes a refused frame can carry.
+INVALID_FRAME = "invalid_frame"
+NOT_FOUND = "not_found"
+MODEL_UNAVAILABLE = "model_unavailable"
+CONTENT_TOO_LONG = "content_too_long"
+TOO_MANY_GENERATIONS = "too_many_generations"
+RATE_LIMITED = "rate_limited"
+BUDGET_EXCEEDED = "budget_exceeded"
+NOT_CONFIGURED = "not_configured"
+CONFLICT = "conflict"
+ERROR_CODES = frozenset(
+    {
+        INVALID_FRAME,
+        NOT_FOUND,
+        MODEL_UNAVAILABLE,
+        CONTENT_TOO_LONG,
+        TOO_MANY_GENERATIONS,
+        RATE_LIMITED,
+        BUDGET_EXCEEDED,
+        NOT_CONFIGURED,
+        CONFLICT,
+    }
+)
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_SYSTEM_PROMPT_CHARS = 20_000
+MAX_MODEL_ID_CHARS = 200
+
+
+class FrameError(Exception):
+    """A frame refused before anything was changed. The socket stays open."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Params:
+    """Per-conversation generation parameters; None means "the model's default"."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    system_prompt: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Send:
+    request_id: str
+    conversation: int | None
+    model: str | None
+    content: str
+    params: Params = field(default_factory=Params)
+
+
+@dataclass(frozen=True)
+class Regenerate:
+    request_id: str
+    message: int
+    model: str | None
+
+
+@dataclass(frozen=True)
+class Stop:
+    message: int
+
+
+@dataclass(frozen=True)
+class Watch:
+    conversation: int
+
+
+@dataclass(frozen=True)
+class Unwatch:
+    conversation: int
+
+
+ClientFrame = Send | Regenerate | Stop | Watch | Unwatch
+
+
+def _invalid(message: str, request_id: str | None = None) -> FrameError:
+    return FrameError(INVALID_FRAME, message, request_id)
+
+
+def _id(data: dict[str, Any], key: str, request_id: str | None = None) -> int:
+    value = data.get(key)
+    # bool is an int in Python; a JSON `true` is not an id.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+        raise _invalid(f"'{key}' must be a positive integer id.", request_id)
+    return value
+
+
+def _request_id(data: dict[str, Any]) -> str:
+    value = data.get("request_id")
+    if not isinstance(value, str) or not REQUEST_ID_RE.match(value):
+        raise _invalid("'request_id' must be 1 to 64 letters, digits, '-' or '_'.")
+    return value
+
+
+def _model(data: dict[str, Any], request_id: str) -> str | None:
+    value = data.get("model")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_MODEL_ID_CHARS:
+        raise _invalid("'model' must be a model id.", request_id)
+    return value
+
+
+def _number(
+    raw: dict[str, Any], key: str, low: float, high: float, request_id: str
+) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise _invalid(f"'params.{key}' must be a number from {low} to {high}.", request_id)
+    return float(value)
+
+
+def parse_params(raw: Any, request_id: str = "") -> Params:
+    """Validate generation parameters (from a frame or an HTTP PATCH)."""
+    if raw is None:
+        return Params()
+    if not isinstance(raw, dict):
+        raise _invalid("'params' must be an object.", request_id or None)
+    unknown = set(raw) - {"temperature", "top_p", "max_tokens", "system_prompt"}
+    if unknown:
+        raise _invalid(f"Unknown parameter '{sorted(unknown)[0]}'.", request_id or None)
+    max_tokens = raw.get("max_tokens")
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or not 0 < max_tokens < 2**31
+    ):
+        raise _invalid("'params.max_tokens' must be a positive integer.", request_id or None)
+    system_prompt = raw.get("system_prompt")
+    if system_prompt is not None:
+        if not isinstance(system_prompt, str):
+            raise _invalid("'params.system_prompt' must be text.", request_id or None)
+        if len(system_prompt) > MAX_SYSTEM_PROMPT_CHARS:
+            raise FrameError(
+                CONTENT_TOO_LONG,
+                f"The system prompt is longer than {MAX_SYSTEM_PROMPT_CHARS} characters.",
+                request_id or None,
+            )
+    return Params(
+        temperature=_number(raw, "temperature", 0, 2, request_id),
+        top_p=_number(raw, "top_p", 0, 1, request_id),
+        max_tokens=max_tokens,
+        system_prompt=system_prompt,
+    )
+
+
+def _content(data: dict[str, Any], request_id: str) -> str:
+    content = data.get("content")
+    if not isinstance(content, str) or not content.strip():
+        raise _invalid("'content' must be non-empty text.", request_id)
+    limit = settings.MAX_MESSAGE_CHARS
+    if len(content) > limit:
+        raise FrameError(
+            CONTENT_TOO_LONG,
+            f"The message is {len(content):,} characters long; the limit is {limit:,}.",
+            request_id,
+        )
+    return content
+
+
+def parse_client_frame(text: str | None) -> ClientFrame:
+    """Parse one text frame. Raises FrameError with a code and a message for the user."""
+    if text is None:
+        raise _invalid("Send JSON text frames.")
+    if len(text) > settings.MAX_FRAME_CHARS:
+        raise FrameError(
+            CONTENT_TOO_LONG, f"Frames are limited to {settings.MAX_FRAME_CHARS:,} characters."
+        )
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _invalid("The frame is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise _invalid("The frame must be a JSON object.")
+    kind = data.get("type")
+    if kind == "send":
+        request_id = _request_id(data)
+        conversation = None if data.get("conversation") is None else _id(data, "conversation")
+        return Send(
+            request_id=request_id,
+            conversation=conversation,
+            model=_model(data, request_id),
+            content=_content(data, request_id),
+            params=parse_params(data.get("params"), request_id),
+        )
+    if kind == "regenerate":
+        request_id = _request_id(data)
+        return Regenerate(
+            request_id=request_id,
+            message=_id(data, "message", request_id),
+            model=_model(data, request_id),
+        )
+    if kind == "stop":
+        return Stop(message=_id(data, "message"))
+    if kind == "watch":
+        return Watch(conversation=_id(data, "conversation"))
+    if kind == "unwatch":
+        return Unwatch(conversation=_id(data, "conversation"))
+    if isinstance(kind, str):
+        raise _invalid(f"Unknown frame type '{kind[:40]}'.")
+    raise _invalid("The frame needs a 'type'.")
+
+
+# Server frames. Encoded once and fanned out as text to every watching socket.
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def error_frame(code: str, message: str, request_id: str | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if request_id is not None:
+        frame["request_id"] = request_id
+    return frame
+
+
+def accepted_frame(
+    request_id: str, conversation: int, user_message: int | None, message: int
+) -> dict[str, Any]:
+    return {
+        "type": "accepted",
+        "request_id": request_id,
+        "conversation": conversation,
+        "user_message": user_message,
+        "message": message,
+    }
+
+
+def started_frame(
+    conversation: int, message: int, user_message: dict[str, Any] | None, model: str
+) -> dict[str, Any]:
+    return {
+        "type": "started",
+        "conversation": conversation,
+        "message": message,
+        "user_message": user_message,
+        "model": model,
+    }
+
+
+def snapshot_frame(
+    conversation: int, message: int, seq: int, content: str, reasoning: str, status: str
+) -> dict[str, Any]:
+    return {
+        "type": "snapshot",
+        "conversation": conversation,
+        "message": message,
+        "seq": seq,
+        "content": content,
+        "reasoning": reasoning,
+        "status": status,
+    }
+
+
+def delta_frame(
+    conversation: int, message: int, seq: int, content: str, reasoning: str
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {
+        "type": "delta",
+        "conversation": conversation,
+        "message": message,
+        "seq": seq,
+    }
+    if content:
+        frame["content"] = content
+    if reasoning:
+        frame["reasoning"] = reasoning
+    return frame
+
+
+def done_frame(
+    conversation: int,
+    message: int,
+    status: str,
+    *,
+    seq: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+    estimated: bool,
+    cost: Decimal | None,
+    error: dict[str, str] | None = None,
+    reasoning_ms: int | None = None,
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {
+        "type": "done",
+        "conversation": conversation,
+        "message": message,
+        "seq": seq,
+        "status": status,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "estimated": estimated,
+        },
+        "cost": None if cost is None else str(cost),
+        "reasoning_ms": reasoning_ms,
+    }
+    if error:
+        frame["error"] = error
+    return frame
+
+
+def watching_frame(conversation: int, streaming: list[int]) -> dict[str, Any]:
+    return {"type": "watching", "conversation": conversation, "streaming": streaming}
