@@ -4,11 +4,12 @@ writes). Documented in docs/protocol.md."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from http import HTTPStatus
 from typing import Any
 
 from django.core.paginator import EmptyPage, Paginator
-from django.db.models import Q
+from django.db.models import Q, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
@@ -64,10 +65,13 @@ def message_json(message: Message) -> dict[str, Any]:
 
 def conversation_detail(conversation: Conversation) -> dict[str, Any]:
     messages = conversation.messages.filter(active=True).select_related("model").order_by("id")
+    # Everything this conversation cost, replaced replies and titles included.
+    total = conversation.charges.filter(cost__isnull=False).aggregate(total=Sum("cost"))["total"]
     return {
         **conversation_summary(conversation),
         "system_prompt": conversation.system_prompt,
         "params": conversation.params,
+        "total_cost": str(total or Decimal(0)),
         "messages": [message_json(m) for m in messages],
     }
 
@@ -170,3 +174,33 @@ def conversation(request: HttpRequest, pk: int) -> HttpResponse:
     if fields:
         found.save(update_fields=[*fields, "updated_at"])
     return JsonResponse(conversation_detail(found))
+
+
+@require_http_methods(["GET", "PATCH"])
+@api_login_required
+def me(request: HttpRequest) -> JsonResponse:
+    """The user's preferences: the model new conversations start with."""
+    profile = services.profile_for(request.user)
+    if request.method == "PATCH":
+        try:
+            data = _read_json(request)
+            unknown = set(data) - {"default_model"}
+            if unknown:
+                raise FrameError(protocol.INVALID_FRAME, f"Unknown field '{sorted(unknown)[0]}'.")
+            if "default_model" in data:
+                model_id = data["default_model"]
+                if model_id is None:
+                    profile.default_model = None
+                elif isinstance(model_id, str):
+                    profile.default_model = services.usable_model(model_id, "")
+                else:
+                    raise FrameError(protocol.INVALID_FRAME, "'default_model' must be a model id.")
+        except FrameError as exc:
+            return json_error(exc.code, exc.message, HTTPStatus.BAD_REQUEST)
+        profile.save(update_fields=["default_model"])
+    return JsonResponse(
+        {
+            "username": request.user.get_username(),
+            "default_model": profile.default_model.model_id if profile.default_model else None,
+        }
+    )

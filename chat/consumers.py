@@ -64,6 +64,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.handle_send(frame)
             elif isinstance(frame, protocol.Regenerate):
                 await self.handle_regenerate(frame)
+            elif isinstance(frame, protocol.Edit):
+                await self.handle_edit(frame)
             elif isinstance(frame, protocol.Stop):
                 await self.handle_stop(frame)
             elif isinstance(frame, protocol.Watch):
@@ -81,6 +83,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def handle_regenerate(self, frame: protocol.Regenerate) -> None:
         plan = await database_sync_to_async(services.accept_regenerate)(self.user, frame)
+        await self._accepted(plan)
+
+    async def handle_edit(self, frame: protocol.Edit) -> None:
+        plan = await database_sync_to_async(services.accept_edit)(self.user, frame)
         await self._accepted(plan)
 
     async def _accepted(self, plan: services.GenerationPlan) -> None:
@@ -236,11 +242,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def chat_stream(self, event: dict[str, Any]) -> None:
         """A frame of a generation, fanned out to every socket watching its conversation."""
         message_id: int = event["message"]
+        kind: str = event["kind"]
+        if kind == "delta":
+            await self._deliver_delta(message_id, event)
+        elif kind == "done":
+            if message_id in self.held:
+                self.held[message_id].append(event)
+            else:
+                await self._deliver_done(message_id, event["frame"])
+        else:
+            await self.send(text_data=event["frame"])
+
+    async def _deliver_delta(self, message_id: int, event: dict[str, Any]) -> None:
         if message_id in self.held:
             self.held[message_id].append(event)
-            return
-        if event["kind"] == "done":
-            await self._deliver_done(message_id, event["frame"])
             return
         if message_id in self.finished:
             return
@@ -248,7 +263,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         last = self.delivered.get(message_id)
         if last is not None and seq <= last:
             return  # already in the snapshot this socket got
-        if last is not None and seq > last + 1 and event["kind"] == "delta":
+        if last is not None and seq > last + 1:
             # A frame was lost (a full channel): resynchronise from an exact snapshot.
             await self._resync(message_id)
             return

@@ -350,6 +350,12 @@ class GenerationManager:
     async def _run(self, generation: Generation) -> None:
         try:
             await generation.run()
+            if (
+                generation.plan.wants_title
+                and generation.status == Message.Status.COMPLETE
+                and settings.AUTO_TITLES
+            ):
+                self._spawn(self.write_title(generation.message_id))
         finally:
             self.generations.pop(generation.message_id, None)
             try:
@@ -376,6 +382,48 @@ class GenerationManager:
         except Exception:
             # A watcher missing a frame resynchronises from a snapshot; the generation goes on.
             logger.exception("could not fan out %s %s of reply %s", kind, seq, message_id)
+
+    async def write_title(self, message_id: int) -> str | None:
+        """Title a conversation from its first exchange (billed like any reply)."""
+        plan = await database_sync_to_async(services.plan_title)(message_id)
+        if plan is None:
+            return None
+        parts: list[str] = []
+        usage: upstream.Usage | None = None
+        lava_request_id = ""
+        events = upstream.stream_chat(
+            plan.body,
+            config=upstream.UpstreamConfig.from_settings(),
+            reasoning_model=plan.reasoning_model,
+        )
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if isinstance(event, upstream.TextDelta):
+                        parts.append(event.text)
+                    elif isinstance(event, upstream.Usage):
+                        usage = event
+                    elif isinstance(event, upstream.RequestIds):
+                        lava_request_id = event.lava_request_id or ""
+        except upstream.UpstreamError as exc:
+            # The first line of the question stays the title; what was used is still billed.
+            logger.info("title for conversation %s failed: %s", plan.conversation_id, exc.code)
+        title = await database_sync_to_async(services.finish_title)(
+            plan,
+            "".join(parts),
+            usage.prompt_tokens if usage else None,
+            usage.completion_tokens if usage else None,
+            lava_request_id,
+        )
+        if title:
+            await self.broadcast(
+                conversation_group(plan.conversation_id),
+                0,
+                0,
+                "title",
+                protocol.title_frame(plan.conversation_id, title),
+            )
+        return title
 
     def local_snapshot(self, message_id: int) -> Snapshot | None:
         generation = self.generations.get(message_id)

@@ -109,6 +109,41 @@ class ChatModel(models.Model):
         return [name for name in ("reasoning", "vision") if getattr(self, name)]
 
 
+class Profile(models.Model):
+    """Per-user preferences and the admin's budget decision for the user."""
+
+    class BudgetMode(models.TextChoices):
+        DEFAULT = "default", "site default (MONTHLY_BUDGET_USD)"
+        CUSTOM = "custom", "custom limit"
+        UNLIMITED = "unlimited", "no limit"
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="profile"
+    )
+    default_model = models.ForeignKey(
+        "ChatModel", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    budget_mode = models.CharField(
+        max_length=10, choices=BudgetMode.choices, default=BudgetMode.DEFAULT
+    )
+    monthly_limit = models.DecimalField(
+        "monthly limit (USD)",
+        null=True,
+        blank=True,
+        max_digits=12,
+        decimal_places=2,
+        validators=[MinValueValidator(Decimal(0))],
+    )
+
+    def __str__(self) -> str:
+        return f"profile of {self.user}"
+
+    def clean(self) -> None:
+        super().clean()
+        if self.budget_mode == self.BudgetMode.CUSTOM and self.monthly_limit is None:
+            raise ValidationError({"monthly_limit": "Set the limit for a custom budget."})
+
+
 class PriceChange(models.Model):
     """One change of a model's prices or availability: who, when, old and new values."""
 
@@ -259,6 +294,9 @@ class Charge(models.Model):
     )
     message = models.ForeignKey(
         Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="charges"
+    )
+    conversation = models.ForeignKey(
+        Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="charges"
     )
     chat_model = models.ForeignKey(
         ChatModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

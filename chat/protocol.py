@@ -83,6 +83,14 @@ class Regenerate:
 
 
 @dataclass(frozen=True)
+class Edit:
+    request_id: str
+    message: int
+    content: str
+    model: str | None
+
+
+@dataclass(frozen=True)
 class Stop:
     message: int
 
@@ -97,7 +105,7 @@ class Unwatch:
     conversation: int
 
 
-ClientFrame = Send | Regenerate | Stop | Watch | Unwatch
+ClientFrame = Send | Regenerate | Edit | Stop | Watch | Unwatch
 
 
 def _invalid(message: str, request_id: str | None = None) -> FrameError:
@@ -219,6 +227,14 @@ def parse_client_frame(text: str | None) -> ClientFrame:
             message=_id(data, "message", request_id),
             model=_model(data, request_id),
         )
+    if kind == "edit":
+        request_id = _request_id(data)
+        return Edit(
+            request_id=request_id,
+            message=_id(data, "message", request_id),
+            content=_content(data, request_id),
+            model=_model(data, request_id),
+        )
     if kind == "stop":
         return Stop(message=_id(data, "message"))
     if kind == "watch":
@@ -328,6 +344,10 @@ def done_frame(
     if error:
         frame["error"] = error
     return frame
+
+
+def title_frame(conversation: int, title: str) -> dict[str, Any]:
+    return {"type": "title", "conversation": conversation, "title": title}
 
 
 def watching_frame(conversation: int, streaming: list[int]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,8 +18,8 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from . import budgets, pricing, protocol
-from .models import Charge, ChatModel, Conversation, Message, PriceChange
-from .protocol import FrameError, Params, Regenerate, Send
+from .models import Charge, ChatModel, Conversation, Message, PriceChange, Profile
+from .protocol import Edit, FrameError, Params, Regenerate, Send
 from .upstream import NOT_CONFIGURED_MESSAGE, UpstreamConfig
 
 # Below this many tokens of room a reply is not worth starting.
@@ -108,6 +109,8 @@ class GenerationPlan:
     charge_id: int | None
     # The request id had been accepted before: answer the same, start nothing.
     duplicate: bool = False
+    # The conversation's first exchange: a title is written when the reply completes.
+    wants_title: bool = False
 
 
 @dataclass(frozen=True)
@@ -304,6 +307,7 @@ def _start_reply(
     charge = Charge.objects.create(
         user=user,
         message=reply,
+        conversation=conversation,
         chat_model=model,
         model_id=model.model_id,
         kind=Charge.Kind.REPLY,
@@ -332,6 +336,10 @@ def _start_reply(
         body=body,
         prompt_estimate=prompt_estimate,
         charge_id=charge.pk,
+        wants_title=(
+            not conversation.title_is_custom
+            and sum(1 for m in history if m.role == Message.Role.USER) == 1
+        ),
     )
 
 
@@ -385,7 +393,7 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
             model_id = frame.model or (
                 conversation.model.model_id if conversation and conversation.model else None
             )
-            model = usable_model(model_id, frame.request_id)
+            model = usable_model(model_id or default_model_id(user), frame.request_id)
             _check_configured(frame.request_id)
             _check_limits(user, frame.request_id)
             if conversation is None:
@@ -472,6 +480,74 @@ def accept_regenerate(user: AbstractBaseUser, frame: Regenerate) -> GenerationPl
         if replay is None:
             raise
         return replay
+
+
+def accept_edit(user: AbstractBaseUser, frame: Edit) -> GenerationPlan:
+    """Replace a question with a new text and answer it; the old question and everything after
+    it stay stored (billed), inactive."""
+    try:
+        with transaction.atomic():
+            _lock_user(user)
+            replay = _replay(user, frame.request_id)
+            if replay is not None:
+                return replay
+            old = (
+                Message.objects.filter(pk=frame.message, user=user, role=Message.Role.USER)
+                .select_related("conversation", "conversation__model")
+                .first()
+            )
+            if old is None or old.conversation.owner_id != user.pk:
+                raise FrameError(protocol.NOT_FOUND, "No such message.", frame.request_id)
+            conversation = old.conversation
+            if conversation.messages.filter(
+                pk__gt=old.pk, active=True, status=Message.Status.STREAMING
+            ).exists():
+                raise FrameError(
+                    protocol.CONFLICT,
+                    "A reply to this question is still being written. Stop it first.",
+                    frame.request_id,
+                )
+            model_id = frame.model or (conversation.model.model_id if conversation.model else None)
+            model = usable_model(model_id, frame.request_id)
+            _check_configured(frame.request_id)
+            _check_limits(user, frame.request_id)
+            history = [m for m in active_path(conversation) if m.pk < old.pk]
+            conversation.messages.filter(active=True, pk__gte=old.pk).update(active=False)
+            question = Message.objects.create(
+                conversation=conversation,
+                user=user,
+                role=Message.Role.USER,
+                content=frame.content,
+                parent=old.parent,
+            )
+            history.append(question)
+            return _start_reply(
+                user=user,
+                conversation=conversation,
+                model=model,
+                history=history,
+                params=Params(),
+                request_id=frame.request_id,
+                parent=question,
+                user_message=question,
+            )
+    except IntegrityError:
+        replay = _replay(user, frame.request_id)
+        if replay is None:
+            raise
+        return replay
+
+
+def profile_for(user: AbstractBaseUser) -> Profile:
+    profile, _ = Profile.objects.get_or_create(user=user)
+    return profile
+
+
+def default_model_id(user: AbstractBaseUser) -> str | None:
+    profile = Profile.objects.filter(user=user).select_related("default_model").first()
+    if profile is None or profile.default_model is None:
+        return None
+    return profile.default_model.model_id
 
 
 def in_flight(user: AbstractBaseUser, conversation_id: int) -> list[InFlight]:
@@ -624,3 +700,130 @@ def delete_conversation(conversation: Conversation) -> None:
 
         for message_id in streaming:
             request_stop_from_sync(message_id)
+
+
+# Titles -----------------------------------------------------------------------------------
+
+TITLE_INSTRUCTION = (
+    "Write a title of at most six words for the conversation below. Answer with the title "
+    "only: no quotes, no trailing punctuation."
+)
+TITLE_EXCERPT_CHARS = 1500
+MAX_TITLE_CHARS = 80
+# Quotes (straight and curly) and markdown marks models put around a title.
+TITLE_DECORATION = " \t#*_`\"'\u201c\u201d\u2018\u2019"
+
+
+@dataclass(frozen=True)
+class TitlePlan:
+    conversation_id: int
+    charge_id: int
+    body: dict[str, Any]
+    model_id: str
+    reasoning_model: bool
+    prompt_estimate: int
+
+
+def plan_title(message_id: int) -> TitlePlan | None:
+    """Reserve and describe the call that titles a conversation after its first exchange, or
+    None when it should not happen (renamed meanwhile, model gone, budget too tight)."""
+    with transaction.atomic():
+        reply = (
+            Message.objects.filter(pk=message_id, status=Message.Status.COMPLETE)
+            .select_related("conversation", "model", "parent", "user")
+            .first()
+        )
+        if reply is None or reply.conversation.title_is_custom or reply.parent is None:
+            return None
+        model = reply.model
+        if model is None or not model.enabled or not model.priced:
+            return None
+        _lock_user(reply.user)
+        excerpt = (
+            f"Question: {reply.parent.content[:TITLE_EXCERPT_CHARS]}\n\n"
+            f"Answer: {reply.content[:TITLE_EXCERPT_CHARS]}"
+        )
+        messages = [
+            {"role": "system", "content": TITLE_INSTRUCTION},
+            {"role": "user", "content": excerpt},
+        ]
+        body: dict[str, Any] = {
+            "model": model.model_id,
+            "messages": messages,
+            # A reasoning model thinks before it answers, even for a title.
+            "max_tokens": 1024 if model.reasoning else 32,
+            "temperature": 0.3,
+        }
+        if model.reasoning and "qwen3" in model.model_id.lower():
+            body["chat_template_kwargs"] = {"enable_thinking": False}
+        prompt_estimate = pricing.estimate_prompt_tokens(messages)
+        assert model.input_price is not None and model.output_price is not None
+        worst_case = pricing.cost(
+            prompt_estimate, body["max_tokens"], model.input_price, model.output_price
+        )
+        try:
+            budgets.check_budget(reply.user, worst_case, "")
+        except FrameError:
+            return None  # the first line of the question stays the title
+        charge = Charge.objects.create(
+            user=reply.user,
+            conversation=reply.conversation,
+            chat_model=model,
+            model_id=model.model_id,
+            kind=Charge.Kind.TITLE,
+            input_price=model.input_price,
+            output_price=model.output_price,
+            reserved=worst_case,
+            prompt_tokens=prompt_estimate,
+            estimated=True,
+        )
+        return TitlePlan(
+            conversation_id=reply.conversation_id,
+            charge_id=charge.pk,
+            body=body,
+            model_id=model.model_id,
+            reasoning_model=model.reasoning,
+            prompt_estimate=prompt_estimate,
+        )
+
+
+def clean_title(text: str) -> str:
+    """The first line of a model's answer, without decoration, at most 80 characters."""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    line = re.sub(r"^(title\s*:\s*)", "", line, flags=re.IGNORECASE)
+    line = line.strip(TITLE_DECORATION).rstrip(".!:;,")
+    line = re.sub(r"\s+", " ", line)
+    if len(line) > MAX_TITLE_CHARS:
+        line = line[: MAX_TITLE_CHARS - 1].rstrip() + "…"
+    return line
+
+
+def finish_title(
+    plan: TitlePlan,
+    text: str,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    lava_request_id: str,
+) -> str | None:
+    """Settle the title's charge and apply the title unless the user renamed meanwhile."""
+    with transaction.atomic():
+        charge = Charge.objects.select_for_update().get(pk=plan.charge_id)
+        estimated = prompt_tokens is None or completion_tokens is None
+        charge.prompt_tokens = plan.prompt_estimate if estimated else prompt_tokens
+        charge.completion_tokens = pricing.estimate_tokens(text) if estimated else completion_tokens
+        charge.estimated = estimated
+        assert charge.input_price is not None and charge.output_price is not None
+        charge.cost = pricing.cost(
+            charge.prompt_tokens, charge.completion_tokens, charge.input_price, charge.output_price
+        )
+        charge.state = Charge.State.SETTLED
+        charge.lava_request_id = lava_request_id[:100]
+        charge.settled_at = timezone.now()
+        charge.save()
+        title = clean_title(text)
+        if not title:
+            return None
+        updated = Conversation.objects.filter(
+            pk=plan.conversation_id, title_is_custom=False
+        ).update(title=title)
+        return title if updated else None

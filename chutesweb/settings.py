@@ -261,6 +261,8 @@ MAX_CONCURRENT_GENERATIONS = envint("MAX_CONCURRENT_GENERATIONS", "3")
 MESSAGES_PER_MINUTE = envint("MESSAGES_PER_MINUTE", "20")
 MAX_WATCHED_CONVERSATIONS = envint("MAX_WATCHED_CONVERSATIONS", "20")
 DEFAULT_MAX_TOKENS = envint("DEFAULT_MAX_TOKENS", "8192")
+# Title new conversations from their first exchange with the same model (billed to the user).
+AUTO_TITLES = envbool("AUTO_TITLES", "true")
 
 LOGGING = {
     "version": 1,

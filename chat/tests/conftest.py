@@ -1,16 +1,20 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser
 from django.db import connections
 from django.db.backends.signals import connection_created
 from django.test import Client
+
+from chat.fakeupstream import FakeUpstream
+from chat.generation import get_manager
 
 _counter = itertools.count(1)
 PASSWORD = "correct horse battery staple"
@@ -96,3 +100,29 @@ def db_writes() -> Iterator[WriteLog]:
     for conn in connections.all(initialized_only=True):
         if log in conn.execute_wrappers:
             conn.execute_wrappers.remove(log)
+
+
+@pytest.fixture
+async def fake(settings: Any) -> AsyncIterator[FakeUpstream]:
+    """The stand-in upstream on loopback, with the app pointed at it through /v1/forward."""
+    server = FakeUpstream(tokens=("test-token",))
+    await server.start()
+    settings.LAVA_FORWARD_URL = server.forward_url
+    settings.CHUTES_API_BASE = server.api_base
+    settings.LAVA_FORWARD_TOKEN = "test-token"
+    settings.UPSTREAM_MAX_RETRIES = 1
+    # Titles are tested on their own; elsewhere every upstream request is a reply.
+    settings.AUTO_TITLES = False
+    yield server
+    await get_manager().shutdown(grace=5)
+    await server.stop()
+
+
+@pytest.fixture
+async def alice(make_user: Callable[..., AbstractUser]) -> AbstractUser:
+    return await database_sync_to_async(make_user)("alice")
+
+
+@pytest.fixture
+async def bob(make_user: Callable[..., AbstractUser]) -> AbstractUser:
+    return await database_sync_to_async(make_user)("bob")

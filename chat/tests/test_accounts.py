@@ -90,6 +90,7 @@ def test_only_staff_reach_the_admin(user_client: Client, admin_client: Client) -
 def test_demo_mode_says_so_on_every_page(client: Client, settings) -> None:
     assert "Demo mode" not in client.get("/accounts/login/").content.decode()
     settings.DEMO_MODE = True
-    assert "Demo mode: replies come from the built-in stand-in" in client.get(
-        "/accounts/login/"
-    ).content.decode()
+    assert (
+        "Demo mode: replies come from the built-in stand-in"
+        in client.get("/accounts/login/").content.decode()
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -12,64 +11,25 @@ from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from chat import services
-from chat.fakeupstream import FakeUpstream, expected_text
 from chat.generation import get_manager
-from chat.models import Charge, ChatModel, Conversation, Message
+from chat.models import Charge, ChatModel, Message
 
-from .wsclient import Socket, connect, open_socket, request_id, send_frame, text_of
+from .wsclient import (
+    MODEL,
+    connect,
+    counts,
+    message,
+    open_socket,
+    request_id,
+    send_and_accept,
+    send_frame,
+    streamed,
+    text_of,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
-MODEL = "deepseek-ai/DeepSeek-V3-0324"
 PRICE = Decimal("0.27216")
-
-
-@pytest.fixture
-async def fake(settings) -> AsyncIterator[FakeUpstream]:
-    server = FakeUpstream(tokens=("test-token",))
-    await server.start()
-    settings.LAVA_FORWARD_URL = server.forward_url
-    settings.CHUTES_API_BASE = server.api_base
-    settings.LAVA_FORWARD_TOKEN = "test-token"
-    settings.UPSTREAM_MAX_RETRIES = 1
-    yield server
-    await get_manager().shutdown(grace=5)
-    await server.stop()
-
-
-@pytest.fixture
-async def alice(make_user) -> Any:
-    return await database_sync_to_async(make_user)("alice")
-
-
-@pytest.fixture
-async def bob(make_user) -> Any:
-    return await database_sync_to_async(make_user)("bob")
-
-
-@database_sync_to_async
-def message(pk: int) -> Message:
-    return Message.objects.get(pk=pk)
-
-
-@database_sync_to_async
-def counts() -> tuple[int, int, int]:
-    return Conversation.objects.count(), Message.objects.count(), Charge.objects.count()
-
-
-def streamed(fake: FakeUpstream) -> str:
-    """The answer the stand-in streamed for its last request."""
-    entry = fake.log[-1]
-    return expected_text(entry.script, entry.body["messages"])
-
-
-async def send_and_accept(socket: Socket, content: str, **extra: Any) -> dict[str, Any]:
-    frame = send_frame(content, model=extra.pop("model", MODEL), **extra)
-    await socket.send(frame)
-    accepted = await socket.recv()
-    assert accepted["type"] == "accepted", accepted
-    assert accepted["request_id"] == frame["request_id"]
-    return accepted
 
 
 async def test_a_send_streams_deltas_in_order_and_saves_the_reply(fake, alice) -> None:

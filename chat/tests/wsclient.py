@@ -13,6 +13,8 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore
 
+from chat.fakeupstream import FakeUpstream, expected_text
+from chat.models import Charge, Conversation, Message
 from chutesweb.asgi import application
 
 ORIGIN = "http://127.0.0.1:8000"
@@ -118,3 +120,31 @@ def text_of(frames: list[dict[str, Any]], message: int) -> str:
             last_seq = frame["seq"]
             text += frame.get("content", "")
     return text
+
+
+MODEL = "deepseek-ai/DeepSeek-V3-0324"
+
+
+@database_sync_to_async
+def message(pk: int) -> Message:
+    return Message.objects.get(pk=pk)
+
+
+@database_sync_to_async
+def counts() -> tuple[int, int, int]:
+    return Conversation.objects.count(), Message.objects.count(), Charge.objects.count()
+
+
+def streamed(fake: FakeUpstream) -> str:
+    """The answer the stand-in streamed for its last request."""
+    entry = fake.log[-1]
+    return expected_text(entry.script, entry.body["messages"])
+
+
+async def send_and_accept(socket: Socket, content: str, **extra: Any) -> dict[str, Any]:
+    frame = send_frame(content, model=extra.pop("model", MODEL), **extra)
+    await socket.send(frame)
+    accepted = await socket.recv()
+    assert accepted["type"] == "accepted", accepted
+    assert accepted["request_id"] == frame["request_id"]
+    return accepted
