@@ -1,14 +1,27 @@
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
+from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.forms import ModelForm
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 
-from .models import ChatModel, Conversation, Message, PriceChange
+from . import budgets, sync, upstream, usage
+from .models import Charge, ChatModel, Conversation, Message, PriceChange, Profile, UsageReport
 from .services import save_catalogue_entry, set_models_enabled
+
+SYNC_SESSION_KEY = "catalogue_sync_preview"
+User = get_user_model()
 
 admin.site.site_header = "Chutes Chat administration"
 admin.site.site_title = "Chutes Chat admin"
@@ -74,11 +87,57 @@ class ChatModelAdmin(admin.ModelAdmin):
         (None, {"fields": ("reasoning", "vision")}),
     )
 
+    change_list_template = "admin/chat/chatmodel/change_list.html"
+
     def save_model(
         self, request: HttpRequest, obj: ChatModel, form: ModelForm, change: bool
     ) -> None:
         # Used by both the change form and the editable changelist, so every edit is recorded.
         save_catalogue_entry(obj, user=request.user, source="admin")
+
+    def get_urls(self) -> list[URLPattern]:
+        sync_url = path(
+            "sync/", self.admin_site.admin_view(self.sync_view), name="chat_chatmodel_sync"
+        )
+        return [sync_url, *super().get_urls()]
+
+    def sync_view(self, request: HttpRequest) -> HttpResponse:
+        """Preview what Chutes' catalogue would change; apply exactly that on confirmation."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        changelist = reverse("admin:chat_chatmodel_changelist")
+        if request.method == "POST":
+            saved = request.session.pop(SYNC_SESSION_KEY, None)
+            if saved is None:
+                self.message_user(request, "Nothing to apply: preview again.", messages.WARNING)
+                return HttpResponseRedirect(reverse("admin:chat_chatmodel_sync"))
+            counts = sync.apply(sync.from_session(saved), user=request.user)
+            self.message_user(
+                request,
+                f"Catalogue synced: {counts['new']} new (disabled until you enable them), "
+                f"{counts['changed']} changed, {counts['gone']} disabled as gone.",
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(changelist)
+        error = ""
+        changes: list[sync.Change] = []
+        try:
+            catalogue = async_to_sync(upstream.fetch_models)()
+        except upstream.UpstreamError as exc:
+            error = exc.message
+        else:
+            changes = sync.preview(catalogue, settings.PRICE_MARKUP_PERCENT)
+            request.session[SYNC_SESSION_KEY] = sync.to_session(changes)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Sync the catalogue from Chutes",
+            "opts": self.model._meta,
+            "changes": changes,
+            "error": error,
+            "markup": settings.PRICE_MARKUP_PERCENT,
+            "changelist": changelist,
+        }
+        return TemplateResponse(request, "admin/chat/chatmodel/sync.html", context)
 
     @admin.action(description="Enable selected models")
     def enable_models(self, request: HttpRequest, queryset: QuerySet[ChatModel]) -> None:
@@ -172,3 +231,132 @@ class MessageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.user.is_active and request.user.is_staff
+
+
+# Money: per-user limits, billed calls, the usage dashboard and the catalogue sync. ------------
+
+
+class ProfileInline(admin.StackedInline):
+    model = Profile
+    can_delete = False
+    fields = ("budget_mode", "monthly_limit", "default_model")
+    verbose_name = "budget and preferences"
+
+
+class UserWithBudgetAdmin(UserAdmin):
+    inlines = (*UserAdmin.inlines, ProfileInline)
+
+
+admin.site.unregister(User)
+admin.site.register(User, UserWithBudgetAdmin)
+
+
+@admin.register(Profile)
+class ProfileAdmin(admin.ModelAdmin):
+    list_display = ("user", "budget_mode", "monthly_limit", "spent_this_month", "default_model")
+    list_editable = ("budget_mode", "monthly_limit")
+    list_filter = ("budget_mode",)
+    search_fields = ("user__username", "user__email")
+    fields = ("user", "budget_mode", "monthly_limit", "default_model")
+    readonly_fields = ("user",)
+    list_select_related = ("user", "default_model")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # every user gets one when created
+
+    @admin.display(description="spent this month (USD)")
+    def spent_this_month(self, profile: Profile) -> str:
+        current = budgets.standing(profile.user)
+        text = str(current.committed.normalize()) if current.committed else "0"
+        share = current.share_used
+        if share is not None and share >= NEAR_LIMIT:
+            return f"{text} ({share:.0%} of limit)"
+        return text
+
+
+@admin.register(Charge)
+class ChargeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "created_at",
+        "user",
+        "kind",
+        "model_id",
+        "state",
+        "prompt_tokens",
+        "completion_tokens",
+        "estimated",
+        "cost",
+        "lava_cost",
+    )
+    list_filter = ("kind", "state", "estimated", "model_id")
+    search_fields = ("user__username", "lava_request_id", "model_id")
+    date_hierarchy = "created_at"
+    list_select_related = ("user",)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_staff
+
+
+NEAR_LIMIT = Decimal("0.8")
+
+
+@admin.register(UsageReport)
+class UsageDashboardAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Spend per user, model and day over a period; limits; what could not be priced."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_staff
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        period = usage.day_period(request.GET.get("start"), request.GET.get("end"))
+        charges = usage.charges_in(period)
+        users = usage.by_user(charges)
+        for row in users:
+            row["limit"] = budgets.limit_for(User(pk=row["user_id"]))
+        tolerance = settings.RECONCILE_TOLERANCE_USD
+        mismatches = [
+            c
+            for c in charges.filter(lava_cost__isnull=False, cost__isnull=False).select_related(
+                "user"
+            )
+            if abs(c.lava_cost - c.cost) > tolerance
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Usage dashboard",
+            "opts": self.model._meta,
+            "period": period,
+            "start": timezone.localtime(period.start).date().isoformat(),
+            "end": (timezone.localtime(period.end) - timezone.timedelta(days=1)).date().isoformat(),
+            "total": usage.total(charges),
+            "calls": usage.billed(charges).count(),
+            "users": users[:20],
+            "models": usage.by_model(charges),
+            "chart": usage.bar_chart(usage.by_day(charges, period)),
+            "near_limit": self._near_limit(),
+            "unpriced": charges.filter(state=Charge.State.SETTLED, cost__isnull=True)
+            .select_related("user")
+            .order_by("-created_at")[:100],
+            "mismatches": mismatches[:100],
+            "tolerance": tolerance,
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/chat/usage_dashboard.html", context)
+
+    def _near_limit(self) -> list[dict[str, Any]]:
+        """Users at 80% or more of their monthly limit this month (committed spend)."""
+        start = budgets.month_start()
+        spenders = (
+            Charge.objects.filter(created_at__gte=start).values_list("user", flat=True).distinct()
+        )
+        rows = []
+        for user in User.objects.filter(pk__in=spenders).select_related("profile"):
+            current = budgets.standing(user, start)
+            share = current.share_used
+            if share is not None and share >= NEAR_LIMIT:
+                rows.append({"user": user, "standing": current, "share": share, "over": share >= 1})
+        return sorted(rows, key=lambda row: -row["share"])

@@ -13,7 +13,7 @@ from django.db.models import Q, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from . import protocol, services
+from . import budgets, pricing, protocol, services
 from .http import api_login_required, json_error
 from .models import Conversation, Message
 from .protocol import FrameError
@@ -55,7 +55,7 @@ def message_json(message: Message) -> dict[str, Any]:
         }
         if message.role == Message.Role.ASSISTANT
         else None,
-        "cost": None if message.cost is None else str(message.cost),
+        "cost": None if message.cost is None else pricing.plain(message.cost),
         "error": error,
         "reasoning_ms": message.reasoning_ms,
         "parent": message.parent_id,
@@ -71,7 +71,7 @@ def conversation_detail(conversation: Conversation) -> dict[str, Any]:
         **conversation_summary(conversation),
         "system_prompt": conversation.system_prompt,
         "params": conversation.params,
-        "total_cost": str(total or Decimal(0)),
+        "total_cost": pricing.plain(total or Decimal(0)),
         "messages": [message_json(m) for m in messages],
     }
 
@@ -198,9 +198,19 @@ def me(request: HttpRequest) -> JsonResponse:
         except FrameError as exc:
             return json_error(exc.code, exc.message, HTTPStatus.BAD_REQUEST)
         profile.save(update_fields=["default_model"])
+    current = budgets.standing(request.user)
     return JsonResponse(
         {
             "username": request.user.get_username(),
             "default_model": profile.default_model.model_id if profile.default_model else None,
+            # This month, as decimal strings in USD; limit and remaining are null without a limit.
+            "budget": {
+                "limit": None if current.limit is None else pricing.plain(current.limit),
+                "spent": pricing.plain(current.spent),
+                "reserved": pricing.plain(current.reserved),
+                "remaining": None
+                if current.remaining is None
+                else pricing.plain(current.remaining),
+            },
         }
     )

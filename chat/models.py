@@ -10,11 +10,12 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 
+from .fields import MoneyField
+
 # Prices are USD per 1M tokens. Chutes prices need six decimals (0.027216); eight leaves room
-# for a markup applied on top without rounding.
-PRICE_DIGITS = {"max_digits": 18, "decimal_places": 8}
-# Costs of single replies are tiny (a few tokens at $0.01/1M is 1e-8 USD): twelve decimals.
-COST_DIGITS = {"max_digits": 24, "decimal_places": 12}
+# for a markup applied on top without rounding. Fourteen digits in all round-trip exactly even
+# where the database keeps decimals as floats (SQLite); sums of money use MoneyField instead.
+PRICE_DIGITS = {"max_digits": 14, "decimal_places": 8}
 
 model_id_validator = RegexValidator(
     regex=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._:-]*)?$",
@@ -240,7 +241,7 @@ class Message(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
     usage_estimated = models.BooleanField(default=False)
-    cost = models.DecimalField(null=True, blank=True, **COST_DIGITS)
+    cost = MoneyField(null=True, blank=True)
     finish_reason = models.CharField(max_length=30, blank=True)
     error_code = models.CharField(max_length=40, blank=True)
     error_message = models.CharField(max_length=500, blank=True)
@@ -306,20 +307,35 @@ class Charge(models.Model):
     state = models.CharField(max_length=10, choices=State.choices, default=State.RESERVED)
     input_price = models.DecimalField(null=True, blank=True, **PRICE_DIGITS)
     output_price = models.DecimalField(null=True, blank=True, **PRICE_DIGITS)
-    reserved = models.DecimalField(default=Decimal(0), **COST_DIGITS)
+    reserved = MoneyField(default=Decimal(0))
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
     estimated = models.BooleanField(default=False)
     # None when the usage could not be priced; such rows are listed for the admin.
-    cost = models.DecimalField(null=True, blank=True, **COST_DIGITS)
+    cost = MoneyField(null=True, blank=True)
     lava_request_id = models.CharField(max_length=100, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     settled_at = models.DateTimeField(null=True, blank=True)
+    # What Lava says it billed for this request (reconciliation), and when we asked.
+    lava_cost = MoneyField(null=True, blank=True)
+    reconciled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["user", "created_at"])]
+        indexes = [
+            models.Index(fields=["user", "created_at"]),
+            models.Index(fields=["created_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} charge {self.pk} for {self.user}"
+
+
+class UsageReport(Charge):
+    """The admin's usage dashboard (an admin page over charges, no table of its own)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "usage dashboard"
+        verbose_name_plural = "usage dashboard"

@@ -46,3 +46,27 @@ def estimate_prompt_tokens(messages: list[dict[str, object]]) -> int:
             )
         total += estimate_tokens(str(content)) + MESSAGE_OVERHEAD_TOKENS
     return total
+
+
+def upper_prompt_tokens(messages: list[dict[str, object]]) -> int:
+    """A bound on the prompt's tokens for budget reservations: two bytes per token is more than
+    real tokenizers produce for text, so a reservation is never smaller than the real cost."""
+    return 2 * estimate_prompt_tokens(messages)
+
+
+def plain(amount: Decimal) -> str:
+    """An amount as a plain decimal string with twelve places (never scientific notation)."""
+    return format(amount.quantize(COST_QUANTUM), "f")
+
+
+def readable(amount: Decimal) -> str:
+    """An amount for people: trailing zeros dropped, but at least cents ("0.50", "0.000408")."""
+    text = plain(amount).rstrip("0")
+    whole, _, fraction = text.partition(".")
+    return f"{whole}.{fraction.ljust(2, '0')}"
+
+
+def usd(amount: Decimal) -> str:
+    """USD for people, exact: "$0.50", "$0.000408", "$1,234.56"."""
+    whole, _, fraction = readable(amount).partition(".")
+    return f"${int(whole):,}.{fraction}"

@@ -338,7 +338,7 @@ def done_frame(
             "completion_tokens": completion_tokens,
             "estimated": estimated,
         },
-        "cost": None if cost is None else str(cost),
+        "cost": None if cost is None else format(cost, "f"),
         "reasoning_ms": reasoning_ms,
     }
     if error:

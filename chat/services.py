@@ -285,7 +285,9 @@ def _start_reply(
     body, prompt_estimate = build_prompt(conversation, history, model, params, request_id)
     input_price, output_price = model.input_price, model.output_price
     assert input_price is not None and output_price is not None
-    worst_case = pricing.cost(prompt_estimate, body["max_tokens"], input_price, output_price)
+    worst_case = pricing.cost(
+        pricing.upper_prompt_tokens(body["messages"]), body["max_tokens"], input_price, output_price
+    )
     budgets.check_budget(user, worst_case, request_id)
     now = timezone.now()
     reply = Message.objects.create(
@@ -759,7 +761,10 @@ def plan_title(message_id: int) -> TitlePlan | None:
         prompt_estimate = pricing.estimate_prompt_tokens(messages)
         assert model.input_price is not None and model.output_price is not None
         worst_case = pricing.cost(
-            prompt_estimate, body["max_tokens"], model.input_price, model.output_price
+            pricing.upper_prompt_tokens(messages),
+            body["max_tokens"],
+            model.input_price,
+            model.output_price,
         )
         try:
             budgets.check_budget(reply.user, worst_case, "")

@@ -14,11 +14,13 @@ from django.contrib.auth.forms import UserCreationForm
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from . import budgets, usage
 from .http import api_login_required
-from .models import ChatModel
+from .models import Charge, ChatModel
 
 logger = logging.getLogger(__name__)
 
@@ -103,3 +105,42 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         },
         status=HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
     )
+
+
+@login_required
+def usage_page(request: HttpRequest) -> HttpResponse:
+    """The user's spending: this month against their limit, per model and per day."""
+    period = usage.month_period(request.GET.get("month"))
+    charges = usage.charges_in(period, user=request.user)
+    standing = budgets.standing(request.user, period.start)
+    current = period.start == budgets.month_start()
+    return render(
+        request,
+        "usage/usage.html",
+        {
+            "period": period,
+            "month": timezone.localtime(period.start).strftime("%Y-%m"),
+            "previous_month": (
+                timezone.localtime(period.start) - timezone.timedelta(days=1)
+            ).strftime("%Y-%m"),
+            "next_month": None if current else timezone.localtime(period.end).strftime("%Y-%m"),
+            "current": current,
+            "standing": standing,
+            "total": usage.total(charges),
+            "models": usage.by_model(charges),
+            "chart": usage.bar_chart(usage.by_day(charges, period)),
+            "unpriced": charges.filter(state=Charge.State.SETTLED, cost__isnull=True).count(),
+        },
+    )
+
+
+@login_required
+def usage_csv(request: HttpRequest) -> HttpResponse:
+    period = usage.month_period(request.GET.get("month"))
+    month = timezone.localtime(period.start).strftime("%Y-%m")
+    response = HttpResponse(
+        usage.csv_of(usage.charges_in(period, user=request.user)),
+        content_type="text/csv; charset=utf-8",
+    )
+    response["Content-Disposition"] = f'attachment; filename="chutes-chat-usage-{month}.csv"'
+    return response

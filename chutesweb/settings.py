@@ -261,6 +261,13 @@ MAX_CONCURRENT_GENERATIONS = envint("MAX_CONCURRENT_GENERATIONS", "3")
 MESSAGES_PER_MINUTE = envint("MESSAGES_PER_MINUTE", "20")
 MAX_WATCHED_CONVERSATIONS = envint("MAX_WATCHED_CONVERSATIONS", "20")
 DEFAULT_MAX_TOKENS = envint("DEFAULT_MAX_TOKENS", "8192")
+# Money. A monthly limit per user in USD (blank: no limit; admins override per user), and the
+# markup that turns Chutes' catalogue prices into the prices charged when syncing the catalogue
+# (Lava charges about 0.8% above Chutes).
+MONTHLY_BUDGET_USD = envdecimal("MONTHLY_BUDGET_USD", "")
+PRICE_MARKUP_PERCENT = envdecimal("PRICE_MARKUP_PERCENT", "0.8") or Decimal(0)
+# Reconciliation reports a reply whose Lava cost differs from ours by more than this (USD).
+RECONCILE_TOLERANCE_USD = envdecimal("RECONCILE_TOLERANCE_USD", "0.000001") or Decimal(0)
 # Title new conversations from their first exchange with the same model (billed to the user).
 AUTO_TITLES = envbool("AUTO_TITLES", "true")
 

@@ -1,7 +1,8 @@
 """The stand-in's model catalogue: the product brief's 18 models, shaped like Chutes' `/v1/models`.
 
-Prices are the brief's (Lava's) USD per 1M tokens for input and output alike. Real Chutes prices
-are about 0.8% lower; the stand-in serves Lava's so that catalogue, seeds and bills agree.
+Like the real services, the catalogue carries Chutes' prices and the stand-in's Lava side bills
+Lava's: Chutes' price plus Lava's markup of 0.8%, to six decimals. The brief's table lists Lava's
+prices, so each model below is declared with that price and serves it divided by 1.008.
 """
 
 from __future__ import annotations
@@ -11,12 +12,22 @@ from decimal import Decimal
 from typing import Any
 
 MILLION = Decimal(1_000_000)
+LAVA_MARKUP = Decimal("1.008")
+SIX_PLACES = Decimal("0.000001")
+
+
+def chutes_price(lava_price: Decimal) -> Decimal:
+    return (lava_price / LAVA_MARKUP).quantize(SIX_PLACES)
+
+
+def lava_price(chutes: Decimal) -> Decimal:
+    return (chutes * LAVA_MARKUP).quantize(SIX_PLACES)
 
 
 @dataclass(frozen=True)
 class FakeModel:
     id: str
-    price: Decimal
+    price: Decimal  # Lava's, as in the brief's table
     context_length: int
     reasoning: bool = False
     vision: bool = False
@@ -42,9 +53,9 @@ class FakeModel:
             "confidential_compute": False,
             # Chutes writes JSON numbers; float() of these short decimals round-trips via str().
             "pricing": {
-                "prompt": float(self.price),
-                "completion": float(self.price),
-                "input_cache_read": float(self.price / 2),
+                "prompt": float(chutes_price(self.price)),
+                "completion": float(chutes_price(self.price)),
+                "input_cache_read": float(chutes_price(self.price) / 2),
             },
         }
 
@@ -80,7 +91,7 @@ def default_catalogue() -> list[dict[str, Any]]:
 
 
 def price_of(entry: dict[str, Any]) -> tuple[Decimal, Decimal]:
-    """(prompt, completion) USD per 1M tokens of a catalogue entry; zero when unknown."""
+    """(prompt, completion) Chutes USD per 1M tokens of a catalogue entry; zero when unknown."""
     pricing = entry.get("pricing") if isinstance(entry.get("pricing"), dict) else {}
     prices = []
     for key in ("prompt", "completion"):
@@ -94,5 +105,5 @@ def price_of(entry: dict[str, Any]) -> tuple[Decimal, Decimal]:
 def cost_of(entry: dict[str, Any] | None, input_tokens: int, output_tokens: int) -> Decimal:
     if entry is None:
         return Decimal(0)
-    prompt, completion = price_of(entry)
+    prompt, completion = (lava_price(p) for p in price_of(entry))
     return (prompt * input_tokens + completion * output_tokens) / MILLION

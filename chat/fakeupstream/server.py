@@ -41,7 +41,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from chat.fakeupstream.catalogue import MILLION, default_catalogue, price_of
+from chat.fakeupstream.catalogue import MILLION, default_catalogue, lava_price, price_of
 from chat.fakeupstream.script import (
     Plan,
     Script,
@@ -494,7 +494,10 @@ class FakeUpstream:
             model = self._find_model(served.model) if served else None
         if served is None:
             return await self._reply(writer, entry, 404, {"error": "Request not found"})
-        prompt_price, completion_price = price_of(model) if model else (Decimal(0), Decimal(0))
+        # Lava bills Chutes' price plus its markup.
+        prompt_price, completion_price = (
+            (lava_price(p) for p in price_of(model)) if model else (Decimal(0), Decimal(0))
+        )
         input_cost = prompt_price * served.prompt_tokens / MILLION
         output_cost = completion_price * served.completion_tokens / MILLION
         total = planted if planted is not None else input_cost + output_cost

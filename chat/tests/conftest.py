@@ -9,8 +9,7 @@ from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser
-from django.db import connections
-from django.db.backends.signals import connection_created
+from django.db.backends.utils import CursorWrapper
 from django.test import Client
 
 from chat.fakeupstream import FakeUpstream
@@ -62,16 +61,10 @@ def fresh_channel_layer() -> Iterator[None]:
 
 
 class WriteLog:
-    """Counts SQL statements on every database connection, whatever thread runs them."""
+    """Counts SQL statements run through any database cursor, whatever thread runs them."""
 
     def __init__(self) -> None:
         self.statements: list[str] = []
-
-    def __call__(
-        self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
-    ) -> Any:
-        self.statements.append(sql)
-        return execute(sql, params, many, context)
 
     def count(self, verb: str, table: str) -> int:
         return sum(
@@ -85,21 +78,22 @@ class WriteLog:
 
 
 @pytest.fixture
-def db_writes() -> Iterator[WriteLog]:
+def db_writes(monkeypatch: pytest.MonkeyPatch) -> WriteLog:
     log = WriteLog()
+    execute = CursorWrapper.execute
+    executemany = CursorWrapper.executemany
 
-    def install(sender: Any, connection: Any, **kwargs: Any) -> None:
-        if log not in connection.execute_wrappers:
-            connection.execute_wrappers.append(log)
+    def counted_execute(self: CursorWrapper, sql: str, params: Any = None) -> Any:
+        log.statements.append(sql)
+        return execute(self, sql, params)
 
-    connection_created.connect(install)
-    for conn in connections.all(initialized_only=True):
-        install(None, conn)
-    yield log
-    connection_created.disconnect(install)
-    for conn in connections.all(initialized_only=True):
-        if log in conn.execute_wrappers:
-            conn.execute_wrappers.remove(log)
+    def counted_executemany(self: CursorWrapper, sql: str, param_list: Any) -> Any:
+        log.statements.append(sql)
+        return executemany(self, sql, param_list)
+
+    monkeypatch.setattr(CursorWrapper, "execute", counted_execute)
+    monkeypatch.setattr(CursorWrapper, "executemany", counted_executemany)
+    return log
 
 
 @pytest.fixture

@@ -277,7 +277,16 @@ def test_clean_title_strips_decoration() -> None:
 
 
 def test_the_default_model_is_a_user_preference(user_client: Client, user) -> None:
-    assert user_client.get("/api/me").json() == {"username": "alice", "default_model": None}
+    assert user_client.get("/api/me").json() == {
+        "username": "alice",
+        "default_model": None,
+        "budget": {
+            "limit": None,
+            "spent": "0.000000000000",
+            "reserved": "0.000000000000",
+            "remaining": None,
+        },
+    }
     response = user_client.patch(
         "/api/me", json.dumps({"default_model": "Qwen/Qwen3-32B"}), "application/json"
     )

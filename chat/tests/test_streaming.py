@@ -451,7 +451,8 @@ async def test_database_writes_per_reply_are_bounded_whatever_the_token_count(
     assert len(deltas) < 400
     message_updates = db_writes.count("UPDATE", "chat_message")
     flush_ticks = int(elapsed / 0.25) + 1
-    assert message_updates <= flush_ticks + 2, (message_updates, elapsed)
+    # At least the final write; at most one flush per tick and the final write.
+    assert 1 <= message_updates <= flush_ticks + 1, (message_updates, elapsed)
     assert db_writes.count("INSERT", "chat_message") == 2
 
 

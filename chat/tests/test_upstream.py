@@ -559,8 +559,8 @@ async def test_the_catalogue_is_fetched_through_the_forward_proxy(
     assert len(models) == 18
     assert fake.last.via_forward and fake.last.method == "GET"
     qwen = models["Qwen/Qwen3-32B"]
-    assert qwen.prompt_price == Decimal("0.027216")
-    assert qwen.completion_price == Decimal("0.027216")
+    assert qwen.prompt_price == Decimal("0.027")
+    assert qwen.completion_price == Decimal("0.027")
     assert qwen.context_length == 40960
     assert models["Qwen/Qwen2.5-VL-32B-Instruct"].vision
     assert models["deepseek-ai/DeepSeek-R1-0528"].reasoning

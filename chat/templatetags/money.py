@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import template
+
+from chat import pricing
+
+register = template.Library()
+
+
+@register.filter
+def usd(amount: Decimal | None) -> str:
+    """USD for people, exact: "$0.50", "$0.000408", "$1,234.56"."""
+    return "—" if amount is None else pricing.usd(amount)
