@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 import weakref
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ class Generation:
         self._reasoning_started: float | None = None
         self._reasoning_ended: float | None = None
         self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
         self._last_emit = 0.0
         self._reader: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
@@ -126,10 +128,12 @@ class Generation:
         try:
             await asyncio.wait({self._reader})
         finally:
-            # Whatever ended the reading, what was received goes out and is saved.
-            emitter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await emitter
+            # Whatever ended the reading, what was received goes out, then the end is saved.
+            # The emitter is told to finish rather than cancelled: a frame cancelled halfway
+            # through a channel-layer send (Redis) would be lost.
+            self._closing.set()
+            self._wake.set()
+            await emitter
             await self._emit()
             await self._finish()
 
@@ -181,11 +185,13 @@ class Generation:
         """Send pending text at most once per coalescing window; a lone token goes at once."""
         loop = asyncio.get_running_loop()
         window = settings.STREAM_COALESCE_MS / 1000
-        while True:
+        while not self._closing.is_set():
             await self._wake.wait()
             delay = self._last_emit + window - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if delay > 0 and not self._closing.is_set():
+                # Sleep out the window, but not past the end of the reply.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), delay)
             self._wake.clear()
             await self._emit()
 
@@ -323,10 +329,13 @@ class GenerationManager:
         async with self._start_lock:
             if self._started:
                 return
-            self.channel_name = await self.layer.new_channel("gen-control.")
+            # The default prefix: channels_redis receives all of a process's channels through
+            # one shared list, and a channel with another prefix would starve the others.
+            self.channel_name = await self.layer.new_channel()
             self._spawn(self._control_loop())
             self._spawn(self._flush_loop())
             self._spawn(self._reaper_loop())
+            _interrupt_before_server_exit(self)
             self._started = True
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -545,6 +554,8 @@ class GenerationManager:
     async def shutdown(self, grace: float = 10.0) -> None:
         """Interrupt every running generation and wait (bounded) for their final writes."""
         running = [g for g in self.generations.values() if g.task is not None]
+        if running:
+            logger.info("interrupting %d running replies before exit", len(running))
         for generation in running:
             generation.interrupt_for_shutdown()
         tasks = [g.task for g in running if g.task is not None]
@@ -553,6 +564,30 @@ class GenerationManager:
         for task in list(self._tasks):
             if task not in tasks:
                 task.cancel()
+
+
+_shutdown_hooked = False
+
+
+def _interrupt_before_server_exit(manager: GenerationManager) -> None:
+    """Under daphne (Twisted), finish this process's replies cleanly before the reactor stops.
+
+    On SIGTERM Twisted runs "before shutdown" triggers and waits for the Deferreds they return,
+    as daphne does for its own connections: replies are interrupted, their text saved and their
+    status set within SHUTDOWN_GRACE_SECONDS. Uvicorn reaches `shutdown()` through the ASGI
+    lifespan protocol instead (see chutesweb.asgi).
+    """
+    global _shutdown_hooked
+    if _shutdown_hooked or "twisted.internet.reactor" not in sys.modules:
+        return
+    from twisted.internet import defer, reactor
+
+    def before_shutdown() -> defer.Deferred[None]:
+        future = asyncio.ensure_future(manager.shutdown(grace=settings.SHUTDOWN_GRACE_SECONDS))
+        return defer.Deferred.fromFuture(future)
+
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)  # type: ignore[attr-defined]
+    _shutdown_hooked = True
 
 
 def snapshot_event(snap: Snapshot) -> dict[str, Any]:

@@ -233,6 +233,9 @@ if not DEBUG:
     SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", "31536000")
     SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", "true")
     SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", "false")
+    if not SECURE_HSTS_PRELOAD:
+        # Joining the browsers' preload list is the domain owner's decision, not a default.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
     SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 
 # The upstream: Chutes' chat completions API through Lava's forward proxy.
@@ -255,6 +258,8 @@ STREAM_FLUSH_SECONDS = envfloat("STREAM_FLUSH_SECONDS", "1")
 STREAM_HEARTBEAT_SECONDS = envfloat("STREAM_HEARTBEAT_SECONDS", "5")
 STREAM_STALE_SECONDS = envfloat("STREAM_STALE_SECONDS", "30")
 REAPER_INTERVAL_SECONDS = envfloat("REAPER_INTERVAL_SECONDS", "30")
+# On SIGTERM, how long running replies get to save their text and status before the exit.
+SHUTDOWN_GRACE_SECONDS = envfloat("SHUTDOWN_GRACE_SECONDS", "5")
 MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", "100000")
 MAX_FRAME_CHARS = envint("MAX_FRAME_CHARS", "1000000")
 MAX_CONCURRENT_GENERATIONS = envint("MAX_CONCURRENT_GENERATIONS", "3")

@@ -5,10 +5,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser
+from django.db import connections
 from django.db.backends.utils import CursorWrapper
 from django.test import Client
 
@@ -120,3 +122,11 @@ async def alice(make_user: Callable[..., AbstractUser]) -> AbstractUser:
 @pytest.fixture
 async def bob(make_user: Callable[..., AbstractUser]) -> AbstractUser:
     return await database_sync_to_async(make_user)("bob")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_thread_connections() -> Iterator[None]:
+    """Close the connection the ORM's worker thread holds, so the test database can be
+    dropped at the end (PostgreSQL refuses while a session is open)."""
+    yield
+    async_to_sync(database_sync_to_async(connections.close_all))()

@@ -109,3 +109,21 @@ def test_the_test_database_is_not_the_development_database(db) -> None:
     from django.db import connection
 
     assert str(connection.settings_dict["NAME"]) != str(settings.SQLITE_PATH)
+
+
+def test_check_deploy_is_clean_in_production() -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL"} and not k.startswith("DJANGO_")
+    }
+    env.update(DEBUG="false", SECRET_KEY=STRONG_KEY, ALLOWED_HOSTS="chat.example.com")
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
