@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -25,6 +26,10 @@ logger = logging.getLogger(__name__)
 SNAPSHOT_TIMEOUT = 2.0
 # Replies whose end this socket has delivered, to drop a late duplicate `done`.
 FINISHED_MEMORY = 256
+# Close codes (4000-4999 are the application's).
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_TOO_SLOW = 4408
+CLOSE_FLOODING = 4429
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -33,7 +38,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             # Accept first so the browser sees our close code rather than a failed handshake.
             await self.accept()
-            await self.close(code=4401)
+            await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.user = user
         self.watching: set[int] = set()
@@ -43,6 +48,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.held: dict[int, list[dict[str, Any]]] = {}
         self.finished: OrderedDict[int, None] = OrderedDict()
         self.pending_tasks: set[asyncio.Future[None]] = set()
+        # Flow control: characters sent, and characters the client says it has received.
+        self.sent_chars = 0
+        self.acked_chars = 0
+        self.closing = False
+        self.bucket = FrameBucket(settings.FRAMES_PER_SECOND, settings.FRAME_BURST)
         self.manager = get_manager()
         await self.manager.ensure_started()
         await self.accept()
@@ -56,11 +66,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # Client frames.
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing:
+            return
+        verdict = self.bucket.take()
+        if verdict is FrameBucket.REFUSE_QUIETLY:
+            return
+        if verdict is FrameBucket.CLOSE:
+            logger.warning("closing a socket of user %s: frame flood", self.user.pk)
+            await self._close(CLOSE_FLOODING)
+            return
         request_id = None
         try:
+            if verdict is FrameBucket.REFUSE:
+                raise FrameError(
+                    protocol.RATE_LIMITED,
+                    "Too many frames: slow down. Further frames are ignored for a moment.",
+                )
             frame = protocol.parse_client_frame(text_data)
             request_id = getattr(frame, "request_id", None)
-            if isinstance(frame, protocol.Send):
+            if isinstance(frame, protocol.Ack):
+                self.acked_chars = max(self.acked_chars, min(frame.received, self.sent_chars))
+            elif isinstance(frame, protocol.Send):
                 await self.handle_send(frame)
             elif isinstance(frame, protocol.Regenerate):
                 await self.handle_regenerate(frame)
@@ -235,7 +261,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.finished.popitem(last=False)
         self.delivered.pop(message_id, None)
         self.held.pop(message_id, None)
-        await self.send(text_data=frame if isinstance(frame, str) else protocol.encode(frame))
+        await self.send_text(frame if isinstance(frame, str) else protocol.encode(frame))
 
     # Channel-layer events.
 
@@ -251,7 +277,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             else:
                 await self._deliver_done(message_id, event["frame"])
         else:
-            await self.send(text_data=event["frame"])
+            await self.send_text(event["frame"])
 
     async def _deliver_delta(self, message_id: int, event: dict[str, Any]) -> None:
         if message_id in self.held:
@@ -268,7 +294,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._resync(message_id)
             return
         self.delivered[message_id] = seq
-        await self.send(text_data=event["frame"])
+        await self.send_text(event["frame"])
 
     async def _resync(self, message_id: int) -> None:
         local = self.manager.local_snapshot(message_id)
@@ -307,4 +333,49 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.chat_stream(later)
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
-        await self.send(text_data=protocol.encode(frame))
+        await self.send_text(protocol.encode(frame))
+
+    async def send_text(self, text: str) -> None:
+        """Send a frame unless the client has fallen too far behind: a socket that does not
+        read (or acknowledge) is dropped, not the generation and not the other watchers."""
+        if self.closing:
+            return
+        self.sent_chars += len(text)
+        if self.sent_chars - self.acked_chars > settings.MAX_UNACKED_CHARS:
+            logger.warning("closing a socket of user %s: the client is not reading", self.user.pk)
+            await self._close(CLOSE_TOO_SLOW)
+            return
+        await self.send(text_data=text)
+
+    async def _close(self, code: int) -> None:
+        self.closing = True
+        await self.close(code=code)
+
+
+class FrameBucket:
+    """A token bucket per socket: a burst of frames is fine, a sustained flood is not."""
+
+    ACCEPT = "accept"
+    REFUSE = "refuse"  # answer once with rate_limited
+    REFUSE_QUIETLY = "refuse quietly"
+    CLOSE = "close"
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.updated = time.monotonic()
+        self.refused = 0
+
+    def take(self) -> str:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.refused = 0
+            return self.ACCEPT
+        self.refused += 1
+        if self.refused > 4 * self.burst:
+            return self.CLOSE
+        return self.REFUSE if self.refused == 1 else self.REFUSE_QUIETLY

@@ -75,6 +75,8 @@ class Generation:
         self.lava_request_id = ""
         self.chutes_invocation_id = ""
         self.error: upstream.UpstreamError | None = None
+        # Whether the upstream answered at all (its response headers arrived).
+        self.responded = False
         self.stop_requested = False
         self.shutting_down = False
         self._reasoning_started: float | None = None
@@ -165,6 +167,7 @@ class Generation:
                     elif isinstance(event, upstream.Finish):
                         self.finish_reason = event.reason or ""
                     elif isinstance(event, upstream.RequestIds):
+                        self.responded = True
                         self.lava_request_id = event.lava_request_id or ""
                         self.chutes_invocation_id = event.chutes_invocation_id or ""
         except upstream.UpstreamError as exc:
@@ -235,6 +238,10 @@ class Generation:
             error_code = "interrupted"
             error_message = "The server restarted before this reply was finished."
         usage = self.usage
+        if usage is None and not self.responded:
+            # The upstream never answered (refused, failed before a response, stopped while
+            # waiting): nothing was produced and nothing is billed.
+            usage = upstream.Usage(prompt_tokens=0, completion_tokens=0, cached_tokens=0)
         return Outcome(
             message_id=self.message_id,
             charge_id=self.plan.charge_id,

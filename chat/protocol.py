@@ -105,7 +105,14 @@ class Unwatch:
     conversation: int
 
 
-ClientFrame = Send | Regenerate | Edit | Stop | Watch | Unwatch
+@dataclass(frozen=True)
+class Ack:
+    """Flow control: the client has received this many characters of frames in all."""
+
+    received: int
+
+
+ClientFrame = Send | Regenerate | Edit | Stop | Watch | Unwatch | Ack
 
 
 def _invalid(message: str, request_id: str | None = None) -> FrameError:
@@ -241,6 +248,11 @@ def parse_client_frame(text: str | None) -> ClientFrame:
         return Watch(conversation=_id(data, "conversation"))
     if kind == "unwatch":
         return Unwatch(conversation=_id(data, "conversation"))
+    if kind == "ack":
+        received = data.get("received")
+        if isinstance(received, bool) or not isinstance(received, int) or received < 0:
+            raise _invalid("'received' must be a non-negative integer.")
+        return Ack(received=received)
     if isinstance(kind, str):
         raise _invalid(f"Unknown frame type '{kind[:40]}'.")
     raise _invalid("The frame needs a 'type'.")

@@ -150,9 +150,10 @@ else:
         }
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Tests get their own file, never the development database. A file (not :memory:) because
-    # websocket tests touch the database from several threads.
-    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
+    # Tests get their own file, never the development database: a file (not :memory:) because
+    # websocket tests touch the database from several threads, one per test run so that two
+    # runs at once do not share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-db-{os.getpid()}.sqlite3")}
     DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -181,6 +182,20 @@ else:
             "CONFIG": {"capacity": envint("CHANNEL_CAPACITY", "1000"), "expiry": 30},
         }
     }
+
+# The cache holds log-in throttling counters: per process in memory, shared through Redis.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": os.getenv("CHANNEL_PREFIX", "chutes") + "-cache",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+LOGIN_ATTEMPTS = envint("LOGIN_ATTEMPTS", "5")
+LOGIN_LOCKOUT_SECONDS = envint("LOGIN_LOCKOUT_SECONDS", "900")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -265,6 +280,11 @@ MAX_FRAME_CHARS = envint("MAX_FRAME_CHARS", "1000000")
 MAX_CONCURRENT_GENERATIONS = envint("MAX_CONCURRENT_GENERATIONS", "3")
 MESSAGES_PER_MINUTE = envint("MESSAGES_PER_MINUTE", "20")
 MAX_WATCHED_CONVERSATIONS = envint("MAX_WATCHED_CONVERSATIONS", "20")
+# Per socket: frames a client may send per second (with a burst), and how far the server may
+# run ahead of what the client acknowledged before it drops a socket that is not reading.
+FRAMES_PER_SECOND = envfloat("FRAMES_PER_SECOND", "20")
+FRAME_BURST = envint("FRAME_BURST", "60")
+MAX_UNACKED_CHARS = envint("MAX_UNACKED_CHARS", "2000000")
 DEFAULT_MAX_TOKENS = envint("DEFAULT_MAX_TOKENS", "8192")
 # Money. A monthly limit per user in USD (blank: no limit; admins override per user), and the
 # markup that turns Chutes' catalogue prices into the prices charged when syncing the catalogue

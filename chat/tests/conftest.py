@@ -10,6 +10,7 @@ from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser
+from django.core.cache import cache
 from django.db import connections
 from django.db.backends.utils import CursorWrapper
 from django.test import Client
@@ -125,8 +126,17 @@ async def bob(make_user: Callable[..., AbstractUser]) -> AbstractUser:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def close_thread_connections() -> Iterator[None]:
+def close_thread_connections(django_db_blocker: Any) -> Iterator[None]:
     """Close the connection the ORM's worker thread holds, so the test database can be
     dropped at the end (PostgreSQL refuses while a session is open)."""
     yield
-    async_to_sync(database_sync_to_async(connections.close_all))()
+    with django_db_blocker.unblock():
+        async_to_sync(database_sync_to_async(connections.close_all))()
+
+
+@pytest.fixture(autouse=True)
+def empty_cache() -> Iterator[None]:
+    """Log-in throttling counters live in the cache; no test inherits another's."""
+    cache.clear()
+    yield
+    cache.clear()

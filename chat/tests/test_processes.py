@@ -244,3 +244,46 @@ def test_two_processes_share_replies_stops_and_the_reaper(
         finally:
             a.stop()
             b.stop()
+
+
+def test_a_server_killed_mid_reply_leaves_an_interrupted_reply_that_can_be_retried(
+    tmp_path: Path,
+) -> None:
+    upstream = processes.start_upstream(tmp_path, "--any-model")
+    env = processes.app_env(upstream, tmp_path)
+    processes.migrate(env)
+    processes.create_user(env, "kim", "correct horse battery staple")
+    app = processes.start_app("app", tmp_path, env)
+    try:
+        cookie = processes.login_cookie(app.url, "kim", "correct horse battery staple")
+        client = Client(app, cookie)
+        accepted = send(client, '[[fake {"tokens": 400, "interval_ms": 20}]] long answer')
+        # Wait for at least one flush of the partial text (once a second).
+        client.until(lambda f: f["type"] == "delta" and f["seq"] >= 70, timeout=30)
+        seen = client.text(accepted["message"])
+        app.signal(signal.SIGKILL)
+        app.proc.wait(10)
+    finally:
+        app.stop()
+    app = processes.start_app("restarted", tmp_path, env)
+    try:
+        cookie = processes.login_cookie(app.url, "kim", "correct horse battery staple")
+        client = Client(app, cookie)
+        client.send({"type": "watch", "conversation": accepted["conversation"]})
+        done = client.until(lambda f: f["type"] == "done")
+        assert done["status"] == "interrupted"  # no spinner forever
+        data = read_json(app, f"/api/conversations/{accepted['conversation']}", cookie)
+        saved = next(m for m in data["messages"] if m["id"] == accepted["message"])
+        assert saved["status"] == "interrupted"
+        assert saved["content"] and seen.startswith(saved["content"])
+        # Retry writes a new reply in its place.
+        client.send(
+            {"type": "regenerate", "request_id": uuid.uuid4().hex, "message": accepted["message"]}
+        )
+        retried = client.until(lambda f: f["type"] == "accepted")
+        final = client.until(lambda f: f["type"] == "done" and f["message"] == retried["message"])
+        assert final["status"] == "complete"
+        client.close()
+    finally:
+        app.stop()
+        upstream.stop()

@@ -192,6 +192,9 @@ async def test_an_upstream_failure_ends_in_done_with_error_and_the_socket_stays_
     assert reply.content == partial, frames
     if "after" in script:
         assert partial  # what the user saw before the failure is kept
+    else:
+        # Refused before any response: nothing was produced, nothing is billed.
+        assert (reply.prompt_tokens, reply.completion_tokens, reply.cost) == (0, 0, 0)
 
     fake.set_default_script(tokens=3, interval_ms=1)
     again = await send_and_accept(socket, "and now?", conversation=accepted["conversation"])
