@@ -17,7 +17,17 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 
 from . import budgets, sync, upstream, usage
-from .models import Charge, ChatModel, Conversation, Message, PriceChange, Profile, UsageReport
+from .models import (
+    Charge,
+    ChatModel,
+    Conversation,
+    Message,
+    Preset,
+    PriceChange,
+    Profile,
+    ShareLink,
+    UsageReport,
+)
 from .services import save_catalogue_entry, set_models_enabled
 
 SYNC_SESSION_KEY = "catalogue_sync_preview"
@@ -360,3 +370,44 @@ class UsageDashboardAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             if share is not None and share >= NEAR_LIMIT:
                 rows.append({"user": user, "standing": current, "share": share, "over": share >= 1})
         return sorted(rows, key=lambda row: -row["share"])
+
+
+# Presets and share links -----------------------------------------------------------------------
+
+
+@admin.register(Preset)
+class PresetAdmin(admin.ModelAdmin):
+    """Admins publish presets for everyone by leaving the owner empty."""
+
+    list_display = ("name", "model", "owner", "published_for_everyone", "updated_at")
+    list_filter = (("owner", admin.EmptyFieldListFilter), "model")
+    search_fields = ("name", "system_prompt", "owner__username")
+    raw_id_fields = ("owner",)
+    fields = ("name", "owner", "model", "system_prompt", "params")
+
+    @admin.display(boolean=True, description="published")
+    def published_for_everyone(self, preset: Preset) -> bool:
+        return preset.published
+
+
+@admin.register(ShareLink)
+class ShareLinkAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("token", "conversation", "owner", "created_at", "revoked_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    search_fields = ("token", "owner__username")
+    actions = ("revoke",)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_staff
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Needed for the revoke action; the fields themselves stay read-only.
+        return request.user.is_active and request.user.is_superuser
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [field.name for field in ShareLink._meta.fields]
+
+    @admin.action(description="Revoke the selected links")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ShareLink]) -> None:
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} link(s).", messages.SUCCESS)

@@ -13,7 +13,7 @@ from django.db.models import Q, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from . import budgets, pricing, protocol, services
+from . import attachments, budgets, pricing, protocol, services
 from .http import api_login_required, json_error
 from .models import Conversation, Message
 from .protocol import FrameError
@@ -37,7 +37,7 @@ def conversation_summary(conversation: Conversation) -> dict[str, Any]:
     }
 
 
-def message_json(message: Message) -> dict[str, Any]:
+def message_json(message: Message, versions: list[int] | None = None) -> dict[str, Any]:
     error = None
     if message.error_code:
         error = {"code": message.error_code, "message": message.error_message}
@@ -59,12 +59,21 @@ def message_json(message: Message) -> dict[str, Any]:
         "error": error,
         "reasoning_ms": message.reasoning_ms,
         "parent": message.parent_id,
+        # Every version at this place (regenerated replies, edited questions), oldest first.
+        "versions": versions or [message.pk],
+        "images": [attachments.as_json(a) for a in message.attachments.all()],
         "created": iso(message.created_at),
     }
 
 
 def conversation_detail(conversation: Conversation) -> dict[str, Any]:
-    messages = conversation.messages.filter(active=True).select_related("model").order_by("id")
+    messages = (
+        conversation.messages.filter(active=True)
+        .select_related("model")
+        .prefetch_related("attachments")
+        .order_by("id")
+    )
+    versions = services.siblings(conversation)
     # Everything this conversation cost, replaced replies and titles included.
     total = conversation.charges.filter(cost__isnull=False).aggregate(total=Sum("cost"))["total"]
     return {
@@ -72,7 +81,7 @@ def conversation_detail(conversation: Conversation) -> dict[str, Any]:
         "system_prompt": conversation.system_prompt,
         "params": conversation.params,
         "total_cost": pricing.plain(total or Decimal(0)),
-        "messages": [message_json(m) for m in messages],
+        "messages": [message_json(m, versions.get(m.pk)) for m in messages],
     }
 
 

@@ -274,6 +274,81 @@ class Message(models.Model):
         return f"{self.role} message {self.pk}"
 
 
+class Attachment(models.Model):
+    """An image a user uploaded for a vision model; sent upstream as a data URI."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="attachments"
+    )
+    message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.CASCADE, related_name="attachments"
+    )
+    content_type = models.CharField(max_length=40)
+    data = models.BinaryField()
+    size = models.PositiveIntegerField()
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.content_type} {self.width}x{self.height} ({self.pk})"
+
+
+class ShareLink(models.Model):
+    """A read-only snapshot of a conversation that anyone with the link can view."""
+
+    token = models.CharField(max_length=40, unique=True)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="shares")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    snapshot = models.JSONField()
+    include_reasoning = models.BooleanField(default=False)
+    include_costs = models.BooleanField(default=False)
+    include_system_prompt = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"share of {self.conversation_id} ({'revoked' if self.revoked_at else 'live'})"
+
+
+class Preset(models.Model):
+    """A named model, system prompt and parameters to start chats from. Presets without an
+    owner are published by an admin for everyone."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="presets",
+        help_text="Leave empty to publish the preset for every user.",
+    )
+    name = models.CharField(max_length=80)
+    model = models.ForeignKey(
+        ChatModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    system_prompt = models.TextField(blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def published(self) -> bool:
+        return self.owner_id is None
+
+
 class Charge(models.Model):
     """One upstream call billed to a user: a reply, a regeneration or a title.
 

@@ -24,8 +24,10 @@ RATE_LIMITED = "rate_limited"
 BUDGET_EXCEEDED = "budget_exceeded"
 NOT_CONFIGURED = "not_configured"
 CONFLICT = "conflict"
+VISION_REQUIRED = "vision_required"
 ERROR_CODES = frozenset(
     {
+        VISION_REQUIRED,
         INVALID_FRAME,
         NOT_FOUND,
         MODEL_UNAVAILABLE,
@@ -73,6 +75,8 @@ class Send:
     model: str | None
     content: str
     params: Params = field(default_factory=Params)
+    images: tuple[int, ...] = ()
+    preset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,22 @@ def _content(data: dict[str, Any], request_id: str) -> str:
     return content
 
 
+def _images(data: dict[str, Any], request_id: str) -> tuple[int, ...]:
+    images = data.get("images")
+    if images is None:
+        return ()
+    if not isinstance(images, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**63 for i in images
+    ):
+        raise _invalid("'images' must be a list of uploaded image ids.", request_id)
+    limit = settings.MAX_IMAGES_PER_MESSAGE
+    if len(images) > limit:
+        raise FrameError(
+            CONTENT_TOO_LONG, f"A message can carry at most {limit} images.", request_id
+        )
+    return tuple(dict.fromkeys(images))
+
+
 def parse_client_frame(text: str | None) -> ClientFrame:
     """Parse one text frame. Raises FrameError with a code and a message for the user."""
     if text is None:
@@ -226,6 +246,8 @@ def parse_client_frame(text: str | None) -> ClientFrame:
             model=_model(data, request_id),
             content=_content(data, request_id),
             params=parse_params(data.get("params"), request_id),
+            images=_images(data, request_id),
+            preset=None if data.get("preset") is None else _id(data, "preset", request_id),
         )
     if kind == "regenerate":
         request_id = _request_id(data)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,12 +19,25 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from . import budgets, pricing, protocol
-from .models import Charge, ChatModel, Conversation, Message, PriceChange, Profile
+from .attachments import data_uri, image_tokens
+from .models import (
+    Attachment,
+    Charge,
+    ChatModel,
+    Conversation,
+    Message,
+    Preset,
+    PriceChange,
+    Profile,
+    ShareLink,
+)
 from .protocol import Edit, FrameError, Params, Regenerate, Send
 from .upstream import NOT_CONFIGURED_MESSAGE, UpstreamConfig
 
 # Below this many tokens of room a reply is not worth starting.
 MIN_REPLY_TOKENS = 256
+# Vision models spend at least this much on even a tiny image.
+MIN_IMAGE_TOKENS = 64
 
 TRACKED_FIELDS = ("input_price", "output_price", "enabled")
 
@@ -210,7 +224,25 @@ def _check_configured(request_id: str) -> None:
 
 
 def active_path(conversation: Conversation) -> list[Message]:
-    return list(conversation.messages.filter(active=True).order_by("id"))
+    return list(
+        conversation.messages.filter(active=True).prefetch_related("attachments").order_by("id")
+    )
+
+
+def _turn(message: Message, model: ChatModel) -> tuple[dict[str, Any], int]:
+    """One message as the upstream reads it, and its estimated tokens (images included)."""
+    tokens = pricing.estimate_prompt_tokens([{"content": message.content}])
+    images = list(message.attachments.all()) if message.role == Message.Role.USER else []
+    if not images:
+        return {"role": message.role, "content": message.content}, tokens
+    if not model.vision:
+        # History from a vision model, continued with one that cannot see.
+        note = f"{message.content}\n\n[{len(images)} image(s) attached, not shown to this model]"
+        return {"role": message.role, "content": note}, pricing.estimate_tokens(note) + 4
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
+    parts += [{"type": "image_url", "image_url": {"url": data_uri(a)}} for a in images]
+    tokens += sum(max(image_tokens(a.width, a.height), MIN_IMAGE_TOKENS) for a in images)
+    return {"role": message.role, "content": parts}, tokens
 
 
 def build_prompt(
@@ -229,15 +261,18 @@ def build_prompt(
     if system_prompt is None:
         system_prompt = conversation.system_prompt
     system = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
-    turns = [
-        {"role": m.role, "content": m.content}
-        for m in history
-        if m.content and (m.role == Message.Role.USER or m.status != Message.Status.STREAMING)
-    ]
+    turns: list[dict[str, Any]] = []
+    sizes: list[int] = []
+    for message in history:
+        if message.content and (
+            message.role == Message.Role.USER or message.status != Message.Status.STREAMING
+        ):
+            turn, size = _turn(message, model)
+            turns.append(turn)
+            sizes.append(size)
     requested = params.max_tokens or conversation.params.get("max_tokens")
     max_tokens = min(requested or settings.DEFAULT_MAX_TOKENS, model.max_output_tokens)
     fixed = pricing.estimate_prompt_tokens(system)
-    sizes = [pricing.estimate_prompt_tokens([t]) for t in turns]
     total = fixed + sum(sizes)
     while len(turns) > 1 and total + max_tokens > model.context_length:
         total -= sizes.pop(0)
@@ -286,7 +321,7 @@ def _start_reply(
     input_price, output_price = model.input_price, model.output_price
     assert input_price is not None and output_price is not None
     worst_case = pricing.cost(
-        pricing.upper_prompt_tokens(body["messages"]), body["max_tokens"], input_price, output_price
+        pricing.upper_prompt_tokens(prompt_estimate), body["max_tokens"], input_price, output_price
     )
     budgets.check_budget(user, worst_case, request_id)
     now = timezone.now()
@@ -392,15 +427,25 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
             conversation = None
             if frame.conversation is not None:
                 conversation = owned_conversation(user, frame.conversation)
+            preset = None
+            if frame.preset is not None and conversation is None:
+                preset = usable_preset(user, frame.preset, frame.request_id)
             model_id = frame.model or (
                 conversation.model.model_id if conversation and conversation.model else None
             )
+            if model_id is None and preset is not None and preset.model is not None:
+                model_id = preset.model.model_id
             model = usable_model(model_id or default_model_id(user), frame.request_id)
+            images = _unsent_images(user, frame.images, model, frame.request_id)
             _check_configured(frame.request_id)
             _check_limits(user, frame.request_id)
             if conversation is None:
                 conversation = Conversation.objects.create(
-                    owner=user, title=default_title(frame.content), model=model
+                    owner=user,
+                    title=default_title(frame.content),
+                    model=model,
+                    system_prompt=preset.system_prompt if preset else "",
+                    params=dict(preset.params) if preset else {},
                 )
             params = frame.params
             if params.as_json():
@@ -420,6 +465,8 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
                 content=frame.content,
                 parent=parent,
             )
+            if images:
+                Attachment.objects.filter(pk__in=[a.pk for a in images]).update(message=question)
             history.append(question)
             return _start_reply(
                 user=user,
@@ -522,6 +569,18 @@ def accept_edit(user: AbstractBaseUser, frame: Edit) -> GenerationPlan:
                 content=frame.content,
                 parent=old.parent,
             )
+            # The edited question keeps its images (copied: the old one stays as it was).
+            copies = list(old.attachments.all())
+            if copies and not model.vision:
+                raise FrameError(
+                    protocol.VISION_REQUIRED,
+                    f"{model.name} cannot read images. Pick a vision model for this question.",
+                    frame.request_id,
+                )
+            for image in copies:
+                image.pk = None
+                image.message = question
+                image.save()
             history.append(question)
             return _start_reply(
                 user=user,
@@ -538,6 +597,36 @@ def accept_edit(user: AbstractBaseUser, frame: Edit) -> GenerationPlan:
         if replay is None:
             raise
         return replay
+
+
+def _unsent_images(
+    user: AbstractBaseUser, ids: tuple[int, ...], model: ChatModel, request_id: str
+) -> list[Attachment]:
+    """The user's uploaded images for this message; refused before anything is sent when the
+    model cannot read images."""
+    if not ids:
+        return []
+    if not model.vision:
+        raise FrameError(
+            protocol.VISION_REQUIRED,
+            f"{model.name} cannot read images. Pick a model marked vision, or remove the images.",
+            request_id,
+        )
+    images = list(Attachment.objects.filter(pk__in=ids, owner=user, message__isnull=True))
+    if len(images) != len(ids):
+        raise FrameError(protocol.NOT_FOUND, "An image was not found; upload it again.", request_id)
+    return images
+
+
+def usable_preset(user: AbstractBaseUser, preset_id: int, request_id: str) -> Preset:
+    preset = (
+        Preset.objects.filter(Q(owner=user) | Q(owner__isnull=True), pk=preset_id)
+        .select_related("model")
+        .first()
+    )
+    if preset is None:
+        raise FrameError(protocol.NOT_FOUND, "No such preset.", request_id)
+    return preset
 
 
 def profile_for(user: AbstractBaseUser) -> Profile:
@@ -761,7 +850,7 @@ def plan_title(message_id: int) -> TitlePlan | None:
         prompt_estimate = pricing.estimate_prompt_tokens(messages)
         assert model.input_price is not None and model.output_price is not None
         worst_case = pricing.cost(
-            pricing.upper_prompt_tokens(messages),
+            pricing.upper_prompt_tokens(prompt_estimate),
             body["max_tokens"],
             model.input_price,
             model.output_price,
@@ -832,3 +921,92 @@ def finish_title(
             pk=plan.conversation_id, title_is_custom=False
         ).update(title=title)
         return title if updated else None
+
+
+# Alternatives ----------------------------------------------------------------------------------
+
+
+def siblings(conversation: Conversation) -> dict[int, list[int]]:
+    """For every message, the ids of the versions at its place (same parent, same role)."""
+    groups: dict[tuple[int | None, str], list[int]] = {}
+    for pk, parent, role in conversation.messages.values_list("pk", "parent_id", "role").order_by(
+        "id"
+    ):
+        groups.setdefault((parent, role), []).append(pk)
+    return {pk: group for group in groups.values() for pk in group}
+
+
+def show_version(user: AbstractBaseUser, message_id: int) -> Conversation:
+    """Make `message_id` the version shown at its place; the conversation continues from it.
+
+    The path becomes its ancestors, itself, and below it the most recent version at each step.
+    """
+    with transaction.atomic():
+        target = (
+            Message.objects.filter(pk=message_id, user=user).select_related("conversation").first()
+        )
+        if target is None or target.conversation.owner_id != user.pk:
+            raise FrameError(protocol.NOT_FOUND, "No such message.")
+        conversation = target.conversation
+        if conversation.messages.filter(status=Message.Status.STREAMING).exists():
+            raise FrameError(
+                protocol.CONFLICT, "A reply is still being written. Wait or stop it first."
+            )
+        rows = list(conversation.messages.values_list("pk", "parent_id"))
+        parent_of = dict(rows)
+        children: dict[int | None, list[int]] = {}
+        for pk, parent in rows:
+            children.setdefault(parent, []).append(pk)
+        path = []
+        node: int | None = target.pk
+        while node is not None:
+            path.append(node)
+            node = parent_of.get(node)
+        node = target.pk
+        while children.get(node):
+            node = max(children[node])
+            path.append(node)
+        conversation.messages.exclude(pk__in=path).update(active=False)
+        conversation.messages.filter(pk__in=path).update(active=True)
+    return conversation
+
+
+# Sharing -----------------------------------------------------------------------------------------
+
+
+def create_share(
+    conversation: Conversation,
+    *,
+    include_reasoning: bool,
+    include_costs: bool,
+    include_system_prompt: bool,
+) -> ShareLink:
+    """A read-only snapshot of the conversation as it reads now; later messages are not shown."""
+    messages = []
+    for message in conversation.messages.filter(active=True).select_related("model").order_by("id"):
+        if message.role == Message.Role.ASSISTANT and message.status == Message.Status.STREAMING:
+            continue
+        item: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.role == Message.Role.ASSISTANT:
+            item["model"] = message.model.name if message.model else ""
+            if include_reasoning and message.reasoning:
+                item["reasoning"] = message.reasoning
+            if include_costs and message.cost is not None:
+                item["cost"] = pricing.plain(message.cost)
+        messages.append(item)
+    snapshot: dict[str, Any] = {"title": conversation.title, "messages": messages}
+    if include_system_prompt and conversation.system_prompt:
+        snapshot["system_prompt"] = conversation.system_prompt
+    return ShareLink.objects.create(
+        token=secrets.token_urlsafe(18),
+        conversation=conversation,
+        owner=conversation.owner,
+        snapshot=snapshot,
+        include_reasoning=include_reasoning,
+        include_costs=include_costs,
+        include_system_prompt=include_system_prompt,
+    )
+
+
+def live_share(token: str) -> ShareLink | None:
+    return ShareLink.objects.filter(token=token, revoked_at__isnull=True).first()

@@ -13,3 +13,9 @@ register = template.Library()
 def usd(amount: Decimal | None) -> str:
     """USD for people, exact: "$0.50", "$0.000408", "$1,234.56"."""
     return "—" if amount is None else pricing.usd(amount)
+
+
+@register.filter
+def usd_text(amount: str | None) -> str:
+    """A decimal string (as stored in JSON snapshots) as USD for people."""
+    return "—" if not amount else pricing.usd(Decimal(amount))

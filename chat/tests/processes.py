@@ -96,9 +96,7 @@ def base_env(**extra: str) -> dict[str, str]:
 def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path, port: int) -> Process:
     log = log_dir / f"{name}.log"
     handle = log.open("wb")
-    proc = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT
-    )
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
     handle.close()
     return Process(name, proc, log, port)
 

@@ -169,7 +169,9 @@ async def test_concurrent_sends_near_the_limit_never_end_above_it(fake, alice, s
         for i in range(10)
     ]
     worst = pricing.cost(
-        pricing.upper_prompt_tokens([{"role": "user", "content": "question 0"}]),
+        pricing.upper_prompt_tokens(
+            pricing.estimate_prompt_tokens([{"role": "user", "content": "question 0"}])
+        ),
         max_tokens,
         PRICE,
         PRICE,
