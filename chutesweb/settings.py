@@ -221,7 +221,7 @@ STORAGES = {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
             if DEBUG
-            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            else "chutesweb.storage.StaticStorage"
         )
     },
 }
@@ -311,3 +311,27 @@ LOGGING = {
         "httpcore": {"level": "WARNING"},
     },
 }
+
+# Content-Security-Policy on every response (chat.middleware), first so that it also covers the
+# static files WhiteNoise answers. No inline script or style anywhere: the chat page renders model
+# output, and the policy is the second line of defence behind its sanitiser. Images only from
+# this site or data: URLs, so a model cannot leak data through a markdown image's address.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "chat.middleware.content_security_policy",
+)
+CONTENT_SECURITY_POLICY: dict[str, list[str]] = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "font-src": ["'self'"],
+    "connect-src": ["'self'"],  # the middleware adds this host's ws:// or wss:// origin
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+# Sources added for paths under a prefix. Django's admin needs nothing extra (its scripts are
+# files and it sets no inline styles); kept empty so a relaxation has one obvious home.
+CONTENT_SECURITY_POLICY_RELAXED: dict[str, dict[str, list[str]]] = {}

@@ -90,44 +90,48 @@ def stack(tmp_path: Path) -> Iterator[tuple[int, int]]:
         if os.getenv("REQUIRE_SERVICES") == "1":
             pytest.fail("nginx is required (REQUIRE_SERVICES=1) but not installed")
         pytest.skip("needs nginx (Debian package nginx-light)")
-    upstream = processes.start_upstream(tmp_path, "--any-model")
-    env = processes.app_env(
-        upstream,
-        tmp_path,
-        DEBUG="false",
-        SECRET_KEY="k" * 50,
-        ALLOWED_HOSTS=f"{HOST},127.0.0.1",
-        CSRF_TRUSTED_ORIGINS=f"https://{HOST}",
-        BEHIND_TLS_PROXY="true",
-        STATIC_ROOT=str(tmp_path / "static"),
-    )
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-    )
-    processes.migrate(env)
-    processes.create_user(env, "sam", PASSWORD)
-    apps = [processes.start_app(f"app{i}", tmp_path, env) for i in (1, 2)]
-    http_port, https_port = processes.free_port(), processes.free_port()
-    config = site_config(tmp_path, http_port, https_port, apps)
-    nginx = subprocess.Popen(
-        [NGINX, "-p", str(tmp_path), "-c", str(config)], stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 15
-    while not processes.port_open(https_port):
-        assert nginx.poll() is None, nginx.stderr.read().decode() if nginx.stderr else ""
-        assert time.monotonic() < deadline, "nginx did not start"
-        time.sleep(0.05)
+    started: list[Process] = []
+    nginx: subprocess.Popen[bytes] | None = None
     try:
+        upstream = processes.start_upstream(tmp_path, "--any-model")
+        started.append(upstream)
+        env = processes.app_env(
+            upstream,
+            tmp_path,
+            DEBUG="false",
+            SECRET_KEY="k" * 50,
+            ALLOWED_HOSTS=f"{HOST},127.0.0.1",
+            CSRF_TRUSTED_ORIGINS=f"https://{HOST}",
+            BEHIND_TLS_PROXY="true",
+            STATIC_ROOT=str(tmp_path / "static"),
+        )
+        subprocess.run(
+            [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+        )
+        processes.migrate(env)
+        processes.create_user(env, "sam", PASSWORD)
+        apps = [processes.start_app(f"app{i}", tmp_path, env) for i in (1, 2)]
+        started += apps
+        http_port, https_port = processes.free_port(), processes.free_port()
+        config = site_config(tmp_path, http_port, https_port, apps)
+        nginx = subprocess.Popen(
+            [NGINX, "-p", str(tmp_path), "-c", str(config)], stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 15
+        while not processes.port_open(https_port):
+            assert nginx.poll() is None, nginx.stderr.read().decode() if nginx.stderr else ""
+            assert time.monotonic() < deadline, "nginx did not start"
+            time.sleep(0.05)
         yield http_port, https_port
     finally:
-        nginx.terminate()
-        nginx.wait(10)
-        for app in apps:
-            app.stop()
-        upstream.stop()
+        if nginx is not None:
+            nginx.terminate()
+            nginx.wait(10)
+        for process in started:
+            process.stop()
 
 
 def test_a_reply_streams_through_nginx_over_tls(stack: tuple[int, int]) -> None:

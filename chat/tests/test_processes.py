@@ -35,12 +35,13 @@ class Client:
     """A websocket client of the real protocol."""
 
     def __init__(self, app: Process, cookie: str) -> None:
-        self.ws: ClientConnection = connect(
+        self._connection = connect(
             f"ws://127.0.0.1:{app.port}/ws/chat/",
             additional_headers={"Cookie": cookie},
             origin=f"http://127.0.0.1:{app.port}",
             open_timeout=10,
         )
+        self.ws: ClientConnection = self._connection.__enter__()
         self.frames: list[dict[str, Any]] = []
 
     def send(self, frame: dict[str, Any]) -> None:

@@ -127,3 +127,19 @@ def test_check_deploy_is_clean_in_production() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_production_static_files_import_each_other_by_hashed_name(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env.update(DEBUG="false", SECRET_KEY=STRONG_KEY, STATIC_ROOT=str(tmp_path))
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
+    manifest = json.loads((tmp_path / "staticfiles.json").read_text())["paths"]
+    app = (tmp_path / manifest["chat/js/app.js"]).read_text()
+    hashed_socket = manifest["chat/js/socket.js"].rsplit("/", 1)[-1]
+    assert f'"./{hashed_socket}"' in app
+    assert '"./socket.js"' not in app

@@ -1,0 +1,666 @@
+// The chat page: wires the sidebar, model picker, composer and settings to the JSON API and the
+// websocket, and keeps the open conversation in step with the server (docs/protocol.md).
+//
+// State for tests and assistive tech lives in the DOM: body[data-ready], #connection
+// [data-connection], and each reply's [data-status] and [data-seq].
+
+import * as api from "./api.js";
+import { Composer } from "./composer.js";
+import { Drawer } from "./drawer.js";
+import { openEditor } from "./editor.js";
+import { describeError, usd } from "./format.js";
+import { ModelPicker } from "./picker.js";
+import { SettingsPanel } from "./settings.js";
+import { Sidebar } from "./sidebar.js";
+import { ChatSocket } from "./socket.js";
+import { newReply, Thread } from "./thread.js";
+
+// The server lets a socket watch MAX_WATCHED_CONVERSATIONS (20 by default); conversations left
+// recently stay watched so that their titles still reach the sidebar.
+const KEEP_WATCHING = 6;
+const ACCEPT_PATIENCE_MS = 10000;
+const CONNECTION_LABELS = {
+  connecting: "Connecting…",
+  open: "Connected",
+  reconnecting: "Reconnecting…",
+  offline: "Offline",
+};
+
+const $ = (id) => document.getElementById(id);
+
+function newRequestId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  // randomUUID needs a secure context; plain-HTTP deployments still get 128 random bits.
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// The server's default title for a new conversation, shown until the real one arrives.
+function firstLine(content) {
+  const line = content.split("\n").find((part) => part.trim()) ?? "";
+  return line.trim().slice(0, 80) || "New chat";
+}
+
+function conversationFromUrl() {
+  const id = Number(new URLSearchParams(location.search).get("c"));
+  return Number.isInteger(id) && id > 0 ? id : null;
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    // The Clipboard API needs a secure context and permission; fall back to a selection.
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "visually-hidden";
+    document.body.append(area);
+    area.select();
+    const ok = document.execCommand("copy");
+    area.remove();
+    return ok;
+  }
+}
+
+class ChatApp {
+  constructor() {
+    this.models = [];
+    this.me = { default_model: null };
+    this.conversationId = null;
+    this.conversation = null;
+    // request_id -> what the page asked for, until `accepted` or `error` answers it.
+    this.pending = new Map();
+    this.watched = [];
+    this.newChatSettings = { system_prompt: "", params: {} };
+    this.selectedModel = null;
+    this.unavailable = false;
+    // `view` changes with every conversation switch: late answers for an old view are dropped.
+    this.view = 0;
+    // `shape` changes whenever the page itself adds or removes messages, so that a re-read
+    // asked for before such a change cannot undo it.
+    this.shape = 0;
+    this.refreshing = null;
+    this.refreshAgain = false;
+    this.resyncing = false;
+    this.siteName = document.title;
+  }
+
+  async start() {
+    this.thread = new Thread({
+      modelName: (id) => this.modelById(id)?.name ?? id ?? "",
+      onChange: () => this.updateComposer(),
+    });
+    this.sidebar = new Sidebar({
+      onOpen: (id) => this.open(id, { push: true }),
+      onDeleted: (id) => this.deleted(id),
+      onError: (message) => this.composer.showError(message),
+    });
+    this.picker = new ModelPicker({
+      onPick: (id) => this.pickModel(id),
+      onMakeDefault: (id) => this.makeDefault(id),
+    });
+    this.composer = new Composer({
+      onSend: (content) => this.send(content),
+      onStop: () => this.stop(),
+    });
+    this.settings = new SettingsPanel({ onSave: (values) => this.saveSettings(values) });
+    this.drawer = new Drawer();
+    this.socket = new ChatSocket({
+      path: $("app").dataset.wsPath,
+      onFrame: (frame) => this.onFrame(frame),
+      onState: (state) => this.showConnection(state),
+      onOpen: () => this.resubscribe(),
+      onUnauthorized: () => api.goToLogin(),
+    });
+    this.bindPage();
+    this.socket.connect();
+    try {
+      const [models, me] = await Promise.all([api.listModels(), api.getMe()]);
+      this.models = models.models;
+      this.me = me;
+    } catch (error) {
+      this.composer.showError(error.message);
+    }
+    this.picker.setModels(this.models);
+    this.picker.setDefault(this.me.default_model);
+    await this.sidebar.reload();
+    const id = conversationFromUrl();
+    if (id) await this.open(id);
+    else this.newChat({ push: false });
+    document.body.dataset.ready = "1";
+  }
+
+  bindPage() {
+    $("new-chat").addEventListener("click", () => this.newChat());
+    window.addEventListener("popstate", () => {
+      const id = conversationFromUrl();
+      if (id) this.open(id);
+      else this.newChat({ push: false });
+    });
+    document.addEventListener("keydown", (event) => this.onKey(event));
+    document.addEventListener("conversation-renamed", (event) => {
+      if (event.detail.id === this.conversationId) this.showTitle(event.detail.title);
+    });
+    $("thread").addEventListener("click", (event) => this.onThreadClick(event));
+  }
+
+  onKey(event) {
+    if (event.key !== "Escape" || event.defaultPrevented) return;
+    // A dialog handles its own Esc (it closes); so do the picker, settings and inline editors.
+    if (event.target.closest?.("dialog")) return;
+    if (this.drawer.isOpen) {
+      this.drawer.close();
+    } else if (this.thread.isBusy()) {
+      event.preventDefault();
+      this.stop();
+    }
+  }
+
+  // Conversations ------------------------------------------------------------------------------
+
+  switchView() {
+    this.view += 1;
+    this.shape += 1;
+    this.refreshing = null;
+    this.refreshAgain = false;
+    this.resyncing = false;
+    this.thread.reset();
+    this.composer.clearError();
+    this.drawer.close();
+  }
+
+  async open(id, { push = false } = {}) {
+    if (push) history.pushState({}, "", `?c=${id}`);
+    this.switchView();
+    this.conversationId = id;
+    this.conversation = null;
+    this.sidebar.setActive(id);
+    this.showTitle("Loading…");
+    this.thread.setWelcome(false);
+    this.updateComposer();
+    this.watch(id);
+    await this.refresh();
+    this.composer.focus();
+  }
+
+  newChat({ push = true } = {}) {
+    if (push && location.search) history.pushState({}, "", location.pathname);
+    this.switchView();
+    this.conversationId = null;
+    this.conversation = null;
+    this.sidebar.setActive(null);
+    this.showTitle(null);
+    this.showTotal("0");
+    this.newChatSettings = { system_prompt: "", params: {} };
+    this.settings.load(this.newChatSettings);
+    this.chooseModel(null);
+    this.thread.setWelcome(true);
+    this.updateComposer();
+    this.composer.focus();
+  }
+
+  deleted(id) {
+    this.unwatch(id);
+    if (id === this.conversationId) this.newChat();
+  }
+
+  // Read the open conversation again. Calls made while one runs are folded into one more.
+  refresh() {
+    if (this.refreshing) {
+      this.refreshAgain = true;
+      return this.refreshing;
+    }
+    const view = this.view;
+    const run = async () => {
+      do {
+        this.refreshAgain = false;
+        await this.loadConversation(view);
+      } while (this.refreshAgain && view === this.view);
+    };
+    const promise = run().finally(() => {
+      if (this.refreshing === promise) this.refreshing = null;
+    });
+    this.refreshing = promise;
+    return promise;
+  }
+
+  async loadConversation(view) {
+    const id = this.conversationId;
+    const shape = this.shape;
+    if (id === null) return;
+    let detail;
+    try {
+      detail = await api.getConversation(id);
+    } catch (error) {
+      if (view !== this.view) return;
+      if (error.status === 404) {
+        this.sidebar.remove(id);
+        this.newChat();
+        this.composer.showError("That conversation no longer exists.");
+      } else {
+        this.composer.showError(error.message);
+      }
+      return;
+    }
+    if (view !== this.view) return;
+    const { messages, ...conversation } = detail;
+    this.conversation = conversation;
+    this.showTitle(conversation.title);
+    this.showTotal(conversation.total_cost);
+    if (!this.settings.isOpen) this.settings.load(conversation);
+    this.chooseModel(conversation.model);
+    this.thread.merge(messages, { reshape: shape === this.shape });
+    this.updateComposer();
+  }
+
+  // The websocket ------------------------------------------------------------------------------
+
+  watch(id) {
+    this.watched = this.watched.filter((other) => other !== id);
+    this.watched.push(id);
+    while (this.watched.length > KEEP_WATCHING) this.unwatch(this.watched[0]);
+    if (this.socket.isOpen) this.socket.send({ type: "watch", conversation: id });
+  }
+
+  unwatch(id) {
+    this.watched = this.watched.filter((other) => other !== id);
+    if (this.socket.isOpen) this.socket.send({ type: "unwatch", conversation: id });
+  }
+
+  // After (re)connecting: the server forgot what this socket watched.
+  resubscribe() {
+    this.watched = [];
+    this.resyncing = false;
+    if (this.conversationId !== null) this.watch(this.conversationId);
+  }
+
+  showConnection(state) {
+    $("connection").dataset.connection = state;
+    $("connection-label").textContent = CONNECTION_LABELS[state] ?? state;
+    this.thread.setPendingNote(state === "open" ? "Sending…" : "Waiting for the connection…");
+  }
+
+  onFrame(frame) {
+    const handlers = {
+      accepted: this.onAccepted,
+      started: this.onStarted,
+      snapshot: this.onSnapshot,
+      delta: this.onDelta,
+      done: this.onDone,
+      title: this.onTitle,
+      watching: this.onWatching,
+      error: this.onError,
+    };
+    handlers[frame.type]?.call(this, frame);
+  }
+
+  isHere(frame) {
+    return frame.conversation === this.conversationId;
+  }
+
+  onAccepted(frame) {
+    const request = this.pending.get(frame.request_id);
+    if (!request) return;
+    this.pending.delete(frame.request_id);
+    clearTimeout(request.timer);
+    const here = request.view === this.view;
+    if (request.kind === "send" && request.conversation === null) {
+      this.created(frame.conversation, request, here);
+    } else {
+      this.sidebar.touch(frame.conversation);
+    }
+    if (!here) return;
+    this.shape += 1;
+    if (request.kind === "send") {
+      this.thread.settleQuestion(request.key, frame.user_message);
+    } else if (request.kind === "edit") {
+      this.thread.truncateFrom(request.message);
+      this.thread.add({ id: frame.user_message, role: "user", content: request.content });
+    } else if (request.kind === "regenerate") {
+      this.thread.truncateFrom(request.message);
+    }
+    this.thread.add(this.thread.get(frame.message) ?? newReply(frame.message, request.model));
+    if (request.stopRequested) this.socket.send({ type: "stop", message: frame.message });
+    this.thread.render();
+    this.updateComposer();
+    this.thread.scrollToEnd();
+  }
+
+  // The server made the conversation of a first question (and this socket now watches it).
+  created(id, request, here) {
+    this.watched = this.watched.filter((other) => other !== id);
+    this.watched.push(id);
+    const title = firstLine(request.content);
+    this.sidebar.touch(id, { title, model: request.model });
+    if (!here) return;
+    this.conversationId = id;
+    this.conversation = {
+      id,
+      title,
+      model: request.model,
+      system_prompt: this.newChatSettings.system_prompt,
+      params: this.newChatSettings.params,
+      total_cost: "0",
+    };
+    history.pushState({}, "", `?c=${id}`);
+    this.sidebar.setActive(id);
+    this.showTitle(title);
+  }
+
+  onStarted(frame) {
+    this.sidebar.touch(frame.conversation);
+    if (!this.isHere(frame)) return;
+    const known = this.thread.get(frame.message);
+    if (known) {
+      known.model ??= frame.model;
+      return;
+    }
+    // Another tab (or a request whose answer was lost) started this reply. Its frames from the
+    // first delta on reach this page; the conversation's new shape (what the reply answers,
+    // what it replaced) is read from the server.
+    this.thread.track(newReply(frame.message, frame.model));
+    this.shape += 1;
+    this.refresh();
+  }
+
+  onSnapshot(frame) {
+    if (!this.isHere(frame)) return;
+    this.resyncing = false;
+    const shown = this.thread.snapshot(frame);
+    if (!shown && !this.refreshing) this.refresh();
+  }
+
+  onDelta(frame) {
+    if (!this.isHere(frame)) return;
+    const result = this.thread.delta(frame);
+    if (result === "gap") this.resync();
+    else if (result === "new" && !this.refreshing) this.refresh();
+  }
+
+  // A frame went missing: a new watch answers with an exact snapshot of each reply in flight.
+  resync() {
+    if (this.resyncing || this.conversationId === null || !this.socket.isOpen) return;
+    this.resyncing = true;
+    this.socket.send({ type: "watch", conversation: this.conversationId });
+  }
+
+  onDone(frame) {
+    this.sidebar.touch(frame.conversation);
+    if (!this.isHere(frame)) return;
+    this.thread.done(frame);
+    // The total cost changed; and if frames were missed, the saved text is the whole reply.
+    this.refresh();
+  }
+
+  onTitle(frame) {
+    this.sidebar.setTitle(frame.conversation, frame.title);
+    if (!this.isHere(frame)) return;
+    if (this.conversation) this.conversation.title = frame.title;
+    this.showTitle(frame.title);
+    // The title was billed too: the running total changed.
+    this.refresh();
+  }
+
+  onWatching(frame) {
+    if (!this.isHere(frame)) return;
+    this.resyncing = false;
+    // A reply that ended while this page was away, its `done` unseen: read how it ended.
+    if (this.thread.missedAnEnd(frame.streaming)) this.refresh();
+  }
+
+  onError(frame) {
+    const text = describeError(frame.code, frame.message);
+    const request = frame.request_id ? this.pending.get(frame.request_id) : null;
+    if (request) {
+      this.refused(frame.request_id, request, text);
+    } else if (frame.code === "not_found" && this.conversationId !== null) {
+      // A watch or stop for a conversation deleted elsewhere: the re-read tells.
+      this.refresh();
+    } else {
+      this.composer.showError(text);
+    }
+    if (frame.code === "model_unavailable") this.reloadModels();
+  }
+
+  // A request the server turned down: nothing changed there, so undo what the page showed.
+  refused(requestId, request, text) {
+    this.pending.delete(requestId);
+    clearTimeout(request.timer);
+    if (request.view !== this.view) return;
+    if (request.kind === "send") {
+      this.thread.remove(request.key);
+      this.composer.restoreDraft(request.content);
+    }
+    if (request.kind === "edit" && request.editor) {
+      request.editor.fail(text);
+    } else {
+      this.composer.showError(text);
+    }
+    if (request.kind === "regenerate") {
+      const node = this.thread.get(request.message)?.el;
+      for (const button of node?.querySelectorAll(".actions button") ?? []) button.disabled = false;
+    }
+    this.thread.render();
+    this.updateComposer();
+  }
+
+  // Asking -------------------------------------------------------------------------------------
+
+  request(kind, frame, extra = {}) {
+    const requestId = newRequestId();
+    const request = { kind, view: this.view, model: this.selectedModel, ...extra };
+    this.pending.set(requestId, request);
+    // Never a silent hang: say so when the server is slow to answer.
+    request.timer = setTimeout(() => {
+      if (this.pending.has(requestId) && this.socket.isOpen) {
+        this.composer.showError("The server has not answered yet; still waiting…");
+      }
+    }, ACCEPT_PATIENCE_MS);
+    this.socket.send({ ...frame, request_id: requestId, model: this.selectedModel ?? undefined });
+    return request;
+  }
+
+  send(content) {
+    if (!this.selectedModel) {
+      this.composer.restoreDraft(content);
+      this.composer.showError("Pick a model first.");
+      return;
+    }
+    const frame = { type: "send", conversation: this.conversationId, content };
+    if (this.conversationId === null) {
+      // A new chat's settings travel with its first question.
+      const { system_prompt: systemPrompt, params } = this.newChatSettings;
+      const all = { ...params };
+      if (systemPrompt) all.system_prompt = systemPrompt;
+      if (Object.keys(all).length) frame.params = all;
+    }
+    const key = `pending-${newRequestId()}`;
+    this.request("send", frame, { content, key, conversation: this.conversationId });
+    const note = this.socket.isOpen ? "Sending…" : "Waiting for the connection…";
+    this.thread.addQuestion(key, content, note);
+    this.shape += 1;
+    this.thread.render();
+    this.updateComposer();
+    this.thread.scrollToEnd();
+  }
+
+  stop() {
+    const streaming = this.thread.streamingReplies();
+    for (const message of streaming) this.socket.send({ type: "stop", message: message.id });
+    // A question not yet accepted is stopped as soon as its reply exists.
+    for (const request of this.pending.values()) {
+      if (request.view === this.view) request.stopRequested = true;
+    }
+    if (streaming.length || this.pending.size) this.composer.setStopping();
+  }
+
+  regenerate(message) {
+    for (const button of message.el?.querySelectorAll(".actions button") ?? []) {
+      button.disabled = true;
+    }
+    this.request("regenerate", { type: "regenerate", message: message.id }, {
+      message: message.id,
+    });
+  }
+
+  edit(message) {
+    const request = { message: message.id };
+    request.editor = openEditor(message.el, message.content, `edit-${message.id}`, (content) => {
+      request.content = content;
+      this.request("edit", { type: "edit", message: message.id, content }, request);
+    });
+  }
+
+  onThreadClick(event) {
+    const button = event.target.closest("button[data-action]");
+    if (!button) return;
+    const message = this.thread.messageAt(button);
+    const action = button.dataset.action;
+    if (action === "copy-code") {
+      const code = button.closest(".code-block")?.querySelector("code");
+      this.copy(button, code?.textContent ?? "");
+    } else if (!message) {
+      return;
+    } else if (action === "copy") {
+      this.copy(button, message.content);
+    } else if (action === "edit") {
+      this.edit(message);
+    } else if (action === "retry" || action === "regenerate") {
+      this.regenerate(message);
+    }
+  }
+
+  async copy(button, text) {
+    const label = button.querySelector(".action-label") ?? button;
+    const before = label.textContent;
+    label.textContent = (await copyText(text)) ? "Copied" : "Copy failed";
+    setTimeout(() => {
+      label.textContent = before;
+    }, 1500);
+  }
+
+  // Models and settings ------------------------------------------------------------------------
+
+  modelById(id) {
+    return this.models.find((model) => model.id === id) ?? null;
+  }
+
+  defaultModel() {
+    const preferred = this.me.default_model;
+    if (preferred && this.modelById(preferred)) return preferred;
+    return this.models[0]?.id ?? null;
+  }
+
+  // The conversation's model, or the user's default for a new chat. A model no longer in the
+  // catalogue is shown as unavailable, and nothing can be sent until another is picked.
+  chooseModel(modelId) {
+    if (modelId && !this.modelById(modelId)) {
+      this.selectedModel = modelId;
+      this.unavailable = true;
+    } else {
+      this.selectedModel = modelId ?? this.defaultModel();
+      this.unavailable = false;
+    }
+    this.paintModel();
+  }
+
+  paintModel() {
+    this.picker.setSelected(this.selectedModel, { unavailable: this.unavailable });
+    const notice = $("model-notice");
+    notice.hidden = !this.unavailable;
+    if (this.unavailable) {
+      notice.textContent =
+        `This conversation's model, ${this.selectedModel}, is no longer available. ` +
+        "Pick another model to continue.";
+      this.composer.block("Pick another model to continue.");
+    } else if (!this.models.length) {
+      this.composer.block("No models are available right now.");
+    } else {
+      this.composer.block("");
+    }
+  }
+
+  async pickModel(id) {
+    if (this.conversationId === null) {
+      this.selectedModel = id;
+      this.unavailable = false;
+      this.paintModel();
+      return;
+    }
+    try {
+      const updated = await api.updateConversation(this.conversationId, { model: id });
+      if (updated.id !== this.conversationId) return;
+      this.conversation = { ...this.conversation, model: updated.model };
+      this.selectedModel = updated.model;
+      this.unavailable = false;
+      this.paintModel();
+      this.composer.clearError();
+    } catch (error) {
+      this.composer.showError(error.message);
+      if (error.code === "model_unavailable") this.reloadModels();
+    }
+  }
+
+  async makeDefault(id) {
+    try {
+      this.me = await api.updateMe({ default_model: id });
+      this.picker.setDefault(this.me.default_model);
+    } catch (error) {
+      this.composer.showError(error.message);
+    }
+  }
+
+  async reloadModels() {
+    try {
+      this.models = (await api.listModels()).models;
+    } catch {
+      return;
+    }
+    this.picker.setModels(this.models);
+    this.chooseModel(this.selectedModel);
+  }
+
+  async saveSettings(values) {
+    if (this.conversationId === null) {
+      this.newChatSettings = values;
+      return "Saved: they apply from this chat's first message.";
+    }
+    // Other parameters (top_p) are kept; the two in the form replace theirs.
+    const params = { ...(this.conversation?.params ?? {}) };
+    delete params.temperature;
+    delete params.max_tokens;
+    delete params.system_prompt;
+    const updated = await api.updateConversation(this.conversationId, {
+      system_prompt: values.system_prompt,
+      params: { ...params, ...values.params },
+    });
+    if (this.conversation && updated.id === this.conversationId) {
+      this.conversation.params = updated.params;
+      this.conversation.system_prompt = updated.system_prompt;
+    }
+    return "Saved.";
+  }
+
+  // Header and composer ------------------------------------------------------------------------
+
+  showTitle(title) {
+    $("chat-title").textContent = title || "New chat";
+    document.title = title ? `${title} · ${this.siteName}` : this.siteName;
+  }
+
+  showTotal(total) {
+    const element = $("total-cost");
+    element.dataset.total = total ?? "0";
+    element.textContent = `Total ${usd(total ?? "0")}`;
+  }
+
+  updateComposer() {
+    const busy = this.thread.isBusy();
+    if (busy !== this.composer.streaming) this.composer.setStreaming(busy);
+    this.thread.tickWhileThinking();
+  }
+}
+
+new ChatApp().start();

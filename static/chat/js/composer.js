@@ -1,0 +1,93 @@
+// The message box: Enter sends, Shift+Enter adds a line; Send becomes Stop while a reply is
+// being written; refusals are shown beside it and the draft is given back.
+
+const MAX_HEIGHT_PX = 240;
+
+export class Composer {
+  constructor({ onSend, onStop }) {
+    this.onSend = onSend;
+    this.onStop = onStop;
+    this.form = document.getElementById("composer");
+    this.input = document.getElementById("prompt");
+    this.sendButton = document.getElementById("send");
+    this.stopButton = document.getElementById("stop");
+    this.errorEl = document.getElementById("composer-error");
+    this.streaming = false;
+    this.blockedReason = "";
+    this.bind();
+  }
+
+  bind() {
+    this.form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.submit();
+    });
+    this.input.addEventListener("keydown", (event) => {
+      // isComposing: Enter that confirms an IME candidate must not send.
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        this.submit();
+      }
+    });
+    this.input.addEventListener("input", () => this.fit());
+    this.stopButton.addEventListener("click", () => this.onStop());
+  }
+
+  submit() {
+    const content = this.input.value;
+    if (!content.trim() || this.streaming || this.blockedReason) return;
+    this.clearError();
+    this.input.value = "";
+    this.fit();
+    this.onSend(content);
+  }
+
+  // Grow with the text up to a limit. Setting element.style from script is allowed by the CSP.
+  fit() {
+    this.input.style.height = "auto";
+    this.input.style.height = `${Math.min(this.input.scrollHeight, MAX_HEIGHT_PX)}px`;
+  }
+
+  restoreDraft(content) {
+    if (!this.input.value.trim()) {
+      this.input.value = content;
+      this.fit();
+    }
+  }
+
+  setStreaming(streaming) {
+    this.streaming = streaming;
+    this.form.dataset.streaming = streaming ? "1" : "";
+    const stopHadFocus = document.activeElement === this.stopButton;
+    this.sendButton.hidden = streaming;
+    this.stopButton.hidden = !streaming;
+    this.stopButton.disabled = false;
+    if (!streaming && stopHadFocus) this.input.focus();
+  }
+
+  setStopping() {
+    this.stopButton.disabled = true;
+  }
+
+  // A reason the user cannot send now (no usable model), shown in place of the hint.
+  block(reason) {
+    this.blockedReason = reason;
+    this.input.disabled = Boolean(reason);
+    this.sendButton.disabled = Boolean(reason);
+    this.input.placeholder = reason || "Write a message…";
+  }
+
+  showError(message) {
+    this.errorEl.textContent = message;
+    this.errorEl.hidden = false;
+  }
+
+  clearError() {
+    this.errorEl.hidden = true;
+    this.errorEl.textContent = "";
+  }
+
+  focus() {
+    if (!this.input.disabled) this.input.focus();
+  }
+}
