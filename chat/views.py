@@ -27,7 +27,12 @@ logger = logging.getLogger(__name__)
 
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
-    return render(request, "chat/index.html")
+    # The page checks attachments against the server's limits before uploading them.
+    limits = {
+        "max_image_bytes": settings.MAX_IMAGE_BYTES,
+        "max_images": settings.MAX_IMAGES_PER_MESSAGE,
+    }
+    return render(request, "chat/index.html", limits)
 
 
 def signup(request: HttpRequest) -> HttpResponse:

@@ -80,6 +80,18 @@ def test_an_oversized_image_is_refused_with_its_size(user_client: Client, settin
     assert "limited to 1 MB" in response.json()["error"]["message"]
 
 
+@pytest.mark.django_db
+def test_the_chat_page_states_the_image_limits_it_checks_before_uploading(
+    user_client: Client, settings
+) -> None:
+    settings.MAX_IMAGE_BYTES = 1234567
+    settings.MAX_IMAGES_PER_MESSAGE = 3
+    response = user_client.get("/")
+    assert response.status_code == HTTPStatus.OK
+    assert b'data-max-image-bytes="1234567"' in response.content
+    assert b'data-max-images="3"' in response.content
+
+
 @streaming
 async def test_an_image_goes_to_a_vision_model_as_a_data_uri_and_is_stored(fake, alice) -> None:
     @database_sync_to_async

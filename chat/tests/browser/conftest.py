@@ -10,12 +10,20 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from chat.tests.browser.live import HitRecorder, LiveServer, hit_recorder, start_live_server
+from chat.fakeupstream import FakeUpstream, running_in_thread
+from chat.tests.browser.live import (
+    UPSTREAM_TOKEN,
+    HitRecorder,
+    LiveServer,
+    hit_recorder,
+    start_live_server,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Playwright
@@ -34,6 +42,14 @@ DEFAULT_TIMEOUT_MS = 15_000
 MAX_MESSAGE_CHARS = 5000
 ADMIN_USERNAME = "root"
 ADMIN_PASSWORD = "browser-admin-password-1"
+ADMIN_ENV = {
+    "DJANGO_SUPERUSER_USERNAME": ADMIN_USERNAME,
+    "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
+}
+# Small, so that refusing an oversized image needs no large file; the page reads the limit.
+SCRIPTED_MAX_IMAGE_BYTES = 1024 * 1024
+# The separate stand-in's defaults (live.DEFAULT_REPLY), for the one run in this process.
+DEFAULT_SCRIPT = {"tokens": 12, "interval_ms": 25, "ttft_ms": 50}
 
 
 def _missing(reason: str) -> NoReturn:
@@ -55,15 +71,39 @@ def chat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     data_dir = tmp_path_factory.mktemp("browser-server")
     server = start_live_server(
         data_dir,
-        extra_env={
-            "MAX_MESSAGE_CHARS": str(MAX_MESSAGE_CHARS),
-            "DJANGO_SUPERUSER_USERNAME": ADMIN_USERNAME,
-            "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
-        },
+        extra_env={"MAX_MESSAGE_CHARS": str(MAX_MESSAGE_CHARS), **ADMIN_ENV},
         create_admin=True,
     )
     yield server
     server.stop()
+
+
+@dataclass
+class ScriptedServer:
+    """daphne with a stand-in running in this process: a test can read what it was sent."""
+
+    server: LiveServer
+    upstream: FakeUpstream
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@pytest.fixture(scope="package")
+def scripted_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScriptedServer]:
+    """Started only for the tests that ask for it (and shared by them)."""
+    with running_in_thread(tokens=(UPSTREAM_TOKEN,), default_script=DEFAULT_SCRIPT) as upstream:
+        server = start_live_server(
+            tmp_path_factory.mktemp("scripted-server"),
+            upstream_url=upstream.url,
+            extra_env={"MAX_IMAGE_BYTES": str(SCRIPTED_MAX_IMAGE_BYTES), **ADMIN_ENV},
+            create_admin=True,
+        )
+        try:
+            yield ScriptedServer(server, upstream)
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="package")
@@ -88,15 +128,22 @@ def browser(playwright_driver: Playwright) -> Iterator[Browser]:
     browser.close()
 
 
+def open_context(browser: Browser, url: str, **options: object) -> BrowserContext:
+    """A fresh browser profile (no cookies: a new visitor) on the server at `url`."""
+    settings: dict[str, object] = {
+        "viewport": {"width": 1280, "height": 800},
+        "color_scheme": "light",
+        "permissions": ["clipboard-read", "clipboard-write"],
+        **options,
+    }
+    context = browser.new_context(base_url=url, **settings)  # type: ignore[arg-type]
+    context.set_default_timeout(DEFAULT_TIMEOUT_MS)
+    return context
+
+
 @pytest.fixture
 def context(browser: Browser, chat_server: LiveServer) -> Iterator[BrowserContext]:
-    context = browser.new_context(
-        base_url=chat_server.url,
-        viewport={"width": 1280, "height": 800},
-        color_scheme="light",
-        permissions=["clipboard-read", "clipboard-write"],
-    )
-    context.set_default_timeout(DEFAULT_TIMEOUT_MS)
+    context = open_context(browser, chat_server.url)
     yield context
     context.close()
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import re
@@ -11,7 +12,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from playwright.sync_api import Locator, Page, expect
+from PIL import Image
+from playwright.sync_api import FilePayload, Locator, Page, expect
 
 PASSWORD = "a long browser-test password 7"
 _users = itertools.count(1)
@@ -44,6 +46,15 @@ def eventually(page: Page, check: Callable[[], bool], timeout: float = 5.0) -> N
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s")
         page.wait_for_timeout(50)
+
+
+def png_file(
+    name: str = "picture.png", width: int = 80, height: int = 60, color: str = "red"
+) -> FilePayload:
+    """A real PNG, as Playwright hands a file to an <input type=file>."""
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, format="PNG")
+    return {"name": name, "mimeType": "image/png", "buffer": out.getvalue()}
 
 
 def squash(text: str) -> str:
@@ -157,6 +168,26 @@ class ChatPage:
     def new_chat(self) -> None:
         self.page.get_by_role("button", name="New chat").click()
         expect(self.title).to_have_text("New chat")
+
+    @property
+    def attachments(self) -> Locator:
+        return self.page.locator("#attachments .attachment")
+
+    def attach(self, *files: FilePayload) -> None:
+        """Choose files in the composer's file input (as the Attach button's chooser would)."""
+        self.page.locator("#image-input").set_input_files(list(files))
+
+    def open_conversation_menu(self) -> Locator:
+        self.page.get_by_role("button", name="Share or export this conversation").click()
+        menu = self.page.locator("#conv-menu")
+        expect(menu).to_be_visible()
+        return menu
+
+    def open_presets(self) -> Locator:
+        self.page.get_by_role("button", name="Presets").click()
+        dialog = self.page.get_by_role("dialog", name="Presets")
+        expect(dialog).to_have_attribute("data-loaded", "1")
+        return dialog
 
     def pick_model(self, name: str) -> None:
         self.page.locator("#model-button").click()

@@ -201,7 +201,7 @@ def test_settings_apply_to_a_new_chat_and_are_saved_on_the_conversation(page: Pa
     chat = ChatPage(page)
     chat.sign_up()
     page.get_by_role("button", name="Conversation settings").click()
-    page.get_by_label("System prompt").fill("Answer like a pirate.")
+    page.get_by_role("textbox", name="System prompt").fill("Answer like a pirate.")
     page.get_by_label("Temperature").fill("0.4")
     page.get_by_label("Max tokens").fill("300")
     page.get_by_role("button", name="Save settings").click()
@@ -210,7 +210,7 @@ def test_settings_apply_to_a_new_chat_and_are_saved_on_the_conversation(page: Pa
     chat.ask(f"Ahoy {fake(text='Arr.')}")
     chat.reload()
     page.get_by_role("button", name="Conversation settings").click()
-    expect(page.get_by_label("System prompt")).to_have_value("Answer like a pirate.")
+    expect(page.get_by_role("textbox", name="System prompt")).to_have_value("Answer like a pirate.")
     expect(page.get_by_label("Temperature")).to_have_value("0.4")
     expect(page.get_by_label("Max tokens")).to_have_value("300")
 

@@ -22,16 +22,19 @@ function csrfToken() {
   return document.querySelector("input[name=csrfmiddlewaretoken]")?.value ?? "";
 }
 
+// `body` is sent as JSON, or as multipart when it is FormData (uploads); the browser then sets
+// the Content-Type with its boundary itself.
 export async function api(path, { method = "GET", body } = {}) {
   const headers = { Accept: "application/json" };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const multipart = body instanceof FormData;
+  if (body !== undefined && !multipart) headers["Content-Type"] = "application/json";
   if (method !== "GET") headers["X-CSRFToken"] = csrfToken();
   let response;
   try {
     response = await fetch(path, {
       method,
       headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined || multipart ? body : JSON.stringify(body),
       credentials: "same-origin",
     });
   } catch {
@@ -73,3 +76,30 @@ export const getConversation = (id) => api(`/api/conversations/${id}`);
 export const updateConversation = (id, changes) =>
   api(`/api/conversations/${id}`, { method: "PATCH", body: changes });
 export const deleteConversation = (id) => api(`/api/conversations/${id}`, { method: "DELETE" });
+
+function form(name, file) {
+  const data = new FormData();
+  data.append(name, file, file.name || name);
+  return data;
+}
+
+export const uploadImage = (file) =>
+  api("/api/images", { method: "POST", body: form("image", file) });
+export const showVersion = (messageId) =>
+  api(`/api/messages/${messageId}/show`, { method: "POST" });
+
+export const exportUrl = (id, format) => `/api/conversations/${id}/export.${format}`;
+export const importConversations = (file) =>
+  api("/api/import", { method: "POST", body: form("file", file) });
+
+export const listShares = (id) => api(`/api/conversations/${id}/shares`);
+export const createShare = (id, options) =>
+  api(`/api/conversations/${id}/shares`, { method: "POST", body: options });
+export const revokeShare = (token) =>
+  api(`/api/shares/${encodeURIComponent(token)}`, { method: "DELETE" });
+
+export const listPresets = () => api("/api/presets");
+export const createPreset = (preset) => api("/api/presets", { method: "POST", body: preset });
+export const updatePreset = (id, changes) =>
+  api(`/api/presets/${id}`, { method: "PATCH", body: changes });
+export const deletePreset = (id) => api(`/api/presets/${id}`, { method: "DELETE" });

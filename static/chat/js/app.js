@@ -5,15 +5,22 @@
 // [data-connection], and each reply's [data-status] and [data-seq].
 
 import * as api from "./api.js";
+import { copyWithFeedback } from "./clipboard.js";
 import { Composer } from "./composer.js";
 import { Drawer } from "./drawer.js";
 import { openEditor } from "./editor.js";
 import { describeError, usd } from "./format.js";
+import { ImageTray, noVisionMessage } from "./images.js";
 import { ModelPicker } from "./picker.js";
+import { Popover } from "./popover.js";
+import { PresetsDialog, presetSummary } from "./presets.js";
 import { SettingsPanel } from "./settings.js";
+import { ShareDialog } from "./sharing.js";
 import { Sidebar } from "./sidebar.js";
 import { ChatSocket } from "./socket.js";
 import { newReply, Thread } from "./thread.js";
+import { Transfer } from "./transfer.js";
+import { ImageViewer } from "./viewer.js";
 
 // The server lets a socket watch MAX_WATCHED_CONVERSATIONS (20 by default); conversations left
 // recently stay watched so that their titles still reach the sidebar.
@@ -46,24 +53,6 @@ function conversationFromUrl() {
   return Number.isInteger(id) && id > 0 ? id : null;
 }
 
-async function copyText(text) {
-  try {
-    await navigator.clipboard.writeText(text);
-    return true;
-  } catch {
-    // The Clipboard API needs a secure context and permission; fall back to a selection.
-    const area = document.createElement("textarea");
-    area.value = text;
-    area.setAttribute("readonly", "");
-    area.className = "visually-hidden";
-    document.body.append(area);
-    area.select();
-    const ok = document.execCommand("copy");
-    area.remove();
-    return ok;
-  }
-}
-
 class ChatApp {
   constructor() {
     this.models = [];
@@ -74,6 +63,8 @@ class ChatApp {
     this.pending = new Map();
     this.watched = [];
     this.newChatSettings = { system_prompt: "", params: {} };
+    // The preset a new chat starts from, sent with its first question.
+    this.preset = null;
     this.selectedModel = null;
     this.unavailable = false;
     // `view` changes with every conversation switch: late answers for an old view are dropped.
@@ -104,9 +95,20 @@ class ChatApp {
     this.composer = new Composer({
       onSend: (content) => this.send(content),
       onStop: () => this.stop(),
+      refusal: () => this.refusal(),
     });
+    this.tray = new ImageTray({ onError: (message) => this.composer.showError(message) });
     this.settings = new SettingsPanel({ onSave: (values) => this.saveSettings(values) });
     this.drawer = new Drawer();
+    this.viewer = new ImageViewer();
+    this.shareDialog = new ShareDialog();
+    this.transfer = new Transfer({ onImported: () => this.sidebar.reload() });
+    this.presets = new PresetsDialog({
+      currentSettings: () => this.currentSettings(),
+      onStart: (preset) => this.startFromPreset(preset),
+      modelName: (id) => this.modelById(id)?.name ?? id,
+    });
+    this.conversationMenu = new Popover($("conv-menu-button"), $("conv-menu"));
     this.socket = new ChatSocket({
       path: $("app").dataset.wsPath,
       onFrame: (frame) => this.onFrame(frame),
@@ -144,6 +146,20 @@ class ChatApp {
       if (event.detail.id === this.conversationId) this.showTitle(event.detail.title);
     });
     $("thread").addEventListener("click", (event) => this.onThreadClick(event));
+    $("presets-button").addEventListener("click", (event) =>
+      this.presets.open({ returnTo: event.currentTarget }),
+    );
+    $("save-preset").addEventListener("click", (event) =>
+      this.presets.open({ returnTo: event.currentTarget, forSaving: true }),
+    );
+    $("share-open").addEventListener("click", () => {
+      if (this.conversationId !== null) {
+        this.shareDialog.open(this.conversationId, $("conv-menu-button"));
+      }
+    });
+    $("preset-clear").addEventListener("click", () => {
+      this.newChat({ push: false });
+    });
   }
 
   onKey(event) {
@@ -176,6 +192,7 @@ class ChatApp {
     this.switchView();
     this.conversationId = id;
     this.conversation = null;
+    this.showConversationTools();
     this.sidebar.setActive(id);
     this.showTitle("Loading…");
     this.thread.setWelcome(false);
@@ -190,11 +207,13 @@ class ChatApp {
     this.switchView();
     this.conversationId = null;
     this.conversation = null;
+    this.showConversationTools();
     this.sidebar.setActive(null);
     this.showTitle(null);
     this.showTotal("0");
     this.newChatSettings = { system_prompt: "", params: {} };
     this.settings.load(this.newChatSettings);
+    this.setPreset(null);
     this.chooseModel(null);
     this.thread.setWelcome(true);
     this.updateComposer();
@@ -245,13 +264,18 @@ class ChatApp {
       return;
     }
     if (view !== this.view) return;
+    this.showDetail(detail, { reshape: shape === this.shape });
+  }
+
+  // The conversation as the server answered it (a read, or a switch of versions).
+  showDetail(detail, { reshape }) {
     const { messages, ...conversation } = detail;
     this.conversation = conversation;
     this.showTitle(conversation.title);
     this.showTotal(conversation.total_cost);
     if (!this.settings.isOpen) this.settings.load(conversation);
     this.chooseModel(conversation.model);
-    this.thread.merge(messages, { reshape: shape === this.shape });
+    this.thread.merge(messages, { reshape });
     this.updateComposer();
   }
 
@@ -317,7 +341,13 @@ class ChatApp {
       this.thread.settleQuestion(request.key, frame.user_message);
     } else if (request.kind === "edit") {
       this.thread.truncateFrom(request.message);
-      this.thread.add({ id: frame.user_message, role: "user", content: request.content });
+      // The edited question keeps its images (the server copies them).
+      this.thread.add({
+        id: frame.user_message,
+        role: "user",
+        content: request.content,
+        images: request.images ?? [],
+      });
     } else if (request.kind === "regenerate") {
       this.thread.truncateFrom(request.message);
     }
@@ -344,6 +374,8 @@ class ChatApp {
       params: this.newChatSettings.params,
       total_cost: "0",
     };
+    this.setPreset(null);
+    this.showConversationTools();
     history.pushState({}, "", `?c=${id}`);
     this.sidebar.setActive(id);
     this.showTitle(title);
@@ -432,6 +464,7 @@ class ChatApp {
     if (request.kind === "send") {
       this.thread.remove(request.key);
       this.composer.restoreDraft(request.content);
+      this.tray.restore(request.images ?? []);
     }
     if (request.kind === "edit" && request.editor) {
       request.editor.fail(text);
@@ -462,6 +495,18 @@ class ChatApp {
     return request;
   }
 
+  // Why the composer's message cannot go now, checked before anything is sent ("" if it can).
+  refusal() {
+    if (!this.tray.count) return "";
+    if (this.tray.uploading) return "Wait for the images to finish uploading.";
+    const model = this.modelById(this.selectedModel);
+    if (!model?.capabilities?.includes("vision")) {
+      // The server would refuse too (vision_required); saying so here sends nothing.
+      return `${noVisionMessage(model?.name)} Or remove the images to send the text alone.`;
+    }
+    return "";
+  }
+
   send(content) {
     if (!this.selectedModel) {
       this.composer.restoreDraft(content);
@@ -473,13 +518,17 @@ class ChatApp {
       // A new chat's settings travel with its first question.
       const { system_prompt: systemPrompt, params } = this.newChatSettings;
       const all = { ...params };
-      if (systemPrompt) all.system_prompt = systemPrompt;
+      // With a preset, an emptied system prompt must override the preset's.
+      if (systemPrompt || this.preset) all.system_prompt = systemPrompt;
       if (Object.keys(all).length) frame.params = all;
+      if (this.preset) frame.preset = this.preset.id;
     }
+    const images = this.tray.take();
+    if (images.length) frame.images = images.map((image) => image.id);
     const key = `pending-${newRequestId()}`;
-    this.request("send", frame, { content, key, conversation: this.conversationId });
+    this.request("send", frame, { content, key, images, conversation: this.conversationId });
     const note = this.socket.isOpen ? "Sending…" : "Waiting for the connection…";
-    this.thread.addQuestion(key, content, note);
+    this.thread.addQuestion(key, content, note, images);
     this.shape += 1;
     this.thread.render();
     this.updateComposer();
@@ -506,7 +555,7 @@ class ChatApp {
   }
 
   edit(message) {
-    const request = { message: message.id };
+    const request = { message: message.id, images: message.images ?? [] };
     request.editor = openEditor(message.el, message.content, `edit-${message.id}`, (content) => {
       request.content = content;
       this.request("edit", { type: "edit", message: message.id, content }, request);
@@ -520,25 +569,55 @@ class ChatApp {
     const action = button.dataset.action;
     if (action === "copy-code") {
       const code = button.closest(".code-block")?.querySelector("code");
-      this.copy(button, code?.textContent ?? "");
+      copyWithFeedback(button, code?.textContent ?? "");
+    } else if (action === "view-image") {
+      const img = button.querySelector("img");
+      this.viewer.show(img.src, img.alt, button);
     } else if (!message) {
       return;
     } else if (action === "copy") {
-      this.copy(button, message.content);
+      copyWithFeedback(button, message.content);
     } else if (action === "edit") {
       this.edit(message);
     } else if (action === "retry" || action === "regenerate") {
       this.regenerate(message);
+    } else if (action === "version-previous" || action === "version-next") {
+      this.showVersion(message, action === "version-next" ? 1 : -1);
     }
   }
 
-  async copy(button, text) {
-    const label = button.querySelector(".action-label") ?? button;
-    const before = label.textContent;
-    label.textContent = (await copyText(text)) ? "Copied" : "Copy failed";
-    setTimeout(() => {
-      label.textContent = before;
-    }, 1500);
+  // Show the previous or next version at a message's place; the conversation continues from
+  // the version shown, so the page re-reads it whole from the server's answer.
+  async showVersion(message, step) {
+    const versions = message.versions ?? [];
+    const target = versions[versions.indexOf(message.id) + step];
+    if (target === undefined) return;
+    if (this.thread.isBusy()) {
+      this.composer.showError(
+        "Wait for the reply to finish (or stop it) before switching versions.",
+      );
+      return;
+    }
+    const view = this.view;
+    // A re-read asked for before this answer must not put the old version back.
+    this.shape += 1;
+    let detail;
+    try {
+      detail = await api.showVersion(target);
+    } catch (error) {
+      if (view === this.view) this.composer.showError(error.message);
+      return;
+    }
+    if (view !== this.view) return;
+    this.shape += 1;
+    this.composer.clearError();
+    this.showDetail(detail, { reshape: true });
+    // Keyboard users stay on the control they used, now on the version shown.
+    const group = this.thread.get(target)?.el?.querySelector(".versions");
+    const [forward, back] = ["[data-action=version-next]", "[data-action=version-previous]"];
+    const same = group?.querySelector(step > 0 ? forward : back);
+    const other = group?.querySelector(step > 0 ? back : forward);
+    (same && !same.disabled ? same : other)?.focus();
   }
 
   // Models and settings ------------------------------------------------------------------------
@@ -568,6 +647,7 @@ class ChatApp {
 
   paintModel() {
     this.picker.setSelected(this.selectedModel, { unavailable: this.unavailable });
+    this.tray.setModel(this.unavailable ? null : this.modelById(this.selectedModel));
     const notice = $("model-notice");
     notice.hidden = !this.unavailable;
     if (this.unavailable) {
@@ -624,7 +704,14 @@ class ChatApp {
 
   async saveSettings(values) {
     if (this.conversationId === null) {
-      this.newChatSettings = values;
+      // Parameters the form does not show (a preset's top_p) are kept.
+      const params = { ...this.newChatSettings.params };
+      delete params.temperature;
+      delete params.max_tokens;
+      this.newChatSettings = {
+        system_prompt: values.system_prompt,
+        params: { ...params, ...values.params },
+      };
       return "Saved: they apply from this chat's first message.";
     }
     // Other parameters (top_p) are kept; the two in the form replace theirs.
@@ -643,7 +730,65 @@ class ChatApp {
     return "Saved.";
   }
 
+  // Presets ------------------------------------------------------------------------------------
+
+  // The settings a preset saved now would hold: the model picked and the settings form as it
+  // reads (saved or not), over the parameters the form does not show.
+  currentSettings() {
+    const form = this.settings.read();
+    if (form.error) return { error: form.error };
+    const saved = this.conversationId === null ? this.newChatSettings : this.conversation;
+    const params = { ...(saved?.params ?? {}) };
+    delete params.temperature;
+    delete params.max_tokens;
+    delete params.system_prompt;
+    return {
+      model: this.unavailable ? null : this.selectedModel,
+      system_prompt: form.system_prompt,
+      params: { ...params, ...form.params },
+    };
+  }
+
+  startFromPreset(preset) {
+    this.newChat();
+    this.newChatSettings = {
+      system_prompt: preset.system_prompt ?? "",
+      params: { ...preset.params },
+    };
+    this.settings.load(this.newChatSettings);
+    if (preset.model && this.modelById(preset.model)) {
+      this.selectedModel = preset.model;
+      this.unavailable = false;
+      this.paintModel();
+    }
+    this.setPreset(preset);
+    this.composer.focus();
+  }
+
+  // The note above the composer of a new chat that starts from a preset.
+  setPreset(preset) {
+    this.preset = preset;
+    const note = $("preset-note");
+    note.hidden = !preset;
+    note.dataset.preset = preset ? String(preset.id) : "";
+    if (!preset) return;
+    const summary = presetSummary(preset, (id) => this.modelById(id)?.name ?? id);
+    let text = `Starting from the preset “${preset.name}”: ${summary}`;
+    if (preset.model && !this.modelById(preset.model)) {
+      text += `. Its model, ${preset.model}, is not available; the model picked above is used.`;
+    }
+    $("preset-note-text").textContent = text;
+  }
+
   // Header and composer ------------------------------------------------------------------------
+
+  // Share and export need a conversation; a new chat has none yet.
+  showConversationTools() {
+    const id = this.conversationId;
+    $("conv-menu-root").hidden = id === null;
+    if (id === null) this.conversationMenu.close(false);
+    this.transfer.setConversation(id);
+  }
 
   showTitle(title) {
     $("chat-title").textContent = title || "New chat";

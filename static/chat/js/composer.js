@@ -1,12 +1,14 @@
 // The message box: Enter sends, Shift+Enter adds a line; Send becomes Stop while a reply is
-// being written; refusals are shown beside it and the draft is given back.
+// being written; refusals are shown beside it and the draft is kept or given back.
 
 const MAX_HEIGHT_PX = 240;
 
 export class Composer {
-  constructor({ onSend, onStop }) {
+  // refusal(content): why this message cannot be sent now ("" when it can); the draft stays.
+  constructor({ onSend, onStop, refusal = () => "" }) {
     this.onSend = onSend;
     this.onStop = onStop;
+    this.refusal = refusal;
     this.form = document.getElementById("composer");
     this.input = document.getElementById("prompt");
     this.sendButton = document.getElementById("send");
@@ -36,6 +38,11 @@ export class Composer {
   submit() {
     const content = this.input.value;
     if (!content.trim() || this.streaming || this.blockedReason) return;
+    const refusal = this.refusal(content);
+    if (refusal) {
+      this.showError(refusal);
+      return;
+    }
     this.clearError();
     this.input.value = "";
     this.fit();

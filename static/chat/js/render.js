@@ -37,23 +37,89 @@ export function actionButton(action, label, iconName) {
   return button;
 }
 
+// "‹ 2/3 ›": flips between the versions stored at a message's place (regenerated replies,
+// edited questions). Hidden while there is only one.
+function versionControl() {
+  const group = el("div", "versions");
+  group.setAttribute("role", "group");
+  group.setAttribute("aria-label", "Versions");
+  group.hidden = true;
+  const previous = actionButton("version-previous", "Previous version", "left");
+  const next = actionButton("version-next", "Next version", "right");
+  for (const button of [previous, next]) button.classList.add("version-step");
+  group.append(previous, el("span", "version-label"), next);
+  return group;
+}
+
+function paintVersions(node, message, { busy }) {
+  const group = node.querySelector(".versions");
+  const versions = message.versions ?? [];
+  const index = versions.indexOf(message.id);
+  group.hidden = versions.length < 2 || index < 0;
+  if (group.hidden) return;
+  group.dataset.version = `${index + 1}/${versions.length}`;
+  const label = group.querySelector(".version-label");
+  label.textContent = `${index + 1}/${versions.length}`;
+  label.setAttribute("aria-label", `Version ${index + 1} of ${versions.length}`);
+  // While a reply streams the server refuses to switch (conflict): say so by disabling.
+  group.querySelector("[data-action=version-previous]").disabled = busy || index === 0;
+  group.querySelector("[data-action=version-next]").disabled =
+    busy || index === versions.length - 1;
+}
+
+// Thumbnails of a question's images; a click shows one larger (see viewer.js).
+function paintImages(node, message) {
+  const images = message.images ?? [];
+  const key = images.map((image) => image.url).join(" ");
+  const holder = node.querySelector(".message-images");
+  if (holder.dataset.key === key) return;
+  holder.dataset.key = key;
+  holder.hidden = images.length === 0;
+  holder.replaceChildren(
+    ...images.map((image, index) => {
+      const button = el("button", "thumb");
+      button.type = "button";
+      button.dataset.action = "view-image";
+      const alt = `Image ${index + 1} of ${images.length}`;
+      button.setAttribute("aria-label", `${alt}: show larger`);
+      const img = el("img");
+      img.src = image.url;
+      img.alt = alt;
+      img.loading = "lazy";
+      if (image.width && image.height) {
+        img.width = image.width;
+        img.height = image.height;
+      }
+      button.append(img);
+      return button;
+    }),
+  );
+}
+
 export function userElement(message) {
   const node = el("article", "message user");
   node.dataset.role = "user";
   node.append(el("h3", "visually-hidden", "You said"));
   const bubble = el("div", "bubble");
-  bubble.append(el("div", "user-text"));
+  const images = el("div", "message-images");
+  images.hidden = true;
+  bubble.append(images, el("div", "user-text"));
   const actions = el("div", "actions");
   actions.append(actionButton("copy", "Copy", "copy"), actionButton("edit", "Edit", "edit"));
-  node.append(bubble, actions);
+  // The versions stay in view; the other actions show on hover or focus.
+  const foot = el("div", "message-foot");
+  foot.append(versionControl(), actions);
+  node.append(bubble, foot);
   paintUser(node, message);
   return node;
 }
 
-export function paintUser(node, message) {
+export function paintUser(node, message, { busy = false } = {}) {
   if (message.id) node.dataset.id = String(message.id);
   node.dataset.pending = message.pending ? "1" : "";
   node.querySelector(".user-text").textContent = message.content;
+  paintImages(node, message);
+  paintVersions(node, message, { busy: busy || Boolean(message.pending) });
   node.querySelector("[data-action=edit]").hidden = !message.id;
   let note = node.querySelector(".pending-note");
   if (message.pending && !note) {
@@ -87,6 +153,7 @@ export function replyElement(message) {
   );
   const actions = el("div", "actions");
   actions.append(
+    versionControl(),
     actionButton("copy", "Copy", "copy"),
     actionButton("retry", "Retry", "refresh"),
     actionButton("regenerate", "Regenerate", "refresh"),
@@ -117,7 +184,7 @@ function tokensText(usage) {
 }
 
 // Bring a reply's element up to date. `context` says what the page knows around it.
-export function paintReply(node, message, { modelName, isLast, now = Date.now() }) {
+export function paintReply(node, message, { modelName, isLast, busy = false, now = Date.now() }) {
   const streaming = message.status === "streaming";
   node.dataset.status = message.status;
   node.dataset.seq = String(message.seq ?? 0);
@@ -159,4 +226,5 @@ export function paintReply(node, message, { modelName, isLast, now = Date.now() 
   node.querySelector("[data-action=copy]").hidden = !message.content;
   node.querySelector("[data-action=retry]").hidden = !(ended && failed);
   node.querySelector("[data-action=regenerate]").hidden = !(ended && !failed && isLast);
+  paintVersions(node, message, { busy: busy || streaming });
 }

@@ -73,8 +73,16 @@ export class Thread {
 
   // Questions and replies the page adds itself -----------------------------------------------
 
-  addQuestion(key, content, pendingNote) {
-    this.messages.set(key, { id: null, key, role: "user", content, pending: true, pendingNote });
+  addQuestion(key, content, pendingNote, images = []) {
+    this.messages.set(key, {
+      id: null,
+      key,
+      role: "user",
+      content,
+      images,
+      pending: true,
+      pendingNote,
+    });
     this.order.push(key);
   }
 
@@ -210,11 +218,15 @@ export class Thread {
     return result;
   }
 
+  // The caller reads the conversation again after every `done`. When text frames of this reply
+  // were missed (its `seq` is past the page's), the reply stays "streaming" until that read
+  // brings the saved text: a finished reply is never shown without its text.
   done(frame) {
     const message = this.messages.get(frame.message);
     if (message) {
+      const missedText = typeof frame.seq === "number" && (message.seq ?? 0) < frame.seq;
       Object.assign(message, {
-        status: frame.status,
+        status: missedText ? message.status : frame.status,
         usage: frame.usage,
         cost: frame.cost,
         reasoning_ms: frame.reasoning_ms,
@@ -285,12 +297,14 @@ export class Thread {
 
   paint(message) {
     if (!message.el) return;
+    const busy = this.isBusy();
     if (message.role === "user") {
-      paintUser(message.el, message);
+      paintUser(message.el, message, { busy });
     } else {
       paintReply(message.el, message, {
         modelName: this.modelName(message.model),
         isLast: message.isLast,
+        busy,
       });
     }
   }
