@@ -283,8 +283,13 @@ def parse_client_frame(text: str | None) -> ClientFrame:
 # Server frames. Encoded once and fanned out as text to every watching socket.
 
 
+# One encoder for every frame: json.dumps() with options builds a new encoder on each call, and
+# a frame is encoded once per token.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(frame)
 
 
 def error_frame(code: str, message: str, request_id: str | None = None) -> dict[str, Any]:

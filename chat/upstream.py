@@ -37,7 +37,9 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
 
+import httpcore
 import httpx
+from httpcore import AsyncConnectionInterface
 
 from chat.reasoning import Piece, ReasoningSplitter, infer_reasoning_model
 from chat.sse import SSEDecoder, SSEEvent
@@ -298,18 +300,75 @@ def get_client(config: UpstreamConfig | None = None) -> httpx.AsyncClient:
         client = _clients.get(loop)
         if client is None or client.is_closed:
             cfg = config if config is not None else UpstreamConfig.from_settings()
-            client = httpx.AsyncClient(
-                timeout=_default_timeout(cfg),
+            transport = httpx.AsyncHTTPTransport(
                 limits=httpx.Limits(
                     max_connections=cfg.max_connections,
                     max_keepalive_connections=min(cfg.max_connections, _MAX_KEEPALIVE),
                     keepalive_expiry=_KEEPALIVE_EXPIRY,
-                ),
+                )
+            )
+            _linear_pool(transport)
+            client = httpx.AsyncClient(
+                timeout=_default_timeout(cfg),
+                transport=transport,
                 headers={"User-Agent": USER_AGENT},
                 follow_redirects=False,
             )
             _clients[loop] = client
         return client
+
+
+class _LinearPool(httpcore.AsyncConnectionPool):
+    """httpcore 1.0's connection pool with the same decisions, made in linear time.
+
+    Its bookkeeping runs on every request start and end. It tests each idle connection against
+    the keep-alive limit with `len([c.is_idle() for c in connections])`, a list of every
+    connection (so the count of all of them, not of the idle ones), built once per idle
+    connection: O(idle x open) work per request, which the profile of a few hundred concurrent
+    replies showed as the largest single cost of the event loop. This keeps that count as it
+    goes; the assignment of queued requests is httpcore's own, only skipped when none waits.
+    """
+
+    def _assign_requests_to_connections(self) -> list[AsyncConnectionInterface]:
+        closing: list[AsyncConnectionInterface] = []
+        count = len(self._connections)
+        for connection in list(self._connections):
+            if connection.is_closed():
+                self._connections.remove(connection)
+                count -= 1
+            elif connection.has_expired() or (
+                connection.is_idle() and count > self._max_keepalive_connections
+            ):
+                self._connections.remove(connection)
+                count -= 1
+                closing.append(connection)
+        for pool_request in [request for request in self._requests if request.is_queued()]:
+            origin = pool_request.request.url.origin
+            available = [
+                connection
+                for connection in self._connections
+                if connection.can_handle_request(origin) and connection.is_available()
+            ]
+            if available:
+                pool_request.assign_to_connection(available[0])
+                continue
+            if len(self._connections) >= self._max_connections:
+                idle = next((c for c in self._connections if c.is_idle()), None)
+                if idle is None:
+                    continue  # the request waits for a connection to come free
+                self._connections.remove(idle)
+                closing.append(idle)
+            connection = self.create_connection(origin)
+            self._connections.append(connection)
+            pool_request.assign_to_connection(connection)
+        return closing
+
+
+def _linear_pool(transport: httpx.AsyncHTTPTransport) -> None:
+    """Give the transport's pool the linear bookkeeping, on the httpcore it was written for."""
+    pool = getattr(transport, "_pool", None)
+    if type(pool) is httpcore.AsyncConnectionPool and httpcore.__version__.startswith("1.0."):
+        pool.__class__ = _LinearPool
 
 
 async def aclose_clients() -> None:

@@ -12,7 +12,8 @@ Endpoints:
 - `GET /v1/models`: the catalogue (no auth, like Chutes);
 - `GET /v1/requests/{id}`: Lava's billing record of a request served through `/v1/forward`,
   available once its stream ended;
-- `GET /_fake/stats`: the stand-in's own load figures (streams, tokens, schedule lateness).
+- `GET /_fake/stats[?since=N]`: the stand-in's own load figures (streams, tokens, schedule
+  lateness), of the requests after request number N.
 
 With `strict_models` (the default) an unknown model gets Chutes' `404 model not found: X`.
 """
@@ -264,9 +265,16 @@ class FakeUpstream:
     def active_streams(self) -> int:
         return self._active
 
-    def stats(self) -> dict[str, Any]:
-        """Load figures for benchmarks: is the stand-in keeping its schedule?"""
-        streams = [entry for entry in self.log if entry.stream and entry.status == HTTPStatus.OK]
+    def stats(self, since: int = 0) -> dict[str, Any]:
+        """Load figures for benchmarks: is the stand-in keeping its schedule? Only requests after
+        request number `since` count (`last_request` of an earlier answer), so that a benchmark
+        can look at one phase of a run."""
+        log = self.log
+        streams = [
+            entry
+            for entry in log
+            if entry.seq > since and entry.stream and entry.status == HTTPStatus.OK
+        ]
         lateness = sorted(entry.max_lateness_ms for entry in streams)
 
         def pick(fraction: float) -> float:
@@ -274,7 +282,8 @@ class FakeUpstream:
 
         return {
             "active_streams": self._active,
-            "requests": len(self.log),
+            "last_request": log[-1].seq if log else 0,
+            "requests": len(log),
             "streams": len(streams),
             "tokens_sent": sum(entry.tokens_sent for entry in streams),
             "outcomes": dict(Counter(entry.outcome for entry in streams)),
@@ -414,7 +423,10 @@ class FakeUpstream:
         if path == "/v1/forward" and method in ("POST", "GET"):
             return await self._forward(request, reader, writer, entry)
         if path == "/_fake/stats" and method == "GET":
-            return await self._reply(writer, entry, 200, self.stats())
+            since = request.query.get("since", ["0"])[0]
+            return await self._reply(
+                writer, entry, 200, self.stats(int(since) if since.isdigit() else 0)
+            )
         if path.startswith("/v1/requests/") and method == "GET":
             return await self._request_record(request, writer, entry)
         if path in ("/v1/models", "/v1/chat/completions", "/v1/forward"):

@@ -1,0 +1,151 @@
+"""The app as the benchmark runs it: `chutesweb.asgi:application`, plus database counters.
+
+    python -m daphne bench.launcher:application
+    python -m uvicorn bench.launcher:application
+
+Nothing in the app changes. This module counts every SQL statement and every commit, labelled
+with the service function that ran it (accepting a question, flushing partial replies,
+finishing a reply, anything else), and answers `GET /_bench/counters` with the totals so the
+harness can read them between phases. The counters live only in this module; the app never
+imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+# The app first: importing it sets Django up, which the imports after it need.
+from chutesweb.asgi import application as app  # isort: skip
+
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorWrapper
+
+from bench import COUNTERS_PATH, proposed
+from chat import generation, services
+
+# The service functions whose statements are told apart; everything else is "other" (sessions,
+# authentication, page views).
+LABELLED = ("accept_send", "flush_progress", "finish_generation", "interrupt")
+WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+_lock = threading.Lock()
+_counts: Counter[str] = Counter()
+_where = threading.local()
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _label() -> str:
+    return getattr(_where, "label", "other")
+
+
+def _count(key: str) -> None:
+    with _lock:
+        _counts[key] += 1
+
+
+def _verb(sql: str) -> str:
+    word = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
+    return "write" if word in WRITE_VERBS else "read"
+
+
+def _install() -> None:
+    execute = CursorWrapper.execute
+    executemany = CursorWrapper.executemany
+    commit = BaseDatabaseWrapper.commit
+
+    def counted_execute(self: CursorWrapper, sql: str, params: Any = None) -> Any:
+        _count(f"{_label()}.{_verb(sql)}")
+        return execute(self, sql, params)
+
+    def counted_executemany(self: CursorWrapper, sql: str, param_list: Any) -> Any:
+        _count(f"{_label()}.{_verb(sql)}")
+        return executemany(self, sql, param_list)
+
+    def counted_commit(self: BaseDatabaseWrapper) -> None:
+        _count(f"{_label()}.commit")
+        commit(self)
+
+    CursorWrapper.execute = counted_execute  # type: ignore[method-assign]
+    CursorWrapper.executemany = counted_executemany  # type: ignore[method-assign]
+    BaseDatabaseWrapper.commit = counted_commit  # type: ignore[method-assign]
+
+    for name in LABELLED:
+        original = getattr(services, name)
+
+        def labelled(*args: Any, __original: Any = original, __name: str = name, **kw: Any) -> Any:
+            _count(f"{__name}.calls")
+            _where.label = __name
+            started = time.perf_counter_ns()
+            try:
+                return __original(*args, **kw)
+            finally:
+                _where.label = "other"
+                with _lock:
+                    _counts[f"{__name}.us"] += (time.perf_counter_ns() - started) // 1000
+
+        # The consumer and the generation engine look these up on the module at call time.
+        setattr(services, name, wraps(original)(labelled))
+
+
+def snapshot(*, objects: bool = False) -> dict[str, Any]:
+    with _lock:
+        counts = dict(_counts)
+    state: dict[str, Any] = {"counts": counts}
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None:
+        state["tasks"] = len(asyncio.all_tasks(loop))
+        manager = generation._managers.get(loop)
+        state["generations"] = len(manager.generations) if manager else 0
+        layer = manager.layer if manager else None
+        state["layer_channels"] = len(getattr(layer, "channels", {}) or {})
+        state["layer_groups"] = len(getattr(layer, "groups", {}) or {})
+    if objects:
+        # Costs tens of milliseconds: only asked for at the checkpoints of the growth check.
+        state["gc_objects"] = len(gc.get_objects())
+    return state
+
+
+async def application(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "http" and scope["path"] == COUNTERS_PATH:
+        body = json.dumps(snapshot(objects=b"objects=1" in scope.get("query_string", b""))).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return
+    await app(scope, receive, send)
+
+
+_install()
+if os.getenv("BENCH_CPROFILE"):
+    # A deterministic profile of the event loop's thread (where every token is relayed), written
+    # when the server exits: call counts per token show where the work is.
+    import atexit
+    import cProfile
+
+    _profiler = cProfile.Profile()
+    _profiler.enable()
+    atexit.register(
+        lambda: (_profiler.disable(), _profiler.dump_stats(os.environ["BENCH_CPROFILE"]))
+    )
+# Changes proposed for files the benchmark does not own, only when asked (see bench.proposed).
+PROPOSED = proposed.apply([n for n in os.getenv("BENCH_PROPOSED", "").split(",") if n])

@@ -1,0 +1,61 @@
+"""The benchmark harness (bench/): it runs end to end on a tiny load and counts no lost,
+duplicated or out-of-order token. No timing is asserted: timings belong to docs/benchmarks.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import run
+from bench.clients import StreamResult
+
+
+def stamped(indices: list[int]) -> StreamResult:
+    result = StreamResult("relayed", tokens_expected=5)
+    result.arrivals = [(index, 1_000 + index, 2_000 + index) for index in indices]
+    return result
+
+
+def test_the_harness_counts_lost_duplicated_and_out_of_order_tokens() -> None:
+    assert stamped([0, 1, 2, 3, 4]).integrity() == {
+        "lost": 0,
+        "duplicated": 0,
+        "out_of_order": 0,
+        "extra": 0,
+    }
+    assert stamped([0, 2, 1, 1, 4, 7]).integrity() == {
+        "lost": 1,  # 3 never came
+        "duplicated": 1,  # 1 came twice
+        "out_of_order": 2,  # 1 after 2, then 1 again
+        "extra": 1,  # 7 was never written
+    }
+
+
+@pytest.mark.slow
+def test_the_harness_relays_a_tiny_load_without_losing_a_token(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    options = run.parse_args(
+        [
+            "--streams", "3", "--mode", "burst", "--tokens", "10", "--ttft-ms", "50",
+            "--users", "2", "--idle", "5", "--cycles", "6", "--cycle-concurrency", "3",
+            "--server-core", "", "--client-core", "", "--output", str(output), "--quiet",
+        ]
+    )  # fmt: skip
+    results = run.execute(options)
+
+    [level] = results["levels"]
+    relayed, direct = level["cohorts"]["relayed"], level["cohorts"]["direct"]
+    assert relayed["streams"] == direct["streams"] == 3
+    assert relayed["statuses"] == direct["statuses"] == {"complete": 3}
+    assert relayed["tokens"] == direct["tokens"] == 30
+    nothing = {"lost": 0, "duplicated": 0, "out_of_order": 0, "extra": 0}
+    assert relayed["integrity"] == direct["integrity"] == nothing
+    assert relayed["corrupt"] == relayed["seq_gaps"] == 0
+    assert level["faults"] == 0
+    assert level["db"]["replies"] == 3
+    assert results["idle"]["sockets"] == 5
+    assert results["growth"]["cycles"] == 6
+    assert results["growth"]["faults"] == 0
+    assert output.exists()
+    assert "| 3 | burst | 30 |" in output.with_suffix(".md").read_text()
