@@ -88,9 +88,10 @@ def check_budget(user: AbstractBaseUser, worst_case: Decimal, request_id: str) -
 
     Called inside the transaction that reserves the worst case, with the user's sends serialised.
     """
-    current = standing(user)
-    if current.limit is None:
+    if limit_for(user) is None:
         return
+    current = standing(user)
+    assert current.limit is not None
     if current.committed + worst_case > current.limit:
         remaining = current.remaining or ZERO
         running = (

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from . import protocol, services
-from .generation import conversation_group, done_frame_for, get_manager
+from .generation import Snapshot, conversation_group, done_frame_for, get_manager
 from .models import Message
 from .protocol import FrameError
 
@@ -41,7 +41,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.user = user
+        # Conversations this socket watches; frames of this process's generations are
+        # delivered to it directly, and (with Redis) other processes' through the layer.
         self.watching: set[int] = set()
+        self.remote_groups: set[int] = set()
         # Per reply: the last sequence number this socket delivered.
         self.delivered: dict[int, int] = {}
         # Replies whose snapshot is on its way from another process, with deltas held meanwhile.
@@ -58,10 +61,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        for conversation_id in getattr(self, "watching", ()):
-            await self.channel_layer.group_discard(
-                conversation_group(conversation_id), self.channel_name
-            )
+        for conversation_id in list(getattr(self, "watching", ())):
+            await self._leave(conversation_id)
 
     # Client frames.
 
@@ -117,7 +118,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _accepted(self, plan: services.GenerationPlan) -> None:
         # Watch before the generation starts so the sender misses no frame of it.
-        await self._join(plan.conversation_id)
+        await self._join_remote(plan.conversation_id)
+        self._join_local(plan.conversation_id)
         await self.send_frame(
             protocol.accepted_frame(
                 plan.request_id,
@@ -155,57 +157,72 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
         # Ownership first: watching someone else's conversation reveals nothing.
         await database_sync_to_async(services.owned_conversation)(self.user, conversation_id)
-        await self._join(conversation_id)
         streaming = await self._send_snapshots(conversation_id)
         await self.send_frame(protocol.watching_frame(conversation_id, streaming))
 
     async def handle_unwatch(self, conversation_id: int) -> None:
         if conversation_id in self.watching:
-            self.watching.discard(conversation_id)
-            await self.channel_layer.group_discard(
-                conversation_group(conversation_id), self.channel_name
-            )
+            await self._leave(conversation_id)
         await self.send_frame({"type": "unwatched", "conversation": conversation_id})
 
-    async def _join(self, conversation_id: int) -> None:
-        if conversation_id not in self.watching:
+    async def _join_remote(self, conversation_id: int) -> None:
+        """Subscribe to other processes' frames of the conversation (Redis only)."""
+        if self.manager.remote and conversation_id not in self.remote_groups:
             await self.channel_layer.group_add(
                 conversation_group(conversation_id), self.channel_name
             )
-            self.watching.add(conversation_id)
+            self.remote_groups.add(conversation_id)
+
+    def _join_local(self, conversation_id: int) -> None:
+        self.watching.add(conversation_id)
+        self.manager.watch(conversation_id, self)
+
+    async def _leave(self, conversation_id: int) -> None:
+        self.watching.discard(conversation_id)
+        self.manager.unwatch(conversation_id, self)
+        if conversation_id in self.remote_groups:
+            self.remote_groups.discard(conversation_id)
+            await self.channel_layer.group_discard(
+                conversation_group(conversation_id), self.channel_name
+            )
 
     async def _send_snapshots(self, conversation_id: int, only: int | None = None) -> list[int]:
-        """Snapshot every in-flight reply, after joining the group so no delta is missed.
+        """Subscribe, then snapshot every in-flight reply, then the live tail follows.
 
-        Deltas already in a snapshot are dropped by sequence number; deltas after it pass.
+        Other processes' frames are subscribed to before the saved state is read; this
+        process's generations are snapshotted in the same step (no await) as the socket starts
+        receiving their frames directly. Deltas already in a snapshot are dropped by sequence
+        number; deltas after it pass.
         """
+        await self._join_remote(conversation_id)
         rows = await database_sync_to_async(services.in_flight)(self.user, conversation_id)
-        streaming: list[int] = []
+        # From here to the snapshots there is no await: no frame can slip in between.
+        self._join_local(conversation_id)
+        snapshots = {
+            snap.message_id: snap
+            for snap in self.manager.local_snapshots(conversation_id)
+            if only is None or snap.message_id == only
+        }
+        for snap in snapshots.values():
+            self.delivered[snap.message_id] = snap.seq
+        streaming = list(snapshots)
         orphans: list[int] = []
+        remote: list[services.InFlight] = []
         for row in rows:
-            if only is not None and row.message_id != only:
+            if row.message_id in snapshots or (only is not None and row.message_id != only):
                 continue
-            local = self.manager.local_snapshot(row.message_id)
-            if local is not None:
-                await self._deliver_snapshot(
-                    protocol.snapshot_frame(
-                        conversation_id,
-                        local.message_id,
-                        local.seq,
-                        local.content,
-                        local.reasoning,
-                        local.status,
-                    )
-                )
-                streaming.append(row.message_id)
-            elif self._orphaned(row.heartbeat_at):
+            if self._orphaned(row.heartbeat_at):
                 orphans.append(row.message_id)
             else:
-                # Running in another process: ask it, hold deltas until its snapshot arrives.
+                # Running in another process: hold its deltas until its snapshot arrives.
                 self.held.setdefault(row.message_id, [])
-                await self.manager.request_snapshot(row.message_id, self.channel_name)
-                asyncio.get_running_loop().call_later(SNAPSHOT_TIMEOUT, self._snapshot_timeout, row)
+                remote.append(row)
                 streaming.append(row.message_id)
+        for snap in snapshots.values():
+            await self.send_frame(snapshot_frame(snap))
+        for row in remote:
+            await self.manager.request_snapshot(row.message_id, self.channel_name)
+            asyncio.get_running_loop().call_later(SNAPSHOT_TIMEOUT, self._snapshot_timeout, row)
         if orphans:
             await self.manager.interrupt_orphans(orphans)
         if only is not None and not streaming and not orphans:
@@ -213,7 +230,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             reply = await database_sync_to_async(services.owned_reply)(self.user, only)
             self.finished.pop(reply.pk, None)
             await self._deliver_done(reply.pk, done_frame_for(reply))
-        return streaming
+        return sorted(streaming)
 
     def _orphaned(self, heartbeat_at: Any) -> bool:
         """A streaming reply no process can be running any more.
@@ -221,9 +238,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         With the in-memory channel layer this process is the only one, so a reply it does not
         run is an orphan of an earlier process. Otherwise its heartbeat must have gone stale.
         """
-        if "InMemoryChannelLayer" in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
-            return True
-        if heartbeat_at is None:
+        if not self.manager.remote or heartbeat_at is None:
             return True
         age = (timezone.now() - heartbeat_at).total_seconds()
         return age > settings.STREAM_STALE_SECONDS
@@ -263,10 +278,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.held.pop(message_id, None)
         await self.send_text(frame if isinstance(frame, str) else protocol.encode(frame))
 
-    # Channel-layer events.
+    # Frames of generations.
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels runs close_old_connections() on the ORM's thread before every handler: a
+        # thread round trip per frame per socket, queued behind every database call of the
+        # process. Generation frames and snapshots touch no database.
+        if message["type"] == "chat.stream":
+            await self.chat_stream(message)
+        elif message["type"] == "chat.snapshot":
+            await self.chat_snapshot(message)
+        else:
+            await super().dispatch(message)
 
     async def chat_stream(self, event: dict[str, Any]) -> None:
-        """A frame of a generation, fanned out to every socket watching its conversation."""
+        """A frame from another process's generation, through the channel layer."""
+        if event.get("origin") == self.manager.origin:
+            return  # this process's frames arrive directly (`deliver`)
+        await self.deliver(event)
+
+    async def deliver(self, event: dict[str, Any]) -> None:
+        """A frame of a generation of a conversation this socket watches."""
         message_id: int = event["message"]
         kind: str = event["kind"]
         if kind == "delta":
@@ -299,16 +331,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _resync(self, message_id: int) -> None:
         local = self.manager.local_snapshot(message_id)
         if local is not None:
-            await self._deliver_snapshot(
-                protocol.snapshot_frame(
-                    local.conversation_id,
-                    local.message_id,
-                    local.seq,
-                    local.content,
-                    local.reasoning,
-                    local.status,
-                )
-            )
+            await self._deliver_snapshot(snapshot_frame(local))
         else:
             self.held.setdefault(message_id, [])
             await self.manager.request_snapshot(message_id, self.channel_name)
@@ -330,7 +353,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
         )
         for later in held:
-            await self.chat_stream(later)
+            await self.deliver(later)
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
         await self.send_text(protocol.encode(frame))
@@ -350,6 +373,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _close(self, code: int) -> None:
         self.closing = True
         await self.close(code=code)
+
+
+def snapshot_frame(snap: Snapshot) -> dict[str, Any]:
+    return protocol.snapshot_frame(
+        snap.conversation_id, snap.message_id, snap.seq, snap.content, snap.reasoning, snap.status
+    )
 
 
 class FrameBucket:

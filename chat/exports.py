@@ -256,6 +256,9 @@ def import_payload(user: AbstractBaseUser, payload: Any) -> list[int]:
                 when = _when(item.get("created"), "")
                 if when:
                     Message.objects.filter(pk=message.pk).update(created_at=when)
+                if item.get("images") and not conversation.has_images:
+                    conversation.has_images = True
+                    conversation.save(update_fields=["has_images"])
                 for image in item.get("images", []):
                     data = base64.b64decode(image["data"])
                     content_type, width, height = image["_checked"]

@@ -15,13 +15,14 @@ import logging
 import os
 import sys
 import time
+import uuid
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
-from channels.layers import BaseChannelLayer, get_channel_layer
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
@@ -60,7 +61,6 @@ class Generation:
         self.manager = manager
         self.message_id = plan.message_id
         self.conversation_id = plan.conversation_id
-        self.group = conversation_group(plan.conversation_id)
         self.status = Message.Status.STREAMING
         self.seq = 0
         self.flushed_seq = 0
@@ -83,6 +83,8 @@ class Generation:
         self._reasoning_ended: float | None = None
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
+        self._emitting = False
+        self._window = settings.STREAM_COALESCE_MS / 1000
         self._last_emit = 0.0
         self._reader: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
@@ -155,13 +157,13 @@ class Generation:
                             ):
                                 self._reasoning_ended = time.monotonic()
                             self._pending_content.append(event.text)
-                            self._poke()
+                            await self._queued()
                     elif isinstance(event, upstream.ReasoningDelta):
                         if event.text:
                             if self._reasoning_started is None:
                                 self._reasoning_started = time.monotonic()
                             self._pending_reasoning.append(event.text)
-                            self._poke()
+                            await self._queued()
                     elif isinstance(event, upstream.Usage):
                         self.usage = event
                     elif isinstance(event, upstream.Finish):
@@ -180,17 +182,24 @@ class Generation:
                 "upstream_error", "Something went wrong while generating this reply."
             )
 
-    def _poke(self) -> None:
-        if not self._wake.is_set():
+    async def _queued(self) -> None:
+        """New text is pending: a token after a quiet window goes out at once, from here
+        (no task switch); tokens closer together are left to the emitter to coalesce."""
+        if (
+            not self._emitting
+            and not self._wake.is_set()
+            and asyncio.get_running_loop().time() - self._last_emit >= self._window
+        ):
+            await self._emit()
+        elif not self._wake.is_set():
             self._wake.set()
 
     async def _emit_loop(self) -> None:
-        """Send pending text at most once per coalescing window; a lone token goes at once."""
+        """Send pending text at most once per coalescing window."""
         loop = asyncio.get_running_loop()
-        window = settings.STREAM_COALESCE_MS / 1000
         while not self._closing.is_set():
             await self._wake.wait()
-            delay = self._last_emit + window - loop.time()
+            delay = self._last_emit + self._window - loop.time()
             if delay > 0 and not self._closing.is_set():
                 # Sleep out the window, but not past the end of the reply.
                 with contextlib.suppress(TimeoutError):
@@ -201,6 +210,13 @@ class Generation:
     async def _emit(self) -> None:
         if not self._pending_content and not self._pending_reasoning:
             return
+        self._emitting = True
+        try:
+            await self._send_pending()
+        finally:
+            self._emitting = False
+
+    async def _send_pending(self) -> None:
         content = "".join(self._pending_content)
         reasoning = "".join(self._pending_reasoning)
         self._pending_content.clear()
@@ -214,7 +230,9 @@ class Generation:
         frame = protocol.delta_frame(
             self.conversation_id, self.message_id, self.seq, content, reasoning
         )
-        await self.manager.broadcast(self.group, self.message_id, self.seq, "delta", frame)
+        await self.manager.broadcast(
+            self.conversation_id, self.message_id, self.seq, "delta", frame
+        )
 
     def _reasoning_ms(self) -> int | None:
         if self._reasoning_started is None:
@@ -283,7 +301,7 @@ class Generation:
                     else None
                 ),
             )
-        await self.manager.broadcast(self.group, self.message_id, self.seq, "done", frame)
+        await self.manager.broadcast(self.conversation_id, self.message_id, self.seq, "done", frame)
 
     async def _write_final(self, outcome: Outcome) -> Message | None:
         deadline = time.monotonic() + FINAL_WRITE_DEADLINE
@@ -323,7 +341,15 @@ class GenerationManager:
 
     def __init__(self, layer: BaseChannelLayer) -> None:
         self.layer = layer
+        # With the in-memory layer this is the only process; otherwise (Redis) frames also go
+        # through the layer to the sockets of other processes.
+        self.remote = not isinstance(layer, InMemoryChannelLayer)
+        # Marks this process's frames on the layer, so its own sockets skip them there.
+        self.origin = uuid.uuid4().hex
         self.generations: dict[int, Generation] = {}
+        # Sockets of this process by the conversation they watch: frames go to them directly,
+        # without a channel-layer hop per frame per socket.
+        self.local: dict[int, set[Any]] = {}
         self.channel_name = ""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -359,7 +385,7 @@ class GenerationManager:
         started = protocol.started_frame(
             plan.conversation_id, plan.message_id, plan.user_message, plan.model_id
         )
-        await self.broadcast(generation.group, plan.message_id, 0, "started", started)
+        await self.broadcast(plan.conversation_id, plan.message_id, 0, "started", started)
         generation.task = self._spawn(self._run(generation))
         return generation
 
@@ -381,20 +407,44 @@ class GenerationManager:
             except Exception:
                 logger.warning("could not leave control group of %s", generation.message_id)
 
+    def watch(self, conversation_id: int, consumer: Any) -> None:
+        self.local.setdefault(conversation_id, set()).add(consumer)
+
+    def unwatch(self, conversation_id: int, consumer: Any) -> None:
+        watchers = self.local.get(conversation_id)
+        if watchers is not None:
+            watchers.discard(consumer)
+            if not watchers:
+                del self.local[conversation_id]
+
+    def local_snapshots(self, conversation_id: int) -> list[Snapshot]:
+        return [
+            g.snapshot() for g in self.generations.values() if g.conversation_id == conversation_id
+        ]
+
     async def broadcast(
-        self, group: str, message_id: int, seq: int, kind: str, frame: dict[str, Any]
+        self, conversation_id: int, message_id: int, seq: int, kind: str, frame: dict[str, Any]
     ) -> None:
+        """A frame to every socket watching the conversation, in this process and others."""
+        event = {
+            "type": "chat.stream",
+            "message": message_id,
+            "seq": seq,
+            "kind": kind,
+            "frame": protocol.encode(frame),
+            "origin": self.origin,
+        }
+        for consumer in tuple(self.local.get(conversation_id, ())):
+            try:
+                await consumer.deliver(event)
+            except Exception:
+                # One broken socket must not stop the reply or its other watchers.
+                logger.exception("could not deliver %s %s of reply %s", kind, seq, message_id)
+                self.unwatch(conversation_id, consumer)
+        if not self.remote:
+            return
         try:
-            await self.layer.group_send(
-                group,
-                {
-                    "type": "chat.stream",
-                    "message": message_id,
-                    "seq": seq,
-                    "kind": kind,
-                    "frame": protocol.encode(frame),
-                },
-            )
+            await self.layer.group_send(conversation_group(conversation_id), event)
         except Exception:
             # A watcher missing a frame resynchronises from a snapshot; the generation goes on.
             logger.exception("could not fan out %s %s of reply %s", kind, seq, message_id)
@@ -433,7 +483,7 @@ class GenerationManager:
         )
         if title:
             await self.broadcast(
-                conversation_group(plan.conversation_id),
+                plan.conversation_id,
                 0,
                 0,
                 "title",
@@ -550,11 +600,7 @@ class GenerationManager:
                 continue
             logger.info("reply %s marked interrupted", message.pk)
             await self.broadcast(
-                conversation_group(message.conversation_id),
-                message.pk,
-                message.seq,
-                "done",
-                done_frame_for(message),
+                message.conversation_id, message.pk, message.seq, "done", done_frame_for(message)
             )
         return [m.pk for m in messages]
 

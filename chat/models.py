@@ -188,6 +188,8 @@ class Conversation(models.Model):
     system_prompt = models.TextField(blank=True)
     # Generation parameters: temperature, max_tokens, top_p. Validated by chat.protocol.
     params = models.JSONField(default=dict, blank=True)
+    # Whether any question carries images; spares looking for them in every other conversation.
+    has_images = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
@@ -261,6 +263,9 @@ class Message(models.Model):
             models.Index(fields=["conversation", "active", "created_at"]),
             models.Index(fields=["status", "heartbeat_at"]),
             models.Index(fields=["user", "created_at"]),
+            # The replay lookup by request id: SQLite cannot use the partial unique index below
+            # with a bound parameter.
+            models.Index(fields=["user", "request_id"]),
         ]
         constraints = [
             models.UniqueConstraint(

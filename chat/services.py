@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from . import budgets, pricing, protocol
@@ -197,19 +197,22 @@ def _lock_user(user: AbstractBaseUser) -> None:
 
 
 def _check_limits(user: AbstractBaseUser, request_id: str) -> None:
-    streaming = Message.objects.filter(
-        user=user, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
-    ).count()
+    since = timezone.now() - timedelta(minutes=1)
+    counts = (
+        Message.objects.filter(user=user, role=Message.Role.ASSISTANT)
+        .filter(Q(status=Message.Status.STREAMING) | Q(created_at__gte=since))
+        .aggregate(
+            streaming=Count("pk", filter=Q(status=Message.Status.STREAMING)),
+            recent=Count("pk", filter=Q(created_at__gte=since)),
+        )
+    )
+    streaming, recent = counts["streaming"], counts["recent"]
     if streaming >= settings.MAX_CONCURRENT_GENERATIONS:
         raise FrameError(
             protocol.TOO_MANY_GENERATIONS,
             f"You already have {streaming} replies in progress. Wait for one to finish or stop it.",
             request_id,
         )
-    since = timezone.now() - timedelta(minutes=1)
-    recent = Message.objects.filter(
-        user=user, role=Message.Role.ASSISTANT, created_at__gte=since
-    ).count()
     if recent >= settings.MESSAGES_PER_MINUTE:
         raise FrameError(
             protocol.RATE_LIMITED,
@@ -224,15 +227,27 @@ def _check_configured(request_id: str) -> None:
 
 
 def active_path(conversation: Conversation) -> list[Message]:
-    return list(
-        conversation.messages.filter(active=True).prefetch_related("attachments").order_by("id")
-    )
+    """The messages the conversation reads as now, oldest first (reasoning not loaded: it is
+    never sent back)."""
+    messages = conversation.messages.filter(active=True).defer("reasoning").order_by("id")
+    if conversation.has_images:
+        messages = messages.prefetch_related("attachments")
+    return list(messages)
+
+
+def conversation_has_images(message: Message) -> bool:
+    # Loaded with the conversation in every caller; saves a query per message without images.
+    return message.conversation.has_images
 
 
 def _turn(message: Message, model: ChatModel) -> tuple[dict[str, Any], int]:
     """One message as the upstream reads it, and its estimated tokens (images included)."""
     tokens = pricing.estimate_prompt_tokens([{"content": message.content}])
-    images = list(message.attachments.all()) if message.role == Message.Role.USER else []
+    images = (
+        list(message.attachments.all())
+        if message.role == Message.Role.USER and conversation_has_images(message)
+        else []
+    )
     if not images:
         return {"role": message.role, "content": message.content}, tokens
     if not model.vision:
@@ -382,13 +397,11 @@ def _start_reply(
 
 def _replay(user: AbstractBaseUser, request_id: str) -> GenerationPlan | None:
     """The plan of an earlier accepted request with the same id, marked duplicate."""
-    reply = (
-        Message.objects.filter(user=user, request_id=request_id)
-        .select_related("model", "parent")
-        .first()
-    )
-    if reply is None:
+    # Almost always there is none: look for the id alone first, then load what a replay needs.
+    found = Message.objects.filter(user=user, request_id=request_id).values_list("pk")[:1]
+    if not found:
         return None
+    reply = Message.objects.select_related("model", "parent").get(pk=found[0][0])
     user_message = reply.parent if reply.parent and reply.parent.role == Message.Role.USER else None
     return GenerationPlan(
         message_id=reply.pk,
@@ -467,6 +480,9 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
             )
             if images:
                 Attachment.objects.filter(pk__in=[a.pk for a in images]).update(message=question)
+                if not conversation.has_images:
+                    conversation.has_images = True
+                    conversation.save(update_fields=["has_images"])
             history.append(question)
             return _start_reply(
                 user=user,

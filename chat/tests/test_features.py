@@ -574,7 +574,7 @@ def test_images_count_in_the_prompt_estimate(user) -> None:
     from chat.protocol import Params
 
     model = ChatModel.objects.get(model_id=VISION)
-    conversation = Conversation.objects.create(owner=user, model=model)
+    conversation = Conversation.objects.create(owner=user, model=model, has_images=True)
     question = Message.objects.create(
         conversation=conversation, user=user, role="user", content="What is this?"
     )

@@ -434,7 +434,9 @@ async def test_watching_an_orphaned_reply_marks_it_interrupted(fake, alice, sett
     other = await open_socket(alice)
     await other.send({"type": "watch", "conversation": accepted["conversation"]})
     frames = await other.recv_until(lambda f: f["type"] == "watching")
-    frames += await other.done(accepted["message"])
+    if not any(f["type"] == "done" for f in frames):
+        frames += await other.done(accepted["message"])
+    frames = [f for f in frames if f["type"] == "done"]
     await other.close()
     await socket.close()
     assert frames[-1]["status"] == "interrupted"
