@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from chat import pricing, services
 from chat.fakeupstream import default_catalogue
-from chat.models import Charge, ChatModel, PriceChange, Profile
+from chat.models import Charge, ChatModel, Message, PriceChange, Profile
 
 from .wsclient import MODEL, counts, message, open_socket, send_and_accept, send_frame
 
@@ -461,3 +461,28 @@ async def test_reconciliation_reports_a_planted_difference(fake, alice, settings
     assert first.lava_cost == first.cost
     assert second.lava_cost == Decimal("0.5")
     assert first.reconciled_at is not None
+
+
+@streaming
+async def test_deleting_a_conversation_mid_reply_stops_it_and_still_bills_it(fake, alice) -> None:
+    fake.push_script(tokens=300, interval_ms=10)
+    socket = await open_socket(alice)
+    accepted = await send_and_accept(socket, "long one, then gone")
+    await socket.recv_until(lambda f: f["type"] == "delta" and f["seq"] >= 3)
+
+    @database_sync_to_async
+    def delete() -> int:
+        client = Client()
+        client.force_login(alice)
+        return client.delete(f"/api/conversations/{accepted['conversation']}").status_code
+
+    assert await delete() == HTTPStatus.NO_CONTENT
+    done = (await socket.done(accepted["message"]))[-1]
+    await socket.close()
+    assert done["status"] == "stopped"
+    await fake.wait_until(lambda: fake.log[-1].outcome == "cancelled", timeout=5)
+    charge = await database_sync_to_async(Charge.objects.get)(user=alice)
+    assert charge.state == "settled"
+    assert charge.message_id is None
+    assert charge.cost is not None and charge.cost > 0
+    assert not await database_sync_to_async(Message.objects.filter(user=alice).exists)()
