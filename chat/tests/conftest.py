@@ -126,12 +126,20 @@ async def bob(make_user: Callable[..., AbstractUser]) -> AbstractUser:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def close_thread_connections(django_db_blocker: Any) -> Iterator[None]:
-    """Close the connection the ORM's worker thread holds, so the test database can be
-    dropped at the end (PostgreSQL refuses while a session is open)."""
+def close_thread_connections(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Let the test database be dropped at the end: connections kept open by the ORM's worker
+    threads would make PostgreSQL refuse. Torn down before `django_db_setup` drops it."""
     yield
     with django_db_blocker.unblock():
         async_to_sync(database_sync_to_async(connections.close_all))()
+        connection = connections["default"]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            connection.close()
 
 
 @pytest.fixture(autouse=True)
