@@ -41,6 +41,7 @@ import httpcore
 import httpx
 from httpcore import AsyncConnectionInterface
 
+from chat import netio
 from chat.reasoning import Piece, ReasoningSplitter, infer_reasoning_model
 from chat.sse import SSEDecoder, SSEEvent
 
@@ -307,7 +308,7 @@ def get_client(config: UpstreamConfig | None = None) -> httpx.AsyncClient:
                     keepalive_expiry=_KEEPALIVE_EXPIRY,
                 )
             )
-            _linear_pool(transport)
+            _tune_pool(transport)
             client = httpx.AsyncClient(
                 timeout=_default_timeout(cfg),
                 transport=transport,
@@ -364,11 +365,13 @@ class _LinearPool(httpcore.AsyncConnectionPool):
         return closing
 
 
-def _linear_pool(transport: httpx.AsyncHTTPTransport) -> None:
-    """Give the transport's pool the linear bookkeeping, on the httpcore it was written for."""
+def _tune_pool(transport: httpx.AsyncHTTPTransport) -> None:
+    """Give the transport's pool the linear bookkeeping and the asyncio network backend
+    (chat/netio.py), on the httpcore they were written for."""
     pool = getattr(transport, "_pool", None)
     if type(pool) is httpcore.AsyncConnectionPool and httpcore.__version__.startswith("1.0."):
         pool.__class__ = _LinearPool
+        pool._network_backend = netio.AsyncioBackend()
 
 
 async def aclose_clients() -> None:

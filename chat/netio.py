@@ -1,0 +1,269 @@
+"""The upstream client's sockets, on plain asyncio.
+
+httpx reaches the network through httpcore's pluggable network backend; its default goes through
+anyio, which for every read resumes the transport's reading, waits, and pauses it again (two
+`epoll_ctl` calls per token of a streamed reply), opens a cancel scope for the read timeout,
+and answers httpcore's "is this idle connection readable?" with a `getpeername()` and a
+`poll()` per idle connection, on every request start and end.
+
+This backend keeps one asyncio protocol per connection that is always reading into a queue
+(paused only when a reader falls far behind), times reads out with one timer handle, and knows
+whether an idle connection has anything to read from its own queue, without a system call. The
+contract is httpcore's: `read()` returns at most `max_bytes` (b"" at the end of the stream),
+and failures are httpcore's own exceptions, which httpx maps to its own as it always does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import socket
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+import httpcore
+from httpcore import AsyncNetworkBackend, AsyncNetworkStream
+
+# Bytes a connection may hold unread before it stops reading from its socket.
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 256 * 1024
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.eof = False
+        self.error: BaseException | None = None
+        self.paused = False
+        self._reader: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+
+    # Transport callbacks.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # For the stream.
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.chunks) or self.eof
+
+    def take(self, max_bytes: int) -> bytes:
+        chunk = self.chunks.popleft()
+        if len(chunk) > max_bytes:
+            self.chunks.appendleft(chunk[max_bytes:])
+            chunk = chunk[:max_bytes]
+        self.buffered -= len(chunk)
+        if self.paused and self.buffered <= LOW_WATER and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    def _wake(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.set_result(None)
+
+
+def _expire(future: asyncio.Future[None], error: type[Exception]) -> None:
+    if not future.done():
+        future.set_exception(error())
+
+
+async def _wait(
+    future: asyncio.Future[None], timeout: float | None, error: type[Exception]
+) -> None:
+    """Wait for `future`, failing with `error` after `timeout` seconds (None: no limit)."""
+    if timeout is None:
+        await future
+        return
+    handle = asyncio.get_running_loop().call_later(timeout, _expire, future, error)
+    try:
+        await future
+    finally:
+        handle.cancel()
+
+
+class AsyncioStream(AsyncNetworkStream):
+    def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        protocol = self._protocol
+        if not protocol.chunks:
+            if protocol.error is not None:
+                raise httpcore.ReadError(str(protocol.error) or type(protocol.error).__name__)
+            if protocol.eof:
+                return b""
+            future = protocol._reader = asyncio.get_running_loop().create_future()
+            try:
+                await _wait(future, timeout, httpcore.ReadTimeout)
+            finally:
+                protocol._reader = None
+            if not protocol.chunks:
+                if protocol.error is not None:
+                    message = str(protocol.error) or type(protocol.error).__name__
+                    raise httpcore.ReadError(message)
+                return b""
+        return protocol.take(max_bytes)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        protocol = self._protocol
+        if self._transport.is_closing() or (protocol.eof and protocol.error is not None):
+            raise httpcore.WriteError("the connection is closed")
+        try:
+            self._transport.write(buffer)
+        except (OSError, RuntimeError) as exc:
+            raise httpcore.WriteError(str(exc)) from exc
+        drain = protocol._drain
+        if drain is not None and not drain.done():
+            await _wait(drain, timeout, httpcore.WriteTimeout)
+        if protocol.error is not None and self._transport.is_closing():
+            raise httpcore.WriteError(str(protocol.error) or "the connection is closed")
+
+    async def aclose(self) -> None:
+        self._transport.close()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport = await loop.start_tls(
+                    self._transport,
+                    self._protocol,
+                    ssl_context,
+                    server_hostname=server_hostname,
+                )
+        except TimeoutError as exc:
+            self._transport.abort()
+            raise httpcore.ConnectTimeout("TLS handshake timed out") from exc
+        except (OSError, ssl.SSLError, ConnectionError) as exc:
+            self._transport.abort()
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        if transport is None:  # the connection went away during the handshake
+            raise httpcore.ConnectError("the connection closed during the TLS handshake")
+        assert isinstance(transport, asyncio.Transport)
+        self._protocol.transport = transport
+        return AsyncioStream(transport, self._protocol)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            # Asked of idle connections only: the protocol reads all the time, so anything the
+            # server sent (its close included) is already queued here.
+            return self._protocol.readable or self._transport.is_closing()
+        if info == "ssl_object":
+            return self._transport.get_extra_info("ssl_object")
+        if info == "client_addr":
+            return self._transport.get_extra_info("sockname")
+        if info == "server_addr":
+            return self._transport.get_extra_info("peername")
+        if info == "socket":
+            return self._transport.get_extra_info("socket")
+        return None
+
+
+class AsyncioBackend(AsyncNetworkBackend):
+    """httpcore's network backend on asyncio's own transports."""
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport, protocol = await loop.create_connection(
+                    _Protocol,
+                    host,
+                    port,
+                    local_addr=(local_address, 0) if local_address else None,
+                    happy_eyeballs_delay=0.25,
+                )
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        return self._stream(transport, protocol, socket_options)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport, protocol = await loop.create_unix_connection(_Protocol, path)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"connecting to {path} timed out") from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        return self._stream(transport, protocol, socket_options)
+
+    @staticmethod
+    def _stream(
+        transport: asyncio.BaseTransport, protocol: Any, socket_options: Iterable[Any] | None
+    ) -> AsyncioStream:
+        assert isinstance(transport, asyncio.Transport) and isinstance(protocol, _Protocol)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                for option in socket_options or ():
+                    sock.setsockopt(*option)
+            except OSError as exc:
+                transport.abort()
+                raise httpcore.ConnectError(f"socket option refused: {exc}") from exc
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return AsyncioStream(transport, protocol)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)

@@ -1,0 +1,177 @@
+"""The upstream client's asyncio network backend (chat/netio.py), over real loopback sockets.
+
+The rest of the upstream tests run through it too (every request of `upstream.get_client()`);
+these cover what they do not reach: TLS, as production talks to Lava, a keep-alive connection
+the server closed while idle, a body larger than the read buffer's high-water mark, and the
+mapping of failures to httpx's exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+import trustme
+
+from chat import netio, upstream
+
+pytestmark = pytest.mark.asyncio
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    handler: Handler, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[int, list[int]]]:
+    """A raw server on a free loopback port; yields its port and a list counting connections."""
+    connections: list[int] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0, ssl=ssl_context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port, connections
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+def response(body: bytes, *, close: bool = False) -> bytes:
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nContent-Type: text/plain\r\n"
+    if close:
+        head += "Connection: close\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def client(**kwargs: object) -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(**kwargs)  # type: ignore[arg-type]
+    upstream._tune_pool(transport)
+    return httpx.AsyncClient(transport=transport)
+
+
+async def test_the_upstream_client_uses_the_asyncio_backend() -> None:
+    shared = upstream.get_client(
+        upstream.UpstreamConfig(
+            forward_url="http://127.0.0.1:9/v1/forward",
+            api_base="http://127.0.0.1:9/v1",
+            forward_token="t",
+        )
+    )
+    try:
+        pool = shared._transport._pool  # type: ignore[attr-defined]
+        assert isinstance(pool._network_backend, netio.AsyncioBackend)
+    finally:
+        await upstream.aclose_clients()
+
+
+async def test_a_request_over_tls_is_verified_and_answered() -> None:
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            writer.write(response(b"over tls"))
+            await writer.drain()
+
+    async with serve(handler, server_context) as (port, connections):
+        async with client(verify=client_context) as http:
+            first = await http.get(f"https://localhost:{port}/")
+            second = await http.get(f"https://localhost:{port}/")
+            assert first.text == second.text == "over tls"
+            # Kept alive: both requests went over one TLS connection.
+            assert len(connections) == 1
+            # A certificate the client does not trust is refused at the handshake.
+        async with httpx.AsyncClient(transport=_plain_transport()) as untrusting:
+            with pytest.raises(httpx.ConnectError):
+                await untrusting.get(f"https://localhost:{port}/")
+
+
+def _plain_transport() -> httpx.AsyncHTTPTransport:
+    transport = httpx.AsyncHTTPTransport(verify=ssl.create_default_context())
+    upstream._tune_pool(transport)
+    return transport
+
+
+async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        # Keep-alive is not refused, but the server hangs up once the reply is out, as a proxy
+        # does when its own idle timeout is shorter than the client's.
+        writer.write(response(b"once"))
+        await writer.drain()
+
+    async with serve(handler) as (port, connections), client() as http:
+        assert (await http.get(f"http://127.0.0.1:{port}/")).text == "once"
+        await asyncio.sleep(0.05)  # the server's FIN arrives
+        assert (await http.get(f"http://127.0.0.1:{port}/")).text == "once"
+    assert len(connections) == 2
+
+
+async def test_a_body_larger_than_the_buffer_arrives_whole() -> None:
+    body = bytes(range(256)) * (3 * netio.HIGH_WATER // 256 + 7)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(response(body, close=True))
+        await writer.drain()
+
+    async with serve(handler) as (port, _), client() as http:
+        received = bytearray()
+        async with http.stream("GET", f"http://127.0.0.1:{port}/") as reply:
+            async for chunk in reply.aiter_raw():
+                received += chunk
+                # A slow reader: the connection has to stop reading and start again.
+                await asyncio.sleep(0)
+    assert received == body
+
+
+async def test_a_silent_server_is_a_read_timeout() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async with serve(handler) as (port, _), client() as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.get(f"http://127.0.0.1:{port}/", timeout=httpx.Timeout(5, read=0.2))
+
+
+async def test_a_refused_connection_is_a_connect_error() -> None:
+    async with serve(lambda r, w: asyncio.sleep(0)) as (port, _):
+        pass  # the port is free again, and nothing listens on it
+    async with client() as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get(f"http://127.0.0.1:{port}/")
+
+
+async def test_a_reset_in_the_middle_of_a_body_is_a_read_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+        await writer.drain()
+        writer.transport.abort()
+
+    async with serve(handler) as (port, _), client() as http:
+        with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
+            await http.get(f"http://127.0.0.1:{port}/")
