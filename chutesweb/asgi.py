@@ -15,9 +15,15 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
+from chat import eagerwrite  # noqa: E402
 from chat.lifespan import lifespan  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
+
+if settings.EAGER_SOCKET_WRITES:
+    # Daphne imports this module with its reactor running; under uvicorn this does nothing.
+    eagerwrite.install()
 
 application = ProtocolTypeRouter(
     {
