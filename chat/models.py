@@ -263,6 +263,8 @@ class Message(models.Model):
             models.Index(fields=["conversation", "active", "created_at"]),
             models.Index(fields=["status", "heartbeat_at"]),
             models.Index(fields=["user", "created_at"]),
+            # A user's replies still streaming, counted on every send.
+            models.Index(fields=["user", "status"]),
             # The replay lookup by request id: SQLite cannot use the partial unique index below
             # with a bound parameter.
             models.Index(fields=["user", "request_id"]),

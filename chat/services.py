@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from . import budgets, pricing, protocol
@@ -197,16 +197,11 @@ def _lock_user(user: AbstractBaseUser) -> None:
 
 
 def _check_limits(user: AbstractBaseUser, request_id: str) -> None:
-    since = timezone.now() - timedelta(minutes=1)
-    counts = (
-        Message.objects.filter(user=user, role=Message.Role.ASSISTANT)
-        .filter(Q(status=Message.Status.STREAMING) | Q(created_at__gte=since))
-        .aggregate(
-            streaming=Count("pk", filter=Q(status=Message.Status.STREAMING)),
-            recent=Count("pk", filter=Q(created_at__gte=since)),
-        )
-    )
-    streaming, recent = counts["streaming"], counts["recent"]
+    # Two counts, each answered from an index (status, then user and time), rather than one
+    # that reads every message the user ever had.
+    replies = Message.objects.filter(user=user, role=Message.Role.ASSISTANT)
+    streaming = replies.filter(status=Message.Status.STREAMING).count()
+    recent = replies.filter(created_at__gte=timezone.now() - timedelta(minutes=1)).count()
     if streaming >= settings.MAX_CONCURRENT_GENERATIONS:
         raise FrameError(
             protocol.TOO_MANY_GENERATIONS,
@@ -331,6 +326,7 @@ def _start_reply(
     request_id: str,
     parent: Message | None,
     user_message: Message | None,
+    touch_conversation: bool = True,
 ) -> GenerationPlan:
     body, prompt_estimate = build_prompt(conversation, history, model, params, request_id)
     input_price, output_price = model.input_price, model.output_price
@@ -369,8 +365,9 @@ def _start_reply(
         prompt_tokens=prompt_estimate,
         estimated=True,
     )
-    conversation.model = model
-    conversation.save(update_fields=["model", "updated_at"])
+    if touch_conversation:
+        conversation.model = model
+        conversation.save(update_fields=["model", "updated_at"])
     return GenerationPlan(
         message_id=reply.pk,
         conversation_id=conversation.pk,
@@ -398,7 +395,10 @@ def _start_reply(
 def _replay(user: AbstractBaseUser, request_id: str) -> GenerationPlan | None:
     """The plan of an earlier accepted request with the same id, marked duplicate."""
     # Almost always there is none: look for the id alone first, then load what a replay needs.
-    found = Message.objects.filter(user=user, request_id=request_id).values_list("pk")[:1]
+    # Unordered, so that the (user, request_id) index answers it.
+    found = (
+        Message.objects.filter(user=user, request_id=request_id).order_by().values_list("pk")[:1]
+    )
     if not found:
         return None
     reply = Message.objects.select_related("model", "parent").get(pk=found[0][0])
@@ -452,6 +452,7 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
             images = _unsent_images(user, frame.images, model, frame.request_id)
             _check_configured(frame.request_id)
             _check_limits(user, frame.request_id)
+            created = conversation is None
             if conversation is None:
                 conversation = Conversation.objects.create(
                     owner=user,
@@ -469,7 +470,8 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
                 if params.system_prompt is not None:
                     conversation.system_prompt = params.system_prompt
                 conversation.save(update_fields=["params", "system_prompt", "updated_at"])
-            history = active_path(conversation)
+            # A conversation created just now has no messages to read back.
+            history = [] if created else active_path(conversation)
             parent = history[-1] if history else None
             question = Message.objects.create(
                 conversation=conversation,
@@ -493,6 +495,8 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
                 request_id=frame.request_id,
                 parent=question,
                 user_message=question,
+                # A new conversation already names the model and was stamped just now.
+                touch_conversation=not created,
             )
     except IntegrityError:
         # The same request id raced in from another socket; answer as the first one did.

@@ -8,11 +8,13 @@ from http import HTTPStatus
 
 import pytest
 from channels.db import database_sync_to_async
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from chat import services
 from chat.models import Charge, ChatModel, Conversation, Message
-from chat.protocol import FrameError, Params
+from chat.protocol import FrameError, Params, parse_client_frame
 
 from .wsclient import (
     MODEL,
@@ -332,3 +334,39 @@ def test_conversation_total_includes_replaced_replies_and_titles(user_client: Cl
         )
     data = user_client.get(f"/api/conversations/{conversation.pk}").json()
     assert Decimal(data["total_cost"]) == Decimal("0.00152")
+
+
+@pytest.mark.skipif(
+    connection.vendor != "sqlite", reason="reads SQLite's query plans (EXPLAIN QUERY PLAN)"
+)
+def test_accepting_a_question_reads_no_users_whole_history(user, settings) -> None:
+    """Each lookup of a send goes through an index that narrows past the user: a user with a
+    long history must not make every send slower."""
+    settings.LAVA_FORWARD_TOKEN = "t"
+    settings.MESSAGES_PER_MINUTE = 1000
+    model = ChatModel.objects.get(model_id=MODEL)
+    make_history(user, model, [(f"q{i}", f"a{i}") for i in range(30)])
+    frame = parse_client_frame(
+        json.dumps(
+            {
+                "type": "send",
+                "request_id": request_id(),
+                "conversation": None,
+                "model": MODEL,
+                "content": "hello",
+            }
+        )
+    )
+    with CaptureQueriesContext(connection) as queries:
+        services.accept_send(user, frame)
+    plans = []
+    with connection.cursor() as cursor:
+        for query in queries.captured_queries:
+            if query["sql"].startswith("SELECT") and '"chat_message"' in query["sql"]:
+                cursor.execute("EXPLAIN QUERY PLAN " + query["sql"])
+                plans += [(row[-1], query["sql"]) for row in cursor.fetchall()]
+    assert plans  # the replay and limit lookups read messages
+    for step, sql in plans:
+        assert not step.startswith("SCAN chat_message"), (step, sql)
+        # Seeking by user alone would read every message the user ever had.
+        assert not step.endswith("(user_id=?)"), (step, sql)
