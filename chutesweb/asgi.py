@@ -17,13 +17,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from chat import eagerwrite  # noqa: E402
+from chat import daphnetuning  # noqa: E402
 from chat.lifespan import lifespan  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 
-if settings.EAGER_SOCKET_WRITES:
-    # Daphne imports this module with its reactor running; under uvicorn this does nothing.
-    eagerwrite.install()
+# Daphne imports this module with its reactor running; under uvicorn this does nothing.
+daphnetuning.install(eager_writes=settings.EAGER_SOCKET_WRITES)
 
 application = ProtocolTypeRouter(
     {

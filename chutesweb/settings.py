@@ -279,7 +279,7 @@ REAPER_INTERVAL_SECONDS = envfloat("REAPER_INTERVAL_SECONDS", "30")
 # On SIGTERM, how long running replies get to save their text and status before the exit.
 SHUTDOWN_GRACE_SECONDS = envfloat("SHUTDOWN_GRACE_SECONDS", "5")
 # Under daphne, send websocket frames at once rather than on the reactor's next turn
-# (chat/eagerwrite.py).
+# (chat/daphnetuning.py).
 EAGER_SOCKET_WRITES = envbool("EAGER_SOCKET_WRITES", "true")
 MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", "100000")
 MAX_IMAGE_BYTES = envint("MAX_IMAGE_BYTES", str(5 * 1024 * 1024))

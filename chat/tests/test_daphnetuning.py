@@ -1,4 +1,4 @@
-"""Eager socket writes under Twisted (chat/eagerwrite.py), on a real reactor and real sockets.
+"""Daphne's per-frame costs removed (chat/daphnetuning.py), on a real reactor and real sockets.
 
 The reactor runs in a child process (installing one in the test process would change it for
 every later test). The server there writes small messages, then a body far larger than the
@@ -25,9 +25,14 @@ SCRIPT = textwrap.dedent(
     asyncioreactor.install()
     from twisted.internet import protocol, reactor
 
-    from chat import eagerwrite
+    import click
+    from autobahn import util
+    from autobahn.websocket import protocol as websocket_protocol
 
-    eager = eagerwrite.install() if sys.argv[1] == "on" else False
+    from chat import daphnetuning
+
+    installed = daphnetuning.install(eager_writes=sys.argv[1] == "on")
+    eager = "eager_writes" in installed
     queued = []
     add_writer = reactor.addWriter
     reactor.addWriter = lambda writer: (queued.append(writer), add_writer(writer))
@@ -50,6 +55,15 @@ SCRIPT = textwrap.dedent(
 
     port = reactor.listenTCP(0, protocol.Factory.forProtocol(Talker), interface="127.0.0.1")
     result = {"eager": eager}
+
+    # Frame log arguments: no terminal styling until a log line is written, then the same text.
+    styled = []
+    style = click.style
+    click.style = lambda *args, **kwargs: (styled.append(1), style(*args, **kwargs))[1]
+    argument = websocket_protocol.hltype(Talker.dataReceived)
+    result["styled_before_format"] = len(styled)
+    result["same_text"] = f"{argument}" == util.hltype(Talker.dataReceived)
+    click.style = style
 
     def read_exactly(sock, size):
         data = bytearray()
@@ -105,6 +119,9 @@ def test_frames_go_out_at_once_and_a_full_socket_still_gets_every_byte_in_order(
     assert result["queued_after_small"] == 0
     # The big body did not fit: what the kernel refused was queued and sent in order after it.
     assert result["queued_after_big"] >= 1
+    # autobahn's per-frame debug log styles nothing unless the line is written, and reads the same.
+    assert result["styled_before_format"] == 0
+    assert result["same_text"] is True
 
 
 def test_without_it_twisted_queues_every_write() -> None:
@@ -112,3 +129,4 @@ def test_without_it_twisted_queues_every_write() -> None:
     assert result["eager"] is False
     assert result["small_ok"] and result["big_ok"] and result["bye_ok"] and result["closed"]
     assert result["queued_after_small"] >= 1
+    assert result["same_text"] is True
