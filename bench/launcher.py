@@ -29,7 +29,7 @@ from chutesweb.asgi import application as app  # isort: skip
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 
-from bench import COUNTERS_PATH, proposed
+from bench import COUNTERS_PATH
 from chat import generation, services
 
 # The service functions whose statements are told apart; everything else is "other" (sessions,
@@ -147,5 +147,3 @@ if os.getenv("BENCH_CPROFILE"):
     atexit.register(
         lambda: (_profiler.disable(), _profiler.dump_stats(os.environ["BENCH_CPROFILE"]))
     )
-# Changes proposed for files the benchmark does not own, only when asked (see bench.proposed).
-PROPOSED = proposed.apply([n for n in os.getenv("BENCH_PROPOSED", "").split(",") if n])

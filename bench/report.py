@@ -64,10 +64,9 @@ def markdown(results: dict[str, Any]) -> str:
                 else ""
             )
             + (
-                f" **With the proposed changes: {', '.join(options['proposed'])}** "
-                "(bench/proposed.py)."
-                if options.get("proposed")
-                else " The app as it is (no proposed change applied)."
+                " Daphne's eager socket writes turned off (EAGER_SOCKET_WRITES=false)."
+                if options.get("eager_writes") is False
+                else ""
             ),
             "",
         ]

@@ -61,7 +61,6 @@ class Options:
     keep: bool
     quiet: bool
     profile: Path | None
-    proposed: list[str]
     stream_timeout: float
 
     @property
@@ -124,12 +123,6 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="record the app with py-spy during each level (collapsed stacks into this folder)",
     )
     parser.add_argument(
-        "--proposed",
-        default="",
-        help="apply changes proposed for files outside the benchmark: dispatch, layer, conn "
-        "(see bench/proposed.py)",
-    )
-    parser.add_argument(
         "--stream-timeout",
         type=float,
         default=180.0,
@@ -158,7 +151,6 @@ def parse_args(argv: list[str] | None = None) -> Options:
         keep=args.keep,
         quiet=args.quiet,
         profile=args.profile,
-        proposed=[n.strip() for n in args.proposed.split(",") if n.strip()],
         stream_timeout=args.stream_timeout,
     )
 
@@ -171,7 +163,6 @@ class Bench:
             server_core=options.server_core,
             client_core=options.client_core,
             app_env_extra={
-                "BENCH_PROPOSED": ",".join(options.proposed),
                 **(
                     {"BENCH_CPROFILE": os.environ["BENCH_CPROFILE"]}
                     if "BENCH_CPROFILE" in os.environ
@@ -655,7 +646,12 @@ def environment(options: Options) -> dict[str, Any]:
             )
         },
         "command": "python -m bench.run " + shlex.join(sys.argv[1:]),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.__dict__.items()},
+        "options": {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.__dict__.items()},
+            # The app reads it from the environment it inherits (chat/daphnetuning.py).
+            "eager_writes": os.getenv("EAGER_SOCKET_WRITES", "true").lower()
+            not in ("0", "false", "no", "off"),
+        },
     }
 
 
