@@ -11,6 +11,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from django.utils import timezone
 
@@ -55,7 +56,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.sent_chars = 0
         self.acked_chars = 0
         self.closing = False
+        self.max_unacked = settings.MAX_UNACKED_CHARS
         self.bucket = FrameBucket(settings.FRAMES_PER_SECOND, settings.FRAME_BURST)
+        self.frame_send = _frame_sender(self.base_send)
         self.manager = get_manager()
         await self.manager.ensure_started()
         await self.accept()
@@ -364,15 +367,32 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         self.sent_chars += len(text)
-        if self.sent_chars - self.acked_chars > settings.MAX_UNACKED_CHARS:
+        if self.sent_chars - self.acked_chars > self.max_unacked:
             logger.warning("closing a socket of user %s: the client is not reading", self.user.pk)
             await self._close(CLOSE_TOO_SLOW)
             return
-        await self.send(text_data=text)
+        await self.frame_send({"type": "websocket.send", "text": text})
 
     async def _close(self, code: int) -> None:
         self.closing = True
         await self.close(code=code)
+
+
+def _frame_sender(send: Any) -> Any:
+    """The send for this socket's frames, past the session middleware when it is in the way.
+
+    Channels' session middleware wraps every send to save the session on an HTTP response; for
+    each websocket frame it only reads the session's state and passes the frame on. Frames go
+    to the server's own send when the wrapper would never act on them.
+    """
+    wrapper = getattr(send, "__self__", None)
+    if (
+        isinstance(wrapper, InstanceSessionWrapper)
+        and "websocket.send" not in wrapper.save_message_types
+        and "websocket.send" not in wrapper.cookie_response_message_types
+    ):
+        return wrapper.real_send
+    return send
 
 
 def snapshot_frame(snap: Snapshot) -> dict[str, Any]:

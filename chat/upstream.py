@@ -782,7 +782,15 @@ async def stream_chat(
                         lava_request_id=response.headers.get("x-lava-request-id"),
                         chutes_invocation_id=response.headers.get("x-chutes-invocationid"),
                     )
-                    chunks = response.aiter_bytes()
+                    # Asked for identity: the raw bytes are the body, without httpx's decoder
+                    # layers per chunk, unless the server compressed it anyway (or the body
+                    # was read already, as a test transport does).
+                    encoding = response.headers.get("content-encoding", "identity").lower()
+                    chunks = (
+                        response.aiter_raw()
+                        if encoding in ("", "identity") and not response.is_stream_consumed
+                        else response.aiter_bytes()
+                    )
                     while not reply.over:
                         data = await _next_chunk(chunks, deadline, cfg)
                         if data is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -175,3 +176,42 @@ async def test_a_reset_in_the_middle_of_a_body_is_a_read_error() -> None:
     async with serve(handler) as (port, _), client() as http:
         with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
             await http.get(f"http://127.0.0.1:{port}/")
+
+
+async def test_a_compressed_event_stream_is_still_decoded() -> None:
+    """Asked for identity, a server may compress anyway: the reply must read the same."""
+    events = b"".join(
+        b'data: {"choices": [{"index": 0, "delta": {"content": "%s"}}]}\n\n' % word
+        for word in (b"Hello", b" there")
+    )
+    body = gzip.compress(events + b"data: [DONE]\n\n")
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_request(reader)
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+        )
+        await writer.drain()
+
+    async with serve(handler) as (port, _):
+        config = upstream.UpstreamConfig(
+            forward_url=f"http://127.0.0.1:{port}/v1/forward",
+            api_base=f"http://127.0.0.1:{port}/v1",
+            forward_token="t",
+            max_retries=0,
+        )
+        try:
+            texts = [
+                event.text
+                async for event in upstream.stream_chat(
+                    {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                    config=config,
+                )
+                if isinstance(event, upstream.TextDelta)
+            ]
+        finally:
+            await upstream.aclose_clients()
+    assert "".join(texts) == "Hello there"

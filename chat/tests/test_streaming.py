@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.sessions import InstanceSessionWrapper
 from django.utils import timezone
 
 from chat import services
+from chat.consumers import _frame_sender
 from chat.generation import get_manager
 from chat.models import Charge, ChatModel, Message
 
@@ -483,3 +485,18 @@ async def test_regenerate_replaces_the_reply_and_keeps_the_old_one_billed(fake, 
     assert not old.active and old.cost is not None
     assert new.active and new.parent_id == old.parent_id
     assert fake.log[-1].body["messages"] == [{"role": "user", "content": "question"}]
+
+
+async def test_frames_skip_the_session_wrapper_only_where_it_never_acts() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def server_send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    wrapper = InstanceSessionWrapper({"type": "websocket", "cookies": {}}, server_send)
+    assert _frame_sender(wrapper.send) is server_send
+    # A wrapper that would save the session on a frame keeps its place.
+    wrapper.save_message_types = [*wrapper.save_message_types, "websocket.send"]
+    assert _frame_sender(wrapper.send) == wrapper.send
+    # Any other send is used as it is.
+    assert _frame_sender(server_send) is server_send
