@@ -465,7 +465,8 @@ class Bench:
         output = self.options.profile / f"{name}.txt"
         # Non-blocking: the app is sampled from outside without being paused.
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        command = [spy, "record", "--nonblocking", "--format", "raw", "--rate", "100"]
+        # Only the thread holding the GIL: where the CPU goes, not where threads wait for it.
+        command = [spy, "record", "--nonblocking", "--gil", "--format", "raw", "--rate", "100"]
         command += ["--output", str(output), "--pid", str(pid)]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)  # attached before the level starts
