@@ -9,8 +9,10 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from channels import DEFAULT_CHANNEL_LAYER
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from django.utils import timezone
@@ -34,6 +36,17 @@ CLOSE_FLOODING = 4429
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
+    # A socket's own channel only carries other processes' frames and snapshots (Redis). With the
+    # in-memory layer this process is the only one, so a socket gets no channel: no queue and
+    # no second receiving task per open socket.
+    channel_name = ""
+
+    @property  # type: ignore[override]
+    def channel_layer_alias(self) -> str | None:
+        if isinstance(get_channel_layer(), InMemoryChannelLayer):
+            return None
+        return DEFAULT_CHANNEL_LAYER
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.sessions import InstanceSessionWrapper
 from django.utils import timezone
 
@@ -500,3 +501,21 @@ async def test_frames_skip_the_session_wrapper_only_where_it_never_acts() -> Non
     assert _frame_sender(wrapper.send) == wrapper.send
     # Any other send is used as it is.
     assert _frame_sender(server_send) is server_send
+
+
+async def test_with_the_in_memory_layer_sockets_open_no_channel_of_their_own(fake, alice) -> None:
+    """One process: frames reach its sockets directly, so a socket needs no channel (no queue
+    and no receiving task each); a reply still streams to every one of them."""
+    layer = get_channel_layer()
+    assert isinstance(layer, InMemoryChannelLayer)
+    fake.push_script(tokens=5, interval_ms=5)
+    sockets = [await open_socket(alice) for _ in range(5)]
+    accepted = await send_and_accept(sockets[0], "to every tab")
+    for other in sockets[1:]:
+        await other.send({"type": "watch", "conversation": accepted["conversation"]})
+    frames = await sockets[0].done(accepted["message"])
+    manager = get_manager()
+    assert set(layer.channels) <= {manager.channel_name}
+    for socket in sockets:
+        await socket.close()
+    assert text_of(frames, accepted["message"])
