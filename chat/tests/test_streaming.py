@@ -507,7 +507,8 @@ async def test_with_the_in_memory_layer_sockets_open_no_channel_of_their_own(fak
     """One process: frames reach its sockets directly, so a socket needs no channel (no queue
     and no receiving task each); a reply still streams to every one of them."""
     layer = get_channel_layer()
-    assert isinstance(layer, InMemoryChannelLayer)
+    if not isinstance(layer, InMemoryChannelLayer):
+        pytest.skip("the in-memory channel layer only: this run uses Redis")
     fake.push_script(tokens=5, interval_ms=5)
     sockets = [await open_socket(alice) for _ in range(5)]
     accepted = await send_and_accept(sockets[0], "to every tab")
