@@ -75,21 +75,9 @@ class Stack:
         return cls(root=root, **kwargs)
 
     def start_upstream(self) -> Process:
-        port = processes.free_port()
-        args = [
-            sys.executable,
-            "-m",
-            "chat.fakeupstream",
-            "--port",
-            str(port),
-            "--token",
-            TOKEN,
-            "--no-reasoning",
-        ]
-        self.upstream = processes.spawn(
-            "upstream", pinned(self.client_core, args), processes.base_env(), self.root, port
+        self.upstream = processes.start_upstream(
+            self.root, "--no-reasoning", token=TOKEN, prefix=pinned(self.client_core, [])
         )
-        self.upstream.wait_until(lambda: processes.port_open(port), "listening port")
         return self.upstream
 
     def prepare(self) -> None:

@@ -71,16 +71,18 @@ class Standing:
 
 
 def standing(user: AbstractBaseUser, start: datetime | None = None) -> Standing:
+    return _standing(user, limit_for(user), start)
+
+
+def _standing(
+    user: AbstractBaseUser, limit: Decimal | None, start: datetime | None = None
+) -> Standing:
     start = start or month_start()
     totals = Charge.objects.filter(user=user, created_at__gte=start).aggregate(
         spent=Sum("cost", filter=Q(state=Charge.State.SETTLED)),
         reserved=Sum("reserved", filter=Q(state=Charge.State.RESERVED)),
     )
-    return Standing(
-        limit=limit_for(user),
-        spent=totals["spent"] or ZERO,
-        reserved=totals["reserved"] or ZERO,
-    )
+    return Standing(limit=limit, spent=totals["spent"] or ZERO, reserved=totals["reserved"] or ZERO)
 
 
 def check_budget(user: AbstractBaseUser, worst_case: Decimal, request_id: str) -> None:
@@ -88,11 +90,11 @@ def check_budget(user: AbstractBaseUser, worst_case: Decimal, request_id: str) -
 
     Called inside the transaction that reserves the worst case, with the user's sends serialised.
     """
-    if limit_for(user) is None:
-        return
-    current = standing(user)
-    assert current.limit is not None
-    if current.committed + worst_case > current.limit:
+    limit = limit_for(user)
+    if limit is None:
+        return  # no limit: the month's charges need not be summed
+    current = _standing(user, limit)
+    if current.committed + worst_case > limit:
         remaining = current.remaining or ZERO
         running = (
             f" ({usd(current.reserved)} is held for replies still being written)"
@@ -102,7 +104,7 @@ def check_budget(user: AbstractBaseUser, worst_case: Decimal, request_id: str) -
         raise FrameError(
             protocol.BUDGET_EXCEEDED,
             f"This reply could cost up to {usd(worst_case)}, and {usd(remaining)} is left of "
-            f"your {usd(current.limit)} monthly limit{running}. Pick a cheaper model, lower "
+            f"your {usd(limit)} monthly limit{running}. Pick a cheaper model, lower "
             "the maximum reply length, or ask an admin to raise your limit.",
             request_id or None,
         )

@@ -12,7 +12,6 @@ from typing import Any
 from channels import DEFAULT_CHANNEL_LAYER
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from django.utils import timezone
@@ -43,9 +42,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     @property  # type: ignore[override]
     def channel_layer_alias(self) -> str | None:
-        if isinstance(get_channel_layer(), InMemoryChannelLayer):
-            return None
-        return DEFAULT_CHANNEL_LAYER
+        return DEFAULT_CHANNEL_LAYER if get_manager().remote else None
 
     async def connect(self) -> None:
         user = self.scope.get("user")

@@ -1,8 +1,9 @@
 """Generations: each assistant reply runs as its own asyncio task, detached from any socket.
 
 Sockets only watch. A generation reads the upstream stream, coalesces deltas into frames with a
-per-message sequence number, fans them out to the conversation's channel-layer group, saves its
-partial text about once a second, and writes its end once. One `GenerationManager` per process
+per-message sequence number, hands them to the sockets of this process that watch the
+conversation (and, with Redis, to its channel-layer group for other processes), saves its partial
+text about once a second, and writes its end once. One `GenerationManager` per process
 and event loop owns the running generations, the periodic flush, the reaper, and a control
 channel through which any process can stop a generation or ask it for an exact snapshot.
 """

@@ -125,22 +125,18 @@ class AsyncioStream(AsyncNetworkStream):
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
-        if not protocol.chunks:
-            if protocol.error is not None:
-                raise httpcore.ReadError(str(protocol.error) or type(protocol.error).__name__)
-            if protocol.eof:
-                return b""
+        if not protocol.chunks and not protocol.eof:
+            # Woken by data, the end of the stream or a failure (`_Protocol._wake`).
             future = protocol._reader = asyncio.get_running_loop().create_future()
             try:
                 await _wait(future, timeout, httpcore.ReadTimeout)
             finally:
                 protocol._reader = None
-            if not protocol.chunks:
-                if protocol.error is not None:
-                    message = str(protocol.error) or type(protocol.error).__name__
-                    raise httpcore.ReadError(message)
-                return b""
-        return protocol.take(max_bytes)
+        if protocol.chunks:
+            return protocol.take(max_bytes)
+        if protocol.error is not None:
+            raise httpcore.ReadError(str(protocol.error) or type(protocol.error).__name__)
+        return b""
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:

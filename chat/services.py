@@ -197,8 +197,8 @@ def _lock_user(user: AbstractBaseUser) -> None:
 
 
 def _check_limits(user: AbstractBaseUser, request_id: str) -> None:
-    # Two counts, each answered from an index (status, then user and time), rather than one
-    # that reads every message the user ever had.
+    # Two counts, each answered from an index ((user, status), then (user, created_at)),
+    # rather than one that reads every message the user ever had.
     replies = Message.objects.filter(user=user, role=Message.Role.ASSISTANT)
     streaming = replies.filter(status=Message.Status.STREAMING).count()
     recent = replies.filter(created_at__gte=timezone.now() - timedelta(minutes=1)).count()
@@ -230,17 +230,13 @@ def active_path(conversation: Conversation) -> list[Message]:
     return list(messages)
 
 
-def conversation_has_images(message: Message) -> bool:
-    # Loaded with the conversation in every caller; saves a query per message without images.
-    return message.conversation.has_images
-
-
 def _turn(message: Message, model: ChatModel) -> tuple[dict[str, Any], int]:
     """One message as the upstream reads it, and its estimated tokens (images included)."""
     tokens = pricing.estimate_prompt_tokens([{"content": message.content}])
     images = (
         list(message.attachments.all())
-        if message.role == Message.Role.USER and conversation_has_images(message)
+        # The conversation is loaded with the message by every caller: no query per message.
+        if message.role == Message.Role.USER and message.conversation.has_images
         else []
     )
     if not images:

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from pathlib import Path
@@ -101,11 +101,15 @@ def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path, port: 
     return Process(name, proc, log, port)
 
 
-def start_upstream(log_dir: Path, *extra_args: str, token: str = "proc-token") -> Process:
+def start_upstream(
+    log_dir: Path, *extra_args: str, token: str = "proc-token", prefix: Sequence[str] = ()
+) -> Process:
+    """The stand-in upstream in its own process; `prefix` wraps its command (e.g. taskset)."""
     port = free_port()
     process = spawn(
         "upstream",
         [
+            *prefix,
             sys.executable,
             "-m",
             "chat.fakeupstream",

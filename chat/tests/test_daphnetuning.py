@@ -82,7 +82,10 @@ SCRIPT = textwrap.dedent(
             result["small_ok"] = read_exactly(sock, 1000) == b"".join(SMALL)
             result["queued_after_small"] = len(queued)
             sock.sendall(b"big ")
-            time.sleep(0.3)  # not reading: the kernel's buffers fill, the rest must queue
+            # Not reading: the kernel's buffers fill and the rest must queue with the reactor.
+            deadline = time.monotonic() + 10
+            while not queued and time.monotonic() < deadline:
+                time.sleep(0.01)
             result["big_ok"] = read_exactly(sock, len(BIG) + 3) == BIG + b"END"
             result["queued_after_big"] = len(queued)
             sock.sendall(b"bye ")

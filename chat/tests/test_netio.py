@@ -125,7 +125,12 @@ async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
 
     async with serve(handler) as (port, connections), client() as http:
         assert (await http.get(f"http://127.0.0.1:{port}/")).text == "once"
-        await asyncio.sleep(0.05)  # the server's FIN arrives
+        # Wait until the pool sees the server's FIN on its idle connection (a state httpcore
+        # exposes only by asking, with no event to wait on).
+        pool = http._transport._pool  # type: ignore[attr-defined]
+        async with asyncio.timeout(5):
+            while not all(connection.has_expired() for connection in pool.connections):  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
         assert (await http.get(f"http://127.0.0.1:{port}/")).text == "once"
     assert len(connections) == 2
 
