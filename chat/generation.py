@@ -264,6 +264,10 @@ class Generation:
         return Outcome(
             message_id=self.message_id,
             charge_id=self.plan.charge_id,
+            conversation_id=self.plan.conversation_id,
+            prompt_estimate=self.plan.prompt_estimate,
+            input_price=self.plan.input_price,
+            output_price=self.plan.output_price,
             status=status,
             content=self.content(),
             reasoning=self.reasoning(),

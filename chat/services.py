@@ -140,10 +140,15 @@ class InFlight:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a generation ended, written once."""
+    """How a generation ended, written once, with what its plan fixed at acceptance (so that
+    the final write reads nothing back)."""
 
     message_id: int
     charge_id: int | None
+    conversation_id: int
+    prompt_estimate: int
+    input_price: Decimal
+    output_price: Decimal
     status: str
     content: str
     reasoning: str
@@ -196,19 +201,44 @@ def _lock_user(user: AbstractBaseUser) -> None:
         get_user_model().objects.select_for_update().filter(pk=user.pk).first()
 
 
-def _check_limits(user: AbstractBaseUser, request_id: str) -> None:
-    # Two counts, each answered from an index ((user, status), then (user, created_at)),
-    # rather than one that reads every message the user ever had.
-    replies = Message.objects.filter(user=user, role=Message.Role.ASSISTANT)
-    streaming = replies.filter(status=Message.Status.STREAMING).count()
-    recent = replies.filter(created_at__gte=timezone.now() - timedelta(minutes=1)).count()
-    if streaming >= settings.MAX_CONCURRENT_GENERATIONS:
+@dataclass(frozen=True)
+class SenderState:
+    """What a send is checked against, read in one statement at its start."""
+
+    replayed: int | None  # a message already stored under this request id
+    streaming: int  # the user's replies being written now
+    recent: int  # the user's replies started in the last minute
+
+
+def _sender_state(user: AbstractBaseUser, request_id: str) -> SenderState:
+    # One statement instead of three ORM queries (this runs on every send, under the user's
+    # lock); each subquery is answered from its own index: (user, request_id), (user, status),
+    # (user, created_at).
+    table = connection.ops.quote_name(Message._meta.db_table)
+    since = Message._meta.get_field("created_at").get_db_prep_value(
+        timezone.now() - timedelta(minutes=1), connection
+    )
+    assistant, streaming = Message.Role.ASSISTANT.value, Message.Status.STREAMING.value
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT (SELECT id FROM {table} WHERE user_id = %s AND request_id = %s LIMIT 1), "  # noqa: S608 - names from our models
+            f"(SELECT COUNT(*) FROM {table} WHERE user_id = %s AND role = %s AND status = %s), "
+            f"(SELECT COUNT(*) FROM {table} WHERE user_id = %s AND role = %s AND created_at >= %s)",
+            [user.pk, request_id, user.pk, assistant, streaming, user.pk, assistant, since],
+        )
+        replayed, streaming_count, recent = cursor.fetchone()
+    return SenderState(replayed=replayed, streaming=streaming_count, recent=recent)
+
+
+def _check_limits(state: SenderState, request_id: str) -> None:
+    if state.streaming >= settings.MAX_CONCURRENT_GENERATIONS:
         raise FrameError(
             protocol.TOO_MANY_GENERATIONS,
-            f"You already have {streaming} replies in progress. Wait for one to finish or stop it.",
+            f"You already have {state.streaming} replies in progress. "
+            "Wait for one to finish or stop it.",
             request_id,
         )
-    if recent >= settings.MESSAGES_PER_MINUTE:
+    if state.recent >= settings.MESSAGES_PER_MINUTE:
         raise FrameError(
             protocol.RATE_LIMITED,
             f"You can send {settings.MESSAGES_PER_MINUTE} messages a minute. Try again shortly.",
@@ -388,16 +418,12 @@ def _start_reply(
     )
 
 
-def _replay(user: AbstractBaseUser, request_id: str) -> GenerationPlan | None:
-    """The plan of an earlier accepted request with the same id, marked duplicate."""
-    # Almost always there is none: look for the id alone first, then load what a replay needs.
-    # Unordered, so that the (user, request_id) index answers it.
-    found = (
-        Message.objects.filter(user=user, request_id=request_id).order_by().values_list("pk")[:1]
-    )
-    if not found:
+def _replay(user: AbstractBaseUser, request_id: str, found: int | None) -> GenerationPlan | None:
+    """The plan of an earlier accepted request with the same id (its reply `found`, from
+    `_sender_state`), marked duplicate; None when there was none."""
+    if found is None:
         return None
-    reply = Message.objects.select_related("model", "parent").get(pk=found[0][0])
+    reply = Message.objects.select_related("model", "parent").get(pk=found)
     user_message = reply.parent if reply.parent and reply.parent.role == Message.Role.USER else None
     return GenerationPlan(
         message_id=reply.pk,
@@ -430,7 +456,8 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
     try:
         with transaction.atomic():
             _lock_user(user)
-            replay = _replay(user, frame.request_id)
+            state = _sender_state(user, frame.request_id)
+            replay = _replay(user, frame.request_id, state.replayed)
             if replay is not None:
                 return replay
             conversation = None
@@ -447,7 +474,7 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
             model = usable_model(model_id or default_model_id(user), frame.request_id)
             images = _unsent_images(user, frame.images, model, frame.request_id)
             _check_configured(frame.request_id)
-            _check_limits(user, frame.request_id)
+            _check_limits(state, frame.request_id)
             created = conversation is None
             if conversation is None:
                 conversation = Conversation.objects.create(
@@ -496,7 +523,7 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
             )
     except IntegrityError:
         # The same request id raced in from another socket; answer as the first one did.
-        replay = _replay(user, frame.request_id)
+        replay = _replay(user, frame.request_id, _sender_state(user, frame.request_id).replayed)
         if replay is None:
             raise
         return replay
@@ -507,7 +534,8 @@ def accept_regenerate(user: AbstractBaseUser, frame: Regenerate) -> GenerationPl
     try:
         with transaction.atomic():
             _lock_user(user)
-            replay = _replay(user, frame.request_id)
+            state = _sender_state(user, frame.request_id)
+            replay = _replay(user, frame.request_id, state.replayed)
             if replay is not None:
                 return replay
             old = (
@@ -527,7 +555,7 @@ def accept_regenerate(user: AbstractBaseUser, frame: Regenerate) -> GenerationPl
             model_id = frame.model or (old.model.model_id if old.model else None)
             model = usable_model(model_id, frame.request_id)
             _check_configured(frame.request_id)
-            _check_limits(user, frame.request_id)
+            _check_limits(state, frame.request_id)
             history = [m for m in active_path(conversation) if m.pk < old.pk]
             conversation.messages.filter(active=True, pk__gte=old.pk).update(active=False)
             return _start_reply(
@@ -541,7 +569,7 @@ def accept_regenerate(user: AbstractBaseUser, frame: Regenerate) -> GenerationPl
                 user_message=None,
             )
     except IntegrityError:
-        replay = _replay(user, frame.request_id)
+        replay = _replay(user, frame.request_id, _sender_state(user, frame.request_id).replayed)
         if replay is None:
             raise
         return replay
@@ -553,7 +581,8 @@ def accept_edit(user: AbstractBaseUser, frame: Edit) -> GenerationPlan:
     try:
         with transaction.atomic():
             _lock_user(user)
-            replay = _replay(user, frame.request_id)
+            state = _sender_state(user, frame.request_id)
+            replay = _replay(user, frame.request_id, state.replayed)
             if replay is not None:
                 return replay
             old = (
@@ -575,7 +604,7 @@ def accept_edit(user: AbstractBaseUser, frame: Edit) -> GenerationPlan:
             model_id = frame.model or (conversation.model.model_id if conversation.model else None)
             model = usable_model(model_id, frame.request_id)
             _check_configured(frame.request_id)
-            _check_limits(user, frame.request_id)
+            _check_limits(state, frame.request_id)
             history = [m for m in active_path(conversation) if m.pk < old.pk]
             conversation.messages.filter(active=True, pk__gte=old.pk).update(active=False)
             question = Message.objects.create(
@@ -609,7 +638,7 @@ def accept_edit(user: AbstractBaseUser, frame: Edit) -> GenerationPlan:
                 user_message=question,
             )
     except IntegrityError:
-        replay = _replay(user, frame.request_id)
+        replay = _replay(user, frame.request_id, _sender_state(user, frame.request_id).replayed)
         if replay is None:
             raise
         return replay
@@ -736,56 +765,48 @@ def _settle_charge(charges: QuerySet[Charge], message: Message) -> None:
 def finish_generation(outcome: Outcome) -> Message | None:
     """Write the end of a reply once: text, reasoning, usage, cost and status; settle its
     charge. Returns the reply as written (for its `done` frame), or None when it was deleted
-    meanwhile (the charge is settled anyway: the money was spent)."""
+    meanwhile (the charge is settled anyway: the money was spent).
+
+    Nothing is read back: the prices and the prompt estimate are the ones accepted with the
+    reply, and whether the reply still exists is the count its update reports.
+    """
+    message = Message(
+        pk=outcome.message_id,
+        conversation_id=outcome.conversation_id,
+        status=outcome.status,
+        content=outcome.content,
+        reasoning=outcome.reasoning,
+        seq=outcome.seq,
+        finish_reason=outcome.finish_reason[:30],
+        error_code=outcome.error_code,
+        error_message=outcome.error_message[:500],
+        lava_request_id=outcome.lava_request_id[:100],
+        chutes_invocation_id=outcome.chutes_invocation_id[:100],
+        reasoning_ms=outcome.reasoning_ms,
+        input_price=outcome.input_price,
+        output_price=outcome.output_price,
+        prompt_tokens=outcome.prompt_estimate,
+        usage_estimated=True,
+        finished_at=timezone.now(),
+    )
+    if outcome.prompt_tokens is not None and outcome.completion_tokens is not None:
+        message.prompt_tokens = outcome.prompt_tokens
+        message.completion_tokens = outcome.completion_tokens
+        message.cached_tokens = outcome.cached_tokens
+        message.usage_estimated = False
+    _price(message)
     with transaction.atomic():
-        charge = Charge.objects.filter(pk=outcome.charge_id).first()
-        stored = (
-            Message.objects.filter(pk=outcome.message_id)
-            .values("conversation_id", "prompt_tokens", "input_price", "output_price")
-            .first()
-        )
-        if stored is None and charge is None:
-            return None
-        basis = stored or {
-            "conversation_id": None,
-            "prompt_tokens": charge.prompt_tokens,  # type: ignore[union-attr]
-            "input_price": charge.input_price,  # type: ignore[union-attr]
-            "output_price": charge.output_price,  # type: ignore[union-attr]
-        }
-        message = Message(
-            pk=outcome.message_id,
-            conversation_id=basis["conversation_id"],
-            status=outcome.status,
-            content=outcome.content,
-            reasoning=outcome.reasoning,
-            seq=outcome.seq,
-            finish_reason=outcome.finish_reason[:30],
-            error_code=outcome.error_code,
-            error_message=outcome.error_message[:500],
-            lava_request_id=outcome.lava_request_id[:100],
-            chutes_invocation_id=outcome.chutes_invocation_id[:100],
-            reasoning_ms=outcome.reasoning_ms,
-            input_price=basis["input_price"],
-            output_price=basis["output_price"],
-            prompt_tokens=basis["prompt_tokens"],
-            usage_estimated=True,
-            finished_at=timezone.now(),
-        )
-        if outcome.prompt_tokens is not None and outcome.completion_tokens is not None:
-            message.prompt_tokens = outcome.prompt_tokens
-            message.completion_tokens = outcome.completion_tokens
-            message.cached_tokens = outcome.cached_tokens
-            message.usage_estimated = False
-        _price(message)
-        if charge is not None:
-            _settle_charge(Charge.objects.filter(pk=charge.pk), message)
-        if stored is None:
-            return None
+        if outcome.charge_id is not None:
+            _settle_charge(Charge.objects.filter(pk=outcome.charge_id), message)
         # Only the fields the end changes, in one statement.
-        Message.objects.filter(pk=message.pk).update(
+        written = Message.objects.filter(pk=message.pk).update(
             **{name: getattr(message, name) for name in FINISHED_FIELDS}
         )
-        Conversation.objects.filter(pk=message.conversation_id).update(updated_at=timezone.now())
+        if not written:
+            return None
+        Conversation.objects.filter(pk=message.conversation_id).update(
+            updated_at=message.finished_at
+        )
     return message
 
 
