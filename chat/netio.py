@@ -41,6 +41,9 @@ class _Protocol(asyncio.Protocol):
         self.paused = False
         self._reader: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
+        # The waiting read's deadline, and the one timer that enforces it (see `wait_readable`).
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     # Transport callbacks.
 
@@ -63,6 +66,9 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if exc is not None and self.error is None:
             self.error = exc
         self._wake()
@@ -98,6 +104,41 @@ class _Protocol(asyncio.Protocol):
         if self._reader is not None and not self._reader.done():
             self._reader.set_result(None)
 
+    async def wait_readable(self, timeout: float | None) -> None:
+        """Wait for data, the end of the stream or a failure; httpcore.ReadTimeout after
+        `timeout` seconds.
+
+        A streamed reply waits here once per token. Rather than schedule and cancel a timer
+        each time, the connection keeps one timer at most: when it fires before the current
+        deadline (a later read moved it), it re-arms itself for that deadline.
+        """
+        loop = asyncio.get_running_loop()
+        future = self._reader = loop.create_future()
+        if timeout is not None:
+            self._deadline = deadline = loop.time() + timeout
+            if self._timer is not None and self._timer.when() > deadline:
+                self._timer.cancel()
+                self._timer = None
+            if self._timer is None:
+                self._timer = loop.call_at(deadline, self._check_deadline)
+        else:
+            self._deadline = None
+        try:
+            await future
+        finally:
+            self._reader = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        reader, deadline = self._reader, self._deadline
+        if reader is None or reader.done() or deadline is None:
+            return  # no read waiting, or one without a time limit
+        loop = asyncio.get_running_loop()
+        if loop.time() >= deadline:
+            reader.set_exception(httpcore.ReadTimeout())
+        else:
+            self._timer = loop.call_at(deadline, self._check_deadline)
+
 
 def _expire(future: asyncio.Future[None], error: type[Exception]) -> None:
     if not future.done():
@@ -126,12 +167,7 @@ class AsyncioStream(AsyncNetworkStream):
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
         if not protocol.chunks and not protocol.eof:
-            # Woken by data, the end of the stream or a failure (`_Protocol._wake`).
-            future = protocol._reader = asyncio.get_running_loop().create_future()
-            try:
-                await _wait(future, timeout, httpcore.ReadTimeout)
-            finally:
-                protocol._reader = None
+            await protocol.wait_readable(timeout)
         if protocol.chunks:
             return protocol.take(max_bytes)
         if protocol.error is not None:

@@ -14,6 +14,7 @@ import gzip
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import httpcore
 import httpx
 import pytest
 import trustme
@@ -161,6 +162,57 @@ async def test_a_silent_server_is_a_read_timeout() -> None:
     async with serve(handler) as (port, _), client() as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.get(f"http://127.0.0.1:{port}/", timeout=httpx.Timeout(5, read=0.2))
+
+
+def chunked_head() -> bytes:
+    return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def test_a_body_that_trickles_within_the_read_timeout_never_times_out() -> None:
+    """The limit is per read: 8 pieces 0.1 s apart take longer than one read's 0.3 s, and the
+    one timer each connection keeps must keep moving its deadline rather than fire."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(chunked_head())
+        for i in range(8):
+            await asyncio.sleep(0.1)
+            writer.write(chunk(b"piece %d;" % i))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with serve(handler) as (port, _), client() as http:
+        timeout = httpx.Timeout(5, read=0.3)
+        async with http.stream("GET", f"http://127.0.0.1:{port}/", timeout=timeout) as reply:
+            body = b"".join([part async for part in reply.aiter_raw()])
+    assert body == b"".join(b"piece %d;" % i for i in range(8))
+
+
+async def test_a_short_read_timeout_after_long_ones_is_kept() -> None:
+    """A read with a shorter limit than the reads before it times out on its own limit, not on
+    the earlier, later deadline."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(chunked_head() + chunk(b"first"))
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async with serve(handler) as (port, _):
+        stream = await netio.AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+        await stream.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        # A first read with a long limit arms the connection's timer far ahead.
+        assert (await stream.read(65536, timeout=30)).startswith(b"HTTP/1.1 200")
+        with pytest.raises(httpcore.ReadTimeout):
+            # A TimeoutError from here instead would mean the 0.2 s was ignored.
+            async with asyncio.timeout(4):
+                await stream.read(65536, timeout=0.2)
+        await stream.aclose()
 
 
 async def test_a_refused_connection_is_a_connect_error() -> None:
