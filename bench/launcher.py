@@ -87,13 +87,14 @@ def _install() -> None:
         def labelled(*args: Any, __original: Any = original, __name: str = name, **kw: Any) -> Any:
             _count(f"{__name}.calls")
             _where.label = __name
-            started = time.perf_counter_ns()
+            started, cpu_started = time.perf_counter_ns(), time.thread_time_ns()
             try:
                 return __original(*args, **kw)
             finally:
                 _where.label = "other"
                 with _lock:
                     _counts[f"{__name}.us"] += (time.perf_counter_ns() - started) // 1000
+                    _counts[f"{__name}.cpu_us"] += (time.thread_time_ns() - cpu_started) // 1000
 
         # The consumer and the generation engine look these up on the module at call time.
         setattr(services, name, wraps(original)(labelled))
