@@ -17,7 +17,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, Sum
 from django.utils import timezone
 
-from . import protocol
+from . import protocol, rows
 from .models import Charge, Profile
 from .pricing import usd
 from .protocol import FrameError
@@ -38,7 +38,7 @@ def next_month_start(start: datetime) -> datetime:
 
 def limit_for(user: AbstractBaseUser) -> Decimal | None:
     """The user's monthly limit in USD, or None for no limit."""
-    profile = Profile.objects.filter(user=user).first()
+    profile = rows.one_by(Profile, "user", user.pk)
     mode = profile.budget_mode if profile else Profile.BudgetMode.DEFAULT
     if mode == Profile.BudgetMode.UNLIMITED:
         return None

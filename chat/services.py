@@ -18,7 +18,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from . import budgets, pricing, protocol
+from . import budgets, pricing, protocol, rows
 from .attachments import data_uri, image_tokens
 from .models import (
     Attachment,
@@ -175,7 +175,7 @@ def owned_conversation(user: AbstractBaseUser, conversation_id: int) -> Conversa
 def usable_model(model_id: str | None, request_id: str) -> ChatModel:
     if not model_id:
         raise FrameError(protocol.MODEL_UNAVAILABLE, "Pick a model first.", request_id)
-    model = ChatModel.objects.filter(model_id=model_id).first()
+    model = rows.one_by(ChatModel, "model_id", model_id)
     if model is None or not model.enabled:
         raise FrameError(
             protocol.MODEL_UNAVAILABLE,
