@@ -30,6 +30,40 @@ def _select_by(model: type[models.Model], field_name: str) -> str:
     return f"SELECT * FROM {table} WHERE {column} = %s"  # noqa: S608 - names from our models
 
 
-def one_by(model: type[M], field_name: str, value: Any) -> M | None:
+def one_by(model: type[M], field_name: str, value: Any, /) -> M | None:
     """The row of `model` whose unique field `field_name` equals `value`, or None."""
     return next(iter(model._default_manager.raw(_select_by(model, field_name), [value])), None)
+
+
+@cache
+def _insert(model: type[models.Model]) -> tuple[str, tuple[models.Field, ...], bool]:
+    fields = tuple(f for f in model._meta.concrete_fields if not f.primary_key)
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    sql = (
+        f"INSERT INTO {quote(model._meta.db_table)} ({columns}) "  # noqa: S608 - names from our models
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    returning = connection.features.can_return_columns_from_insert
+    if returning:
+        sql += f" RETURNING {quote(model._meta.pk.column)}"
+    return sql, fields, returning
+
+
+def create(model: type[M], /, **values: Any) -> M:
+    """`model.objects.create(**values)` without the query compiler, for the send path's rows.
+
+    The instance is built as Django builds it (defaults, `auto_now_add`), and every value goes
+    through its field's own preparation for the database; only the SQL is written once. Models
+    created this way must not rely on `save()` or on save signals.
+    """
+    instance = model(**values)
+    sql, fields, returning = _insert(model)
+    params = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        pk = cursor.fetchone()[0] if returning else cursor.lastrowid
+    instance.pk = pk
+    instance._state.adding = False
+    instance._state.db = connection.alias
+    return instance

@@ -362,7 +362,8 @@ def _start_reply(
     )
     budgets.check_budget(user, worst_case, request_id)
     now = timezone.now()
-    reply = Message.objects.create(
+    reply = rows.create(
+        Message,
         conversation=conversation,
         user=user,
         role=Message.Role.ASSISTANT,
@@ -378,7 +379,8 @@ def _start_reply(
         usage_estimated=True,
         heartbeat_at=now,
     )
-    charge = Charge.objects.create(
+    charge = rows.create(
+        Charge,
         user=user,
         message=reply,
         conversation=conversation,
@@ -477,7 +479,8 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
             _check_limits(state, frame.request_id)
             created = conversation is None
             if conversation is None:
-                conversation = Conversation.objects.create(
+                conversation = rows.create(
+                    Conversation,
                     owner=user,
                     title=default_title(frame.content),
                     model=model,
@@ -496,7 +499,8 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
             # A conversation created just now has no messages to read back.
             history = [] if created else active_path(conversation)
             parent = history[-1] if history else None
-            question = Message.objects.create(
+            question = rows.create(
+                Message,
                 conversation=conversation,
                 user=user,
                 role=Message.Role.USER,

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from chat import rows
-from chat.models import ChatModel, Message, Profile
+from chat.models import Charge, ChatModel, Conversation, Message, Profile
 
 pytestmark = pytest.mark.django_db
 
@@ -47,3 +47,36 @@ def test_a_row_that_is_not_there_is_none() -> None:
 def test_a_field_that_is_not_unique_is_refused() -> None:
     with pytest.raises(ValueError, match="not unique"):
         rows.one_by(Message, "role", "user")
+
+
+def test_a_created_row_is_stored_as_the_orm_would_store_it(user) -> None:
+    model = ChatModel.objects.get(model_id=MODEL)
+    conversation = rows.create(
+        Conversation, owner=user, title="t", model=model, params={"temperature": 0.5}
+    )
+    reply = rows.create(
+        Message,
+        conversation=conversation,
+        user=user,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        request_id="r-1",
+        model=model,
+        input_price=model.input_price,
+        output_price=model.output_price,
+    )
+    charge = rows.create(
+        Charge, user=user, message=reply, model_id=MODEL, reserved=Decimal("0.000000000123")
+    )
+    by_orm = Message.objects.create(conversation=conversation, user=user, role="user")
+    stored = Message.objects.get(pk=reply.pk)
+    # Defaults and auto_now_add filled as the ORM fills them.
+    assert (stored.active, stored.seq, stored.params, stored.content) == (True, 0, {}, "")
+    assert by_orm.created_at >= stored.created_at == reply.created_at is not None
+    assert stored.input_price == model.input_price
+    assert (stored.status, stored.request_id, stored.model_id) == ("streaming", "r-1", model.pk)
+    assert Conversation.objects.get(pk=conversation.pk).params == {"temperature": 0.5}
+    assert Charge.objects.get(pk=charge.pk).reserved == Decimal("0.000000000123")
+    # The instances behave as saved ones.
+    assert not reply._state.adding and reply.pk and charge.pk and conversation.pk
+    assert by_orm.pk > reply.pk
