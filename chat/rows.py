@@ -67,3 +67,30 @@ def create(model: type[M], /, **values: Any) -> M:
     instance._state.adding = False
     instance._state.db = connection.alias
     return instance
+
+
+def _field(model: type[models.Model], name: str) -> models.Field:
+    field = model._meta.pk if name == "pk" else model._meta.get_field(name)
+    assert isinstance(field, models.Field)
+    return field
+
+
+@cache
+def _update(model: type[models.Model], where: tuple[str, ...], names: tuple[str, ...]) -> str:
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(_field(model, n).column)} = %s" for n in names)
+    conditions = " AND ".join(f"{quote(_field(model, n).column)} = %s" for n in where)
+    table = quote(model._meta.db_table)
+    return f"UPDATE {table} SET {assignments} WHERE {conditions}"  # noqa: S608 - names from our models
+
+
+def update(model: type[models.Model], where: dict[str, Any], /, **values: Any) -> int:
+    """`model.objects.filter(**where).update(**values)` for equality conditions and plain
+    values (no expressions, no related instances), with SQL written once; returns the number
+    of rows changed."""
+    sql = _update(model, tuple(where), tuple(values))
+    params = [_field(model, n).get_db_prep_save(v, connection) for n, v in values.items()]
+    params += [_field(model, n).get_db_prep_value(v, connection) for n, v in where.items()]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount

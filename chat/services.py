@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Q
 from django.utils import timezone
 
 from . import budgets, pricing, protocol, rows
@@ -753,17 +753,18 @@ def _price(message: Message) -> None:
         )
 
 
-def _settle_charge(charges: QuerySet[Charge], message: Message) -> None:
-    charges.filter(state=Charge.State.RESERVED).update(
-        state=Charge.State.SETTLED,
-        prompt_tokens=message.prompt_tokens,
-        completion_tokens=message.completion_tokens,
-        cached_tokens=message.cached_tokens,
-        estimated=message.usage_estimated,
-        cost=message.cost,
-        lava_request_id=message.lava_request_id,
-        settled_at=timezone.now(),
-    )
+def _settlement(message: Message) -> dict[str, Any]:
+    """A reserved charge's fields once its reply has ended and been priced."""
+    return {
+        "state": Charge.State.SETTLED.value,
+        "prompt_tokens": message.prompt_tokens,
+        "completion_tokens": message.completion_tokens,
+        "cached_tokens": message.cached_tokens,
+        "estimated": message.usage_estimated,
+        "cost": message.cost,
+        "lava_request_id": message.lava_request_id,
+        "settled_at": timezone.now(),
+    }
 
 
 def finish_generation(outcome: Outcome) -> Message | None:
@@ -799,18 +800,23 @@ def finish_generation(outcome: Outcome) -> Message | None:
         message.cached_tokens = outcome.cached_tokens
         message.usage_estimated = False
     _price(message)
+    # Three statements written once (rows.update), rather than compiled for every reply.
     with transaction.atomic():
         if outcome.charge_id is not None:
-            _settle_charge(Charge.objects.filter(pk=outcome.charge_id), message)
+            rows.update(
+                Charge,
+                {"pk": outcome.charge_id, "state": Charge.State.RESERVED.value},
+                **_settlement(message),
+            )
         # Only the fields the end changes, in one statement.
-        written = Message.objects.filter(pk=message.pk).update(
-            **{name: getattr(message, name) for name in FINISHED_FIELDS}
+        written = rows.update(
+            Message,
+            {"pk": message.pk},
+            **{name: getattr(message, name) for name in FINISHED_FIELDS},
         )
         if not written:
             return None
-        Conversation.objects.filter(pk=message.conversation_id).update(
-            updated_at=message.finished_at
-        )
+        rows.update(Conversation, {"pk": message.conversation_id}, updated_at=message.finished_at)
     return message
 
 
@@ -856,7 +862,9 @@ def interrupt(
             message.usage_estimated = True
             message.finished_at = timezone.now()
             _price(message)
-            _settle_charge(Charge.objects.filter(message=message), message)
+            Charge.objects.filter(message=message, state=Charge.State.RESERVED).update(
+                **_settlement(message)
+            )
             message.save()
             done.append(message)
     return done

@@ -80,3 +80,21 @@ def test_a_created_row_is_stored_as_the_orm_would_store_it(user) -> None:
     # The instances behave as saved ones.
     assert not reply._state.adding and reply.pk and charge.pk and conversation.pk
     assert by_orm.pk > reply.pk
+
+
+def test_an_update_changes_only_matching_rows_and_counts_them(user) -> None:
+    reserved = Charge.objects.create(user=user, model_id=MODEL, reserved=Decimal("0.5"))
+    settled = Charge.objects.create(user=user, model_id=MODEL, state=Charge.State.SETTLED)
+    values = {"state": "settled", "cost": Decimal("0.000000000001"), "estimated": True}
+    assert rows.update(Charge, {"pk": reserved.pk, "state": "reserved"}, **values) == 1
+    # Already settled: the condition on the state keeps it as it was.
+    assert rows.update(Charge, {"pk": settled.pk, "state": "reserved"}, **values) == 0
+    assert rows.update(Charge, {"pk": 10**9}, **values) == 0
+    reserved.refresh_from_db()
+    settled.refresh_from_db()
+    assert (reserved.state, reserved.cost, reserved.estimated) == (
+        "settled",
+        Decimal("0.000000000001"),
+        True,
+    )
+    assert (settled.cost, settled.estimated) == (None, False)
