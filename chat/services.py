@@ -206,14 +206,14 @@ class SenderState:
     """What a send is checked against, read in one statement at its start."""
 
     replayed: int | None  # a message already stored under this request id
-    streaming: int  # the user's replies being written now
-    recent: int  # the user's replies started in the last minute
+    streaming: int  # the user's replies being written now, up to the limit
+    recent: int  # the user's replies started in the last minute, up to the limit
 
 
 def _sender_state(user: AbstractBaseUser, request_id: str) -> SenderState:
     # One statement instead of three ORM queries (this runs on every send, under the user's
     # lock); each subquery is answered from its own index: (user, request_id), (user, status),
-    # (user, created_at).
+    # (user, created_at). The counts stop at their limit: past it the answer is the same.
     table = connection.ops.quote_name(Message._meta.db_table)
     since = Message._meta.get_field("created_at").get_db_prep_value(
         timezone.now() - timedelta(minutes=1), connection
@@ -222,9 +222,22 @@ def _sender_state(user: AbstractBaseUser, request_id: str) -> SenderState:
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT (SELECT id FROM {table} WHERE user_id = %s AND request_id = %s LIMIT 1), "  # noqa: S608 - names from our models
-            f"(SELECT COUNT(*) FROM {table} WHERE user_id = %s AND role = %s AND status = %s), "
-            f"(SELECT COUNT(*) FROM {table} WHERE user_id = %s AND role = %s AND created_at >= %s)",
-            [user.pk, request_id, user.pk, assistant, streaming, user.pk, assistant, since],
+            f"(SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE user_id = %s AND role = %s "
+            "AND status = %s LIMIT %s) AS streaming_rows), "
+            f"(SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE user_id = %s AND role = %s "
+            "AND created_at >= %s LIMIT %s) AS recent_rows)",
+            [
+                user.pk,
+                request_id,
+                user.pk,
+                assistant,
+                streaming,
+                settings.MAX_CONCURRENT_GENERATIONS,
+                user.pk,
+                assistant,
+                since,
+                settings.MESSAGES_PER_MINUTE,
+            ],
         )
         replayed, streaming_count, recent = cursor.fetchone()
     return SenderState(replayed=replayed, streaming=streaming_count, recent=recent)
