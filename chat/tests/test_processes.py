@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -34,15 +34,22 @@ REDIS_URL = os.getenv("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 class Client:
     """A websocket client of the real protocol."""
 
+    # Every client a test opened, closed after it (`close_clients`) even when the server died
+    # under it: an open client keeps a background thread running into the next tests.
+    opened: ClassVar[list[Client]] = []
+
     def __init__(self, app: Process, cookie: str) -> None:
-        self._connection = connect(
+        connection = connect(
             f"ws://127.0.0.1:{app.port}/ws/chat/",
             additional_headers={"Cookie": cookie},
             origin=f"http://127.0.0.1:{app.port}",
             open_timeout=10,
+            # Browsers send no pings; a ping to a killed server only fails noisily later.
+            ping_interval=None,
         )
-        self.ws: ClientConnection = self._connection.__enter__()
+        self.ws: ClientConnection = connection.__enter__()
         self.frames: list[dict[str, Any]] = []
+        Client.opened.append(self)
 
     def send(self, frame: dict[str, Any]) -> None:
         self.ws.send(json.dumps(frame))
@@ -69,6 +76,13 @@ class Client:
 
     def close(self) -> None:
         self.ws.close()
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while Client.opened:
+        Client.opened.pop().close()
 
 
 def send(client: Client, content: str, **extra: Any) -> dict[str, Any]:
