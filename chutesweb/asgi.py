@@ -4,6 +4,7 @@ Websockets check the Origin against ALLOWED_HOSTS (a foreign or missing Origin i
 handshake) and carry the Django session user.
 """
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -33,3 +34,12 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+if settings.GC_FREEZE:
+    # Django, the app and all they imported live as long as the process. Left in the
+    # collector's oldest generation, they are walked by every full collection: a pause of 40 to
+    # 85 ms on this kind of machine, which every running stream felt (docs/benchmarks.md).
+    # Frozen, a full collection walks only what was created since. (No collection first: it
+    # would leave the collector counting the frozen objects as old ones, and wait for a quarter
+    # as many new ones before its next full pass, which then pauses as long.)
+    gc.freeze()

@@ -281,6 +281,9 @@ SHUTDOWN_GRACE_SECONDS = envfloat("SHUTDOWN_GRACE_SECONDS", "5")
 # Under daphne, send websocket frames at once rather than on the reactor's next turn
 # (chat/daphnetuning.py).
 EAGER_SOCKET_WRITES = envbool("EAGER_SOCKET_WRITES", "true")
+# Leave everything loaded at start-up out of the garbage collector's full passes
+# (chutesweb/asgi.py).
+GC_FREEZE = envbool("GC_FREEZE", "true")
 MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", "100000")
 MAX_IMAGE_BYTES = envint("MAX_IMAGE_BYTES", str(5 * 1024 * 1024))
 MAX_IMAGES_PER_MESSAGE = envint("MAX_IMAGES_PER_MESSAGE", "4")

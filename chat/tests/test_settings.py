@@ -27,6 +27,18 @@ def load_settings(env: dict[str, str], expr: str = "None") -> subprocess.Complet
     )
 
 
+@pytest.mark.parametrize(("value", "frozen"), [("true", True), ("false", False)])
+def test_the_server_freezes_what_it_loaded_at_start_up_unless_told_not_to(
+    value: str, frozen: bool
+) -> None:
+    result = load_settings(
+        {"GC_FREEZE": value},
+        "__import__('gc').get_freeze_count() > 0 if __import__('chutesweb.asgi') else None",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) is frozen
+
+
 def test_production_refuses_the_development_secret_key() -> None:
     result = load_settings({"DEBUG": "false", "SECRET_KEY": ""})
     assert result.returncode != 0
