@@ -100,10 +100,30 @@ def _install() -> None:
         setattr(services, name, wraps(original)(labelled))
 
 
+# Garbage collections per generation: how many, their total time and the longest one since
+# the last snapshot, in µs. Kept apart from `_counts` and its lock: a collection can start in
+# any thread at any allocation, including one made while that lock is held.
+_gc: dict[str, list[int]] = {"collections": [0, 0, 0], "us": [0, 0, 0], "longest_us": [0, 0, 0]}
+_gc_started = [0]
+
+
+def _time_collections(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter_ns()
+        return
+    generation = info["generation"]
+    took = (time.perf_counter_ns() - _gc_started[0]) // 1000
+    _gc["collections"][generation] += 1
+    _gc["us"][generation] += took
+    _gc["longest_us"][generation] = max(_gc["longest_us"][generation], took)
+
+
 def snapshot(*, objects: bool = False) -> dict[str, Any]:
     with _lock:
         counts = dict(_counts)
     state: dict[str, Any] = {"counts": counts}
+    state["gc"] = {key: list(values) for key, values in _gc.items()}
+    _gc["longest_us"] = [0, 0, 0]
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -137,6 +157,7 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 _install()
+gc.callbacks.append(_time_collections)
 if os.getenv("BENCH_CPROFILE"):
     # A deterministic profile of the event loop's thread (where every token is relayed), written
     # when the server exits: call counts per token show where the work is.

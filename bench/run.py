@@ -339,6 +339,19 @@ class Bench:
             stand_in=(stand_in_before, stand_in),
             lag=lag,
         )
+        before_gc, after_gc = counters_before["gc"], counters_after["gc"]
+        # Collections pause the whole process: the longest one of the oldest generation
+        # shows up directly in the per-token p99.
+        summary["server"]["gc"] = {
+            "collections": [
+                a - b
+                for a, b in zip(after_gc["collections"], before_gc["collections"], strict=True)
+            ],
+            "total_ms": [
+                (a - b) / 1000 for a, b in zip(after_gc["us"], before_gc["us"], strict=True)
+            ],
+            "longest_ms": [us / 1000 for us in after_gc["longest_us"]],
+        }
         summary["stand_in"]["cpu_share"] = stand_in_cpu / wall if wall else None
         summary["load_average"] = os.getloadavg()[0]
         summary["others_cpu_share"] = others / wall if wall else None
