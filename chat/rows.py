@@ -40,6 +40,10 @@ def one_by(model: type[M], field_name: str, value: Any, /) -> M | None:
 @cache
 def _insert(model: type[models.Model]) -> tuple[str, tuple[models.Field, ...], bool]:
     fields = tuple(f for f in model._meta.concrete_fields if not f.primary_key)
+    for field in fields:
+        # Values the database computes would need RETURNING and a read back: not supported.
+        if field.generated or field.db_default is not models.NOT_PROVIDED:
+            raise ValueError(f"{model.__name__}.{field.name} is computed by the database")
     quote = connection.ops.quote_name
     columns = ", ".join(quote(f.column) for f in fields)
     sql = (
@@ -57,7 +61,8 @@ def create(model: type[M], /, **values: Any) -> M:
 
     The instance is built as Django builds it (defaults, `auto_now_add`), and every value goes
     through its field's own preparation for the database; only the SQL is written once. Models
-    created this way must not rely on `save()` or on save signals.
+    created this way must not rely on `save()` or on save signals (none are connected to them),
+    and the row goes to the default database (there are no routers).
     """
     instance = model(**values)
     sql, fields, returning = _insert(model)

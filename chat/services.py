@@ -232,11 +232,11 @@ def _sender_state(user: AbstractBaseUser, request_id: str) -> SenderState:
                 user.pk,
                 assistant,
                 streaming,
-                settings.MAX_CONCURRENT_GENERATIONS,
+                max(settings.MAX_CONCURRENT_GENERATIONS, 0),
                 user.pk,
                 assistant,
                 since,
-                settings.MESSAGES_PER_MINUTE,
+                max(settings.MESSAGES_PER_MINUTE, 0),
             ],
         )
         replayed, streaming_count, recent = cursor.fetchone()
@@ -813,20 +813,20 @@ def finish_generation(outcome: Outcome) -> Message | None:
         message.cached_tokens = outcome.cached_tokens
         message.usage_estimated = False
     _price(message)
-    # Three statements written once (rows.update), rather than compiled for every reply.
+    # Three statements written once (rows.update), rather than compiled for every reply. The
+    # reply's row first, then its charge: the order the reaper (`interrupt`) takes them in, so
+    # the two cannot deadlock on PostgreSQL.
     with transaction.atomic():
-        if outcome.charge_id is not None:
-            rows.update(
-                Charge,
-                {"pk": outcome.charge_id, "state": Charge.State.RESERVED.value},
-                **_settlement(message),
-            )
         # Only the fields the end changes, in one statement.
         written = rows.update(
             Message,
             {"pk": message.pk},
             **{name: getattr(message, name) for name in FINISHED_FIELDS},
         )
+        if outcome.charge_id is not None:
+            # Whatever its state: if the reaper settled it on an estimate meanwhile (a process
+            # that stalled), the reply's real end and usage replace that, as on the reply.
+            rows.update(Charge, {"pk": outcome.charge_id}, **_settlement(message))
         if not written:
             return None
         rows.update(Conversation, {"pk": message.conversation_id}, updated_at=message.finished_at)

@@ -464,6 +464,36 @@ async def test_reconciliation_reports_a_planted_difference(fake, alice, settings
 
 
 @streaming
+async def test_a_reply_the_reaper_settled_on_an_estimate_is_billed_as_it_really_ended(
+    fake, alice
+) -> None:
+    """A process that stalls past the stale limit has its reply interrupted and its charge
+    settled on an estimate by the reaper; when the reply then ends, its real usage replaces the
+    estimate on the charge as on the reply: the two never disagree."""
+    fake.push_script(tokens=40, interval_ms=20)
+    socket = await open_socket(alice)
+    accepted = await send_and_accept(socket, "a long one")
+    await socket.recv_until(lambda f: f["type"] == "delta" and f["seq"] >= 3)
+    # What the reaper does to a reply whose heartbeat is stale.
+    interrupted = await database_sync_to_async(services.interrupt)([accepted["message"]])
+    assert [m.pk for m in interrupted] == [accepted["message"]]
+    estimate = await database_sync_to_async(Charge.objects.get)(user=alice)
+    assert estimate.state == "settled" and estimate.estimated
+    done = (await socket.done(accepted["message"]))[-1]
+    await socket.close()
+    assert done["status"] == "complete"
+    reply = await message(accepted["message"])
+    charge = await database_sync_to_async(Charge.objects.get)(user=alice)
+    assert (reply.status, reply.usage_estimated, charge.estimated) == ("complete", False, False)
+    assert charge.cost == reply.cost is not None
+    assert (charge.prompt_tokens, charge.completion_tokens) == (
+        reply.prompt_tokens,
+        reply.completion_tokens,
+    )
+    assert charge.completion_tokens > estimate.completion_tokens
+
+
+@streaming
 async def test_deleting_a_conversation_mid_reply_stops_it_and_still_bills_it(fake, alice) -> None:
     fake.push_script(tokens=300, interval_ms=10)
     socket = await open_socket(alice)

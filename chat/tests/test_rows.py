@@ -5,6 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from django.db import models
+from django.db.models.functions import Now
+from django.test.utils import isolate_apps
 
 from chat import rows
 from chat.models import Charge, ChatModel, Conversation, Message, Profile
@@ -98,3 +101,15 @@ def test_an_update_changes_only_matching_rows_and_counts_them(user) -> None:
         True,
     )
     assert (settled.cost, settled.estimated) == (None, False)
+
+
+@isolate_apps("chat")
+def test_a_model_with_a_value_computed_by_the_database_is_refused() -> None:
+    class Stamped(models.Model):
+        created = models.DateTimeField(db_default=Now())
+
+        def __str__(self) -> str:
+            return str(self.pk)
+
+    with pytest.raises(ValueError, match="computed by the database"):
+        rows.create(Stamped)
