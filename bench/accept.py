@@ -108,12 +108,7 @@ def run(sends: int) -> None:
             plan = services.accept_send(user, frame)
             accept_ms.append((time.perf_counter() - started) * 1000)
         outcome = services.Outcome(
-            message_id=plan.message_id,
-            charge_id=plan.charge_id,
-            conversation_id=plan.conversation_id,
-            prompt_estimate=plan.prompt_estimate,
-            input_price=plan.input_price,
-            output_price=plan.output_price,
+            plan=plan,
             status="complete",
             content="The moon is about 384,400 km away. " * 10,
             reasoning="",

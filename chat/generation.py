@@ -262,12 +262,7 @@ class Generation:
             # waiting): nothing was produced and nothing is billed.
             usage = upstream.Usage(prompt_tokens=0, completion_tokens=0, cached_tokens=0)
         return Outcome(
-            message_id=self.message_id,
-            charge_id=self.plan.charge_id,
-            conversation_id=self.plan.conversation_id,
-            prompt_estimate=self.plan.prompt_estimate,
-            input_price=self.plan.input_price,
-            output_price=self.plan.output_price,
+            plan=self.plan,
             status=status,
             content=self.content(),
             reasoning=self.reasoning(),

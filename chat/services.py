@@ -140,15 +140,10 @@ class InFlight:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a generation ended, written once, with what its plan fixed at acceptance (so that
-    the final write reads nothing back)."""
+    """How a generation ended, written once, with the plan it was accepted with (its prices and
+    prompt estimate, so that the final write reads nothing back)."""
 
-    message_id: int
-    charge_id: int | None
-    conversation_id: int
-    prompt_estimate: int
-    input_price: Decimal
-    output_price: Decimal
+    plan: GenerationPlan
     status: str
     content: str
     reasoning: str
@@ -788,9 +783,10 @@ def finish_generation(outcome: Outcome) -> Message | None:
     Nothing is read back: the prices and the prompt estimate are the ones accepted with the
     reply, and whether the reply still exists is the count its update reports.
     """
+    plan = outcome.plan
     message = Message(
-        pk=outcome.message_id,
-        conversation_id=outcome.conversation_id,
+        pk=plan.message_id,
+        conversation_id=plan.conversation_id,
         status=outcome.status,
         content=outcome.content,
         reasoning=outcome.reasoning,
@@ -801,9 +797,9 @@ def finish_generation(outcome: Outcome) -> Message | None:
         lava_request_id=outcome.lava_request_id[:100],
         chutes_invocation_id=outcome.chutes_invocation_id[:100],
         reasoning_ms=outcome.reasoning_ms,
-        input_price=outcome.input_price,
-        output_price=outcome.output_price,
-        prompt_tokens=outcome.prompt_estimate,
+        input_price=plan.input_price,
+        output_price=plan.output_price,
+        prompt_tokens=plan.prompt_estimate,
         usage_estimated=True,
         finished_at=timezone.now(),
     )
@@ -823,10 +819,10 @@ def finish_generation(outcome: Outcome) -> Message | None:
             {"pk": message.pk},
             **{name: getattr(message, name) for name in FINISHED_FIELDS},
         )
-        if outcome.charge_id is not None:
+        if plan.charge_id is not None:
             # Whatever its state: if the reaper settled it on an estimate meanwhile (a process
             # that stalled), the reply's real end and usage replace that, as on the reply.
-            rows.update(Charge, {"pk": outcome.charge_id}, **_settlement(message))
+            rows.update(Charge, {"pk": plan.charge_id}, **_settlement(message))
         if not written:
             return None
         rows.update(Conversation, {"pk": message.conversation_id}, updated_at=message.finished_at)

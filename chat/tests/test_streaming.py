@@ -70,7 +70,7 @@ async def test_the_reply_text_is_written_once_at_the_end(fake, alice, monkeypatc
     original = services.finish_generation
 
     def spy(outcome: services.Outcome) -> Message:
-        calls.append(outcome.message_id)
+        calls.append(outcome.plan.message_id)
         return original(outcome)
 
     monkeypatch.setattr(services, "finish_generation", spy)
