@@ -320,48 +320,74 @@ def get_client(config: UpstreamConfig | None = None) -> httpx.AsyncClient:
 
 
 class _LinearPool(httpcore.AsyncConnectionPool):
-    """httpcore 1.0's connection pool with the same decisions, made in linear time.
+    """httpcore 1.0's connection pool with the same decisions, at a cost that does not grow
+    with the streams in flight.
 
-    Its bookkeeping runs on every request start and end. It tests each idle connection against
-    the keep-alive limit with `len([c.is_idle() for c in connections])`, a list of every
-    connection (so the count of all of them, not of the idle ones), built once per idle
-    connection: O(idle x open) work per request, which the profile of a few hundred concurrent
-    replies showed as the largest single cost of the event loop. This keeps that count as it
-    goes; the assignment of queued requests is httpcore's own, only skipped when none waits.
+    Its bookkeeping runs on every request start and end, under the pool's lock. httpcore asks
+    every connection, through two layers of method calls each, whether it is closed, expired or
+    idle (and counted the connections once per idle one: O(idle x open)), then asks every
+    connection again whether it is free for each queued request. With a few hundred replies
+    streaming, that was the largest cost of starting and ending one in the profile.
+
+    Here the connections that carry a request in flight are skipped: an HTTP/1.1 connection
+    serving a request is neither closed, expired, idle nor free for another one until that
+    request ends, and its end runs this again. Only the others are asked, once each, and a
+    connection handed to one queued request is not offered to the next. With HTTP/2 (a busy
+    connection can take more requests) httpcore's own method runs.
     """
 
     def _assign_requests_to_connections(self) -> list[AsyncConnectionInterface]:
+        if self._http2:
+            return super()._assign_requests_to_connections()
+        busy: set[int] = set()
+        queued = []
+        for pool_request in self._requests:
+            if pool_request.connection is None:
+                queued.append(pool_request)
+            else:
+                busy.add(id(pool_request.connection))
         closing: list[AsyncConnectionInterface] = []
+        # Keep-alive counts every connection, as httpcore does.
         count = len(self._connections)
-        for connection in list(self._connections):
-            if connection.is_closed():
-                self._connections.remove(connection)
+        kept: list[AsyncConnectionInterface] = []
+        free: list[AsyncConnectionInterface] = []
+        for connection in self._connections:
+            if id(connection) in busy:
+                kept.append(connection)
+            elif connection.is_closed():
                 count -= 1
             elif connection.has_expired() or (
                 connection.is_idle() and count > self._max_keepalive_connections
             ):
-                self._connections.remove(connection)
                 count -= 1
                 closing.append(connection)
-        for pool_request in [request for request in self._requests if request.is_queued()]:
+            else:
+                kept.append(connection)
+                free.append(connection)
+        self._connections[:] = kept
+        for pool_request in queued:
             origin = pool_request.request.url.origin
-            available = [
-                connection
-                for connection in self._connections
-                if connection.can_handle_request(origin) and connection.is_available()
-            ]
-            if available:
-                pool_request.assign_to_connection(available[0])
-                continue
-            if len(self._connections) >= self._max_connections:
-                idle = next((c for c in self._connections if c.is_idle()), None)
-                if idle is None:
-                    continue  # the request waits for a connection to come free
-                self._connections.remove(idle)
-                closing.append(idle)
-            connection = self.create_connection(origin)
-            self._connections.append(connection)
-            pool_request.assign_to_connection(connection)
+            chosen = next(
+                (
+                    connection
+                    for connection in free
+                    if connection.can_handle_request(origin) and connection.is_available()
+                ),
+                None,
+            )
+            if chosen is None:
+                if len(self._connections) >= self._max_connections:
+                    idle = next((c for c in free if c.is_idle()), None)
+                    if idle is None:
+                        continue  # the request waits for a connection to come free
+                    self._connections.remove(idle)
+                    free.remove(idle)
+                    closing.append(idle)
+                chosen = self.create_connection(origin)
+                self._connections.append(chosen)
+            else:
+                free.remove(chosen)
+            pool_request.assign_to_connection(chosen)
         return closing
 
 

@@ -650,6 +650,84 @@ async def test_one_client_per_event_loop(config: UpstreamConfig) -> None:
     assert get_client(config) is not client
 
 
+def _small_pool_client(max_connections: int, max_keepalive: int) -> tuple[httpx.AsyncClient, Any]:
+    """A client with the app's pool at a small size, and the list of connections it opened."""
+    transport = httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_keepalive
+        )
+    )
+    upstream._tune_pool(transport)
+    pool = transport._pool
+    assert type(pool) is upstream._LinearPool
+    opened: list[Any] = []
+    connect = pool._network_backend.connect_tcp
+
+    async def counting_connect(*args: Any, **kwargs: Any) -> Any:
+        stream = await connect(*args, **kwargs)
+        opened.append(stream)
+        return stream
+
+    pool._network_backend.connect_tcp = counting_connect
+    return httpx.AsyncClient(transport=transport), opened
+
+
+async def _stream_reply(client: httpx.AsyncClient, fake: FakeUpstream, text: str) -> str:
+    body = chat_body(text, stream=True)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with client.stream(
+        "POST", f"{fake.url}/v1/chat/completions", json=body, headers=headers
+    ) as response:
+        assert response.status_code == 200
+        return "".join([line async for line in response.aiter_lines()])
+
+
+async def test_requests_beyond_the_pool_wait_and_reuse_freed_connections(
+    fake: FakeUpstream,
+) -> None:
+    fake.set_default_script(interval_ms=5, tokens=8)
+    client, opened = _small_pool_client(max_connections=2, max_keepalive=2)
+    most = 0
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            most = max(most, len(client._transport._pool.connections))
+            await asyncio.sleep(0.001)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        bodies = await asyncio.gather(*(_stream_reply(client, fake, f"q{i}") for i in range(6)))
+    finally:
+        watcher.cancel()
+        await client.aclose()
+    assert all(body.endswith("data: [DONE]") for body in bodies)
+    # Four of the six waited, and each took a connection an earlier reply had finished with.
+    assert len(opened) == 2
+    assert most == 2
+    assert [entry.outcome for entry in fake.chat_log()] == ["complete"] * 6
+
+
+async def test_idle_connections_beyond_the_keep_alive_limit_are_closed(
+    fake: FakeUpstream,
+) -> None:
+    fake.set_default_script(interval_ms=5, tokens=5)
+    client, opened = _small_pool_client(max_connections=4, max_keepalive=1)
+    pool = client._transport._pool
+    try:
+        await asyncio.gather(*(_stream_reply(client, fake, f"q{i}") for i in range(4)))
+        assert len(opened) == 4
+        assert pool_stats(client) == {"connections": 1, "idle": 1, "requests": 0}
+        kept = pool.connections[0]
+        for i in range(3):
+            await _stream_reply(client, fake, f"again {i}")
+        # One after another, the replies all went over the connection that was kept.
+        assert len(opened) == 4
+        assert pool.connections == [kept]
+    finally:
+        await client.aclose()
+
+
 def test_the_pool_is_sized_from_the_config() -> None:
     config = UpstreamConfig("http://x/v1/forward", "http://x/v1", max_connections=321)
 
