@@ -100,10 +100,16 @@ def _install() -> None:
         setattr(services, name, wraps(original)(labelled))
 
 
-# Garbage collections per generation: how many, their total time and the longest one since
-# the last snapshot, in µs. Kept apart from `_counts` and its lock: a collection can start in
-# any thread at any allocation, including one made while that lock is held.
-_gc: dict[str, list[int]] = {"collections": [0, 0, 0], "us": [0, 0, 0], "longest_us": [0, 0, 0]}
+# Garbage collections per generation: how many, their total time in µs, the objects they freed
+# (cyclic garbage the app made), and the longest one since the last snapshot. Kept apart
+# from `_counts` and its lock: a collection can start in any thread at any allocation,
+# including one made while that lock is held.
+_gc: dict[str, list[int]] = {
+    "collections": [0, 0, 0],
+    "us": [0, 0, 0],
+    "longest_us": [0, 0, 0],
+    "collected": [0, 0, 0],
+}
 _gc_started = [0]
 
 
@@ -114,6 +120,7 @@ def _time_collections(phase: str, info: dict[str, int]) -> None:
     generation = info["generation"]
     took = (time.perf_counter_ns() - _gc_started[0]) // 1000
     _gc["collections"][generation] += 1
+    _gc["collected"][generation] += info["collected"]
     _gc["us"][generation] += took
     _gc["longest_us"][generation] = max(_gc["longest_us"][generation], took)
 

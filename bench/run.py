@@ -351,6 +351,9 @@ class Bench:
                 (a - b) / 1000 for a, b in zip(after_gc["us"], before_gc["us"], strict=True)
             ],
             "longest_ms": [us / 1000 for us in after_gc["longest_us"]],
+            "collected": [
+                a - b for a, b in zip(after_gc["collected"], before_gc["collected"], strict=True)
+            ],
         }
         summary["stand_in"]["cpu_share"] = stand_in_cpu / wall if wall else None
         summary["load_average"] = os.getloadavg()[0]

@@ -16,7 +16,7 @@ from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from django.utils import timezone
 
-from . import protocol, services
+from . import daphnetuning, protocol, services
 from .generation import Snapshot, conversation_group, done_frame_for, get_manager
 from .models import Message
 from .protocol import FrameError
@@ -69,6 +69,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.max_unacked = settings.MAX_UNACKED_CHARS
         self.bucket = FrameBucket(settings.FRAMES_PER_SECOND, settings.FRAME_BURST)
         self.frame_send = _frame_sender(self.base_send)
+        # Under daphne, text frames go straight to the connection (chat/daphnetuning.py).
+        self.write_text = daphnetuning.text_writer(self.frame_send)
         self.manager = get_manager()
         await self.manager.ensure_started()
         await self.accept()
@@ -381,7 +383,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             logger.warning("closing a socket of user %s: the client is not reading", self.user.pk)
             await self._close(CLOSE_TOO_SLOW)
             return
-        await self.frame_send({"type": "websocket.send", "text": text})
+        if self.write_text is None or not self.write_text(text):
+            await self.frame_send({"type": "websocket.send", "text": text})
 
     async def _close(self, code: int) -> None:
         self.closing = True

@@ -17,18 +17,34 @@ as it always does. Set `EAGER_SOCKET_WRITES=false` to turn it off.
 Lazy frame logs: autobahn's `sendData` logs every frame at debug level, and builds the message's
 arguments first, debug enabled or not: three terminal-colour strings through `click.style`
 per frame. Its protocol module gets versions of those helpers that only build the string when a
-log line is actually written, so debug logs read the same.
+log line is actually written, so debug logs read the same. The same goes for the settings dump
+it formats with `pprint` for every new connection (0.6 ms a connection).
+
+Direct text frames: a chat reply's frame takes eight calls through daphne and autobahn before
+it reaches the transport (daphne's reply coroutine and its dispatch, then autobahn's message,
+frame and data layers with their checks, statistics and debug logs). `text_writer` gives a
+socket's consumer a function that writes the frame itself: the two header bytes (four for more
+than 125 bytes) and the UTF-8 text, exactly the bytes autobahn writes for an unmasked,
+unfragmented, uncompressed text message, counted in autobahn's traffic statistics as it counts
+them. It only does so when autobahn would send exactly that frame now: the connection open,
+nothing of another message in progress or queued, no compression, masking, fragmenting,
+frame logging or timing, the text within the message size limit and the connection still
+daphne's. Anything else returns False and the frame takes daphne's own path. daphne's debug
+line for the frame is logged as before; autobahn's own per-frame debug line is not. Set
+`DIRECT_WEBSOCKET_FRAMES=false` to turn it off.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from typing import Any
 
 _installed: set[str] = set()
 
 
-def install(*, eager_writes: bool = True) -> set[str]:
+def install(*, eager_writes: bool = True, direct_text_frames: bool = True) -> set[str]:
     """Apply the changes, once each, if this process runs on Twisted; returns those in force."""
     if "twisted.internet.reactor" not in sys.modules:
         return set()
@@ -38,6 +54,10 @@ def install(*, eager_writes: bool = True) -> set[str]:
     if "lazy_frame_logs" not in _installed:
         _lazy_frame_logs()
         _installed.add("lazy_frame_logs")
+    if direct_text_frames:
+        _installed.add("direct_text_frames")
+    else:
+        _installed.discard("direct_text_frames")
     return set(_installed)
 
 
@@ -87,6 +107,77 @@ class _Deferred:
 def _lazy_frame_logs() -> None:
     from autobahn.websocket import protocol
 
-    hltype, hlval = protocol.hltype, protocol.hlval
+    hltype, hlval, pformat = protocol.hltype, protocol.hlval, protocol.pformat
     protocol.hltype = lambda obj: _Deferred(hltype, obj)
     protocol.hlval = lambda *args, **kwargs: _Deferred(lambda: hlval(*args, **kwargs))
+    # Used for log arguments only, but for `Timings.__str__`, which must return a string.
+    protocol.pformat = lambda obj: _Deferred(pformat, obj)
+    protocol.Timings.__str__ = lambda self: pformat(self._timings)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented, uncompressed text frame (RFC 6455 section 5.2)."""
+    size = len(payload)
+    if size <= 125:
+        return bytes((0x81, size)) + payload
+    if size <= 0xFFFF:
+        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
+
+
+def text_writer(send: Any) -> Callable[[str], bool] | None:
+    """For daphne's `send` of one websocket connection, a function that writes a text frame
+    straight to the connection and says whether it did; None when `send` is not daphne's or
+    direct frames are off. When it returns False nothing was written: send the frame as usual.
+    """
+    if "direct_text_frames" not in _installed:
+        return None
+    from autobahn.websocket.protocol import WebSocketProtocol
+    from daphne.server import Server
+    from daphne.ws_protocol import logger
+
+    if not (
+        isinstance(send, functools.partial)
+        and getattr(send.func, "__func__", None) is Server.handle_reply
+        and len(send.args) == 1
+        and not send.keywords
+    ):
+        return None
+    connections: dict[Any, dict[str, Any]] = send.func.__self__.connections
+    connection = send.args[0]
+    open_state = WebSocketProtocol.STATE_OPEN
+    ground = WebSocketProtocol.SEND_STATE_GROUND
+
+    def write(text: str) -> bool:
+        if (
+            not text
+            or connection.state != open_state
+            or connection.send_state != ground
+            or connection.send_queue
+            or connection._perMessageCompress is not None
+            or connection.maskServerFrames
+            or connection.autoFragmentSize
+            or connection.logFrames
+            or connection.logOctets
+            or connection.trackedTimings
+        ):
+            return False
+        details = connections.get(connection)
+        if details is None or details.get("disconnected"):
+            return False
+        payload = text.encode()
+        size = len(payload)
+        if 0 < connection.maxMessagePayloadSize < size:
+            return False
+        logger.debug("Sent WebSocket packet to client for %s", connection.client_addr)
+        frame = text_frame(payload)
+        stats = connection.trafficStats
+        stats.outgoingWebSocketMessages += 1
+        stats.outgoingWebSocketFrames += 1
+        stats.outgoingOctetsAppLevel += size
+        stats.outgoingOctetsWebSocketLevel += size
+        stats.outgoingOctetsWireLevel += len(frame)
+        connection.transport.write(frame)
+        return True
+
+    return write

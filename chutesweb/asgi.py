@@ -23,7 +23,10 @@ from chat.lifespan import lifespan  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 
 # Daphne imports this module with its reactor running; under uvicorn this does nothing.
-daphnetuning.install(eager_writes=settings.EAGER_SOCKET_WRITES)
+daphnetuning.install(
+    eager_writes=settings.EAGER_SOCKET_WRITES,
+    direct_text_frames=settings.DIRECT_WEBSOCKET_FRAMES,
+)
 
 application = ProtocolTypeRouter(
     {

@@ -281,6 +281,9 @@ SHUTDOWN_GRACE_SECONDS = envfloat("SHUTDOWN_GRACE_SECONDS", "5")
 # Under daphne, send websocket frames at once rather than on the reactor's next turn
 # (chat/daphnetuning.py).
 EAGER_SOCKET_WRITES = envbool("EAGER_SOCKET_WRITES", "true")
+# Under daphne, write a reply's text frames to the connection without going through daphne's
+# and autobahn's per-message layers (chat/daphnetuning.py).
+DIRECT_WEBSOCKET_FRAMES = envbool("DIRECT_WEBSOCKET_FRAMES", "true")
 # Leave everything loaded at start-up out of the garbage collector's full passes
 # (chutesweb/asgi.py).
 GC_FREEZE = envbool("GC_FREEZE", "true")

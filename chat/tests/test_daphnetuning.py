@@ -13,6 +13,11 @@ import json
 import subprocess
 import sys
 import textwrap
+import types
+
+import pytest
+
+from chat import daphnetuning
 
 from . import processes
 
@@ -64,6 +69,13 @@ SCRIPT = textwrap.dedent(
     result["styled_before_format"] = len(styled)
     result["same_text"] = f"{argument}" == util.hltype(Talker.dataReceived)
     click.style = style
+    # The settings dump of every new connection: formatted only when written, the same text.
+    import pprint
+    attrs = [("autoPingInterval", 0, "Factory")] * 40
+    dump = websocket_protocol.pformat(attrs)
+    result["pformat_deferred"] = not isinstance(dump, str)
+    result["pformat_same"] = f"{dump}" == pprint.pformat(attrs)
+    result["timings_text"] = str(websocket_protocol.Timings()) == "{}"
 
     def read_exactly(sock, size):
         data = bytearray()
@@ -125,6 +137,9 @@ def test_frames_go_out_at_once_and_a_full_socket_still_gets_every_byte_in_order(
     # autobahn's per-frame debug log styles nothing unless the line is written, and reads the same.
     assert result["styled_before_format"] == 0
     assert result["same_text"] is True
+    assert result["pformat_deferred"] is True
+    assert result["pformat_same"] is True
+    assert result["timings_text"] is True
 
 
 def test_without_it_twisted_queues_every_write() -> None:
@@ -133,3 +148,135 @@ def test_without_it_twisted_queues_every_write() -> None:
     assert result["small_ok"] and result["big_ok"] and result["bye_ok"] and result["closed"]
     assert result["queued_after_small"] >= 1
     assert result["same_text"] is True
+
+
+DIRECT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, threading
+
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install()
+    from twisted.internet import reactor
+
+    from daphne.server import Server
+    from websockets.sync.client import connect
+
+    from chat import daphnetuning
+
+    installed = daphnetuning.install(direct_text_frames=sys.argv[1] == "on")
+    LIMIT = 100_000
+    TEXTS = [
+        "a",
+        "\\u00fc" * 62,  # 124 bytes
+        "x" * 125,
+        "x" * 126,
+        "",  # daphne sends nothing for an empty text
+        "x" * 65535,
+        "x" * 65536,
+        "\\u00e9\\u4e2d\\U0001f600" * 9000,  # 81000 bytes of two-, three- and four-byte characters
+        "y" * (LIMIT + 1),  # over the message size limit: refused
+    ]
+    result = {"installed": sorted(installed), "direct": [], "refused": []}
+
+    async def app(scope, receive, send):
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        write = daphnetuning.text_writer(send)
+        result["writer"] = write is not None
+        for index, text in enumerate(TEXTS):
+            if write is not None and write(text):
+                result["direct"].append(index)
+            else:
+                try:
+                    await send({"type": "websocket.send", "text": text})
+                except Exception as exc:
+                    result["refused"].append([index, type(exc).__name__])
+            # Binary frames always take daphne's path; order must hold across both.
+            await send({"type": "websocket.send", "bytes": b"%d" % index})
+        await send({"type": "websocket.close", "code": 1000})
+
+    def client():
+        try:
+            port = server.listening_addresses[0][1]
+            received = []
+            with connect(f"ws://127.0.0.1:{port}/", max_size=None, open_timeout=10) as ws:
+                try:
+                    while True:
+                        received.append(ws.recv(timeout=10))
+                except Exception as exc:
+                    result["ended"] = type(exc).__name__
+            expected = []
+            for index, text in enumerate(TEXTS):
+                if text and len(text.encode()) <= LIMIT:
+                    expected.append(text)
+                expected.append(b"%d" % index)
+            result["same"] = received == expected
+            result["received"] = len(received)
+        finally:
+            reactor.callFromThread(reactor.stop)
+
+    server = Server(
+        app,
+        endpoints=["tcp:port=0:interface=127.0.0.1"],
+        signal_handlers=False,
+        websocket_max_message_size=LIMIT,
+        ready_callable=lambda: threading.Thread(target=client, daemon=True).start(),
+    )
+    server.run()
+    print(json.dumps(result))
+    """
+)
+
+
+def run_direct(mode: str) -> dict[str, object]:
+    completed = subprocess.run(
+        [sys.executable, "-c", DIRECT_SCRIPT, mode],
+        cwd=processes.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_direct_text_frames_reach_a_real_client_intact_and_in_order() -> None:
+    result = run_direct("on")
+    assert "direct_text_frames" in result["installed"]
+    assert result["writer"] is True
+    # Every non-empty text within the limit went directly; the others took daphne's path,
+    # which drops an empty text and refuses one over the limit, as it does without this.
+    assert result["direct"] == [0, 1, 2, 3, 5, 6, 7]
+    assert result["refused"] == [[8, "PayloadExceededError"]]
+    assert result["same"] is True, result
+    assert result["ended"] == "ConnectionClosedOK"
+
+
+def test_with_direct_frames_off_daphne_sends_the_same() -> None:
+    result = run_direct("off")
+    assert "direct_text_frames" not in result["installed"]
+    assert result["writer"] is False
+    assert result["direct"] == []
+    assert result["refused"] == [[8, "PayloadExceededError"]]
+    assert result["same"] is True, result
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_a_text_frame_is_the_bytes_autobahn_writes(size: int) -> None:
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    written: list[bytes] = []
+    sender = types.SimpleNamespace(
+        factory=types.SimpleNamespace(isServer=True),
+        maskServerFrames=False,
+        trafficStats=types.SimpleNamespace(outgoingWebSocketFrames=0),
+        logFrames=False,
+        sendData=lambda raw, sync=False, chopsize=None: written.append(raw),
+    )
+    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    WebSocketProtocol.sendFrame(sender, opcode=1, payload=payload)
+    assert daphnetuning.text_frame(payload) == written[0]
