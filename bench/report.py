@@ -9,8 +9,9 @@ TABLE_HEAD = [
     "| direct per-token p50/p99 ms | added per-token p50 / p99 ms | lost / dup / out of order "
     "| server CPU | CPU-s per 1M tokens | KiB per idle / streaming socket "
     "| DB writes per reply (statements / transactions) | flushes per s "
-    "| stand-in late p99 ms | client lag p99 ms | other processes' CPU | held |",
-    "|---:|---|---:|---|---|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---|",
+    "| stand-in late p99 ms | client lag p99 ms | other processes' CPU | reference loop ms "
+    "| held |",
+    "|---:|---|---:|---|---|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|",
 ]
 
 
@@ -37,7 +38,8 @@ def one_line(level: dict[str, Any]) -> str:
         f"stand-in late p99 {num(level['stand_in']['lateness_ms']['p99'], 1)} ms, "
         f"stand-in CPU {num((level['stand_in'].get('cpu_share') or 0) * 100, 0)}%, "
         f"client CPU {num((level['client']['cpu_share'] or 0) * 100, 0)}%, "
-        f"other processes {num((level.get('others_cpu_share') or 0) * 100, 0)}% of a core"
+        f"other processes {num((level.get('others_cpu_share') or 0) * 100, 0)}% of a core, "
+        f"reference loop {num(level.get('reference_loop_ms'), 1)} ms"
     )
 
 
@@ -100,6 +102,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {num(level['stand_in']['lateness_ms']['p99'], 1)} "
             f"| {num(level['client']['loop_lag_p99_ms'], 1)} "
             f"| {num((level.get('others_cpu_share') or 0) * 100, 0)}% "
+            f"| {num(level.get('reference_loop_ms'), 1)} "
             f"| {'yes' if level['held'] else 'no'} |"
         )
     held = [lv["streams"] for lv in results.get("levels", []) if lv["held"]]
@@ -127,6 +130,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"(RSS {kib(idle['rss_before'])} KiB before, {kib(idle['rss_open'])} KiB open, "
             f"{kib(idle['rss_after_close'])} KiB after closing them).",
         ]
+        if "gc_objects_per_socket" in idle:
+            lines.append(
+                f"Each idle socket adds {idle['gc_objects_per_socket']:.0f} objects the garbage "
+                f"collector tracks ({idle['gc_objects_before']} before they opened)."
+            )
     growth = results.get("growth")
     if growth:
         points = growth["checkpoints"]

@@ -30,7 +30,15 @@ from chat.tests import processes
 
 from . import report
 from .clients import DirectClient, RelaySocket, StreamResult, loop_lag, script_directive
-from .stack import PASSWORD, Stack, cpu_seconds, machine_busy, rss_bytes, wait_quiet
+from .stack import (
+    PASSWORD,
+    Stack,
+    cpu_seconds,
+    machine_busy,
+    reference_loop_ms,
+    rss_bytes,
+    wait_quiet,
+)
 from .stats import difference, summary_ms
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -242,6 +250,7 @@ class Bench:
 
     async def level(self, streams: int, mode: str) -> dict[str, Any]:
         o = self.options
+        reference_ms = await asyncio.to_thread(reference_loop_ms, o.server_core)
         self.fresh_app()
         app = self.stack.app
         assert app is not None and self.direct is not None
@@ -358,6 +367,7 @@ class Bench:
         summary["stand_in"]["cpu_share"] = stand_in_cpu / wall if wall else None
         summary["load_average"] = os.getloadavg()[0]
         summary["others_cpu_share"] = others / wall if wall else None
+        summary["reference_loop_ms"] = reference_ms
         return summary
 
     def summarise(
@@ -504,9 +514,17 @@ class Bench:
         await self.warm_up()
         await asyncio.to_thread(wait_quiet, pid)
         before = rss_bytes(pid)
+        # Objects the collector tracks (not those frozen at start-up): a full collection walks
+        # every one of them, pausing every stream.
+        objects_before = (await asyncio.to_thread(lambda: self.stack.counters(objects=True)))[
+            "gc_objects"
+        ]
         sockets = await self.open_sockets(self.options.idle)
         await asyncio.to_thread(wait_quiet, pid)
         after = rss_bytes(pid)
+        objects_after = (await asyncio.to_thread(lambda: self.stack.counters(objects=True)))[
+            "gc_objects"
+        ]
         await self.close_sockets(sockets)
         await asyncio.to_thread(wait_quiet, pid)
         closed = rss_bytes(pid)
@@ -516,6 +534,8 @@ class Bench:
             "rss_open": after,
             "rss_after_close": closed,
             "per_socket": (after - before) / max(1, len(sockets)),
+            "gc_objects_before": objects_before,
+            "gc_objects_per_socket": (objects_after - objects_before) / max(1, len(sockets)),
         }
 
     async def growth(self) -> dict[str, Any]:

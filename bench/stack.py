@@ -50,6 +50,39 @@ def machine_busy() -> tuple[float, float]:
     return (total - idle) / CLK_TCK, total / CLK_TCK
 
 
+# A fixed piece of pure Python (dict reads and writes in a loop), timed on the server's core:
+# this machine's speed drifts by tens of percent between runs, and every CPU figure moves
+# with it. The best of five runs, in ms.
+REFERENCE_LOOP = """
+import time
+
+def work():
+    counts = {}
+    for i in range(300_000):
+        key = i & 1023
+        counts[key] = counts.get(key, 0) + i
+    return counts
+
+best = float("inf")
+for _ in range(5):
+    started = time.perf_counter()
+    work()
+    best = min(best, time.perf_counter() - started)
+print(best * 1000)
+"""
+
+
+def reference_loop_ms(core: str | None) -> float:
+    done = subprocess.run(
+        pinned(core, [sys.executable, "-c", REFERENCE_LOOP]),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return float(done.stdout)
+
+
 def rss_bytes(pid: int) -> int:
     resident = Path(f"/proc/{pid}/statm").read_text().split()[1]
     return int(resident) * PAGE_SIZE
