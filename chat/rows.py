@@ -6,6 +6,10 @@ it, and accepting and finishing a reply ran fourteen of them. Here each statemen
 once per model and field set; values still go through each field's own preparation for the
 database, and reads through `Manager.raw()`, which applies Django's converters (prices come back
 as exact `Decimal`s on every backend). Only for equality conditions and plain values.
+
+Each call looks the connection up once and hands it to every field: `django.db.connection` is
+a proxy that looks it up again on every attribute read (a thread-local lookup each time),
+and a row's fields read it dozens of times.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any, TypeVar
 
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connections, models
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 M = TypeVar("M", bound=models.Model)
 
@@ -25,16 +30,18 @@ def _select_by(model: type[models.Model], field_name: str) -> str:
     # Unique, so at most one row: no ORDER BY or LIMIT needed.
     if not (field.primary_key or field.unique):
         raise ValueError(f"{model.__name__}.{field_name} is not unique")
-    table, column = (
-        connection.ops.quote_name(model._meta.db_table),
-        connection.ops.quote_name(field.column),
-    )
+    quote = _db().ops.quote_name
+    table, column = quote(model._meta.db_table), quote(field.column)
     return f"SELECT * FROM {table} WHERE {column} = %s"  # noqa: S608 - names from our models
 
 
 def one_by(model: type[M], field_name: str, value: Any, /) -> M | None:
     """The row of `model` whose unique field `field_name` equals `value`, or None."""
     return next(iter(model._default_manager.raw(_select_by(model, field_name), [value])), None)
+
+
+def _db() -> BaseDatabaseWrapper:
+    return connections[DEFAULT_DB_ALIAS]
 
 
 @cache
@@ -44,13 +51,14 @@ def _insert(model: type[models.Model]) -> tuple[str, tuple[models.Field, ...], b
         # Values the database computes would need RETURNING and a read back: not supported.
         if field.generated or field.db_default is not models.NOT_PROVIDED:
             raise ValueError(f"{model.__name__}.{field.name} is computed by the database")
-    quote = connection.ops.quote_name
+    db = _db()
+    quote = db.ops.quote_name
     columns = ", ".join(quote(f.column) for f in fields)
     sql = (
         f"INSERT INTO {quote(model._meta.db_table)} ({columns}) "  # noqa: S608 - names from our models
         f"VALUES ({', '.join(['%s'] * len(fields))})"
     )
-    returning = connection.features.can_return_columns_from_insert
+    returning = db.features.can_return_columns_from_insert
     if returning:
         sql += f" RETURNING {quote(model._meta.pk.column)}"
     return sql, fields, returning
@@ -66,13 +74,14 @@ def create(model: type[M], /, **values: Any) -> M:
     """
     instance = model(**values)
     sql, fields, returning = _insert(model)
-    params = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
-    with connection.cursor() as cursor:
+    db = _db()
+    params = [f.get_db_prep_save(f.pre_save(instance, True), db) for f in fields]
+    with db.cursor() as cursor:
         cursor.execute(sql, params)
         pk = cursor.fetchone()[0] if returning else cursor.lastrowid
     instance.pk = pk
     instance._state.adding = False
-    instance._state.db = connection.alias
+    instance._state.db = db.alias
     return instance
 
 
@@ -84,7 +93,7 @@ def _field(model: type[models.Model], name: str) -> models.Field:
 
 @cache
 def _update(model: type[models.Model], where: tuple[str, ...], names: tuple[str, ...]) -> str:
-    quote = connection.ops.quote_name
+    quote = _db().ops.quote_name
     assignments = ", ".join(f"{quote(_field(model, n).column)} = %s" for n in names)
     conditions = " AND ".join(f"{quote(_field(model, n).column)} = %s" for n in where)
     table = quote(model._meta.db_table)
@@ -96,8 +105,9 @@ def update(model: type[models.Model], where: dict[str, Any], /, **values: Any) -
     values (no expressions, no related instances), with SQL written once; returns the number
     of rows changed."""
     sql = _update(model, tuple(where), tuple(values))
-    params = [_field(model, n).get_db_prep_save(v, connection) for n, v in values.items()]
-    params += [_field(model, n).get_db_prep_value(v, connection) for n, v in where.items()]
-    with connection.cursor() as cursor:
+    db = _db()
+    params = [_field(model, n).get_db_prep_save(v, db) for n, v in values.items()]
+    params += [_field(model, n).get_db_prep_value(v, db) for n, v in where.items()]
+    with db.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
