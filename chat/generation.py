@@ -423,15 +423,21 @@ class GenerationManager:
         ]
 
     async def broadcast(
-        self, conversation_id: int, message_id: int, seq: int, kind: str, frame: dict[str, Any]
+        self,
+        conversation_id: int,
+        message_id: int,
+        seq: int,
+        kind: str,
+        frame: dict[str, Any] | str,
     ) -> None:
-        """A frame to every socket watching the conversation, in this process and others."""
+        """A frame (or a frame already encoded) to every socket watching the conversation, in
+        this process and others."""
         event = {
             "type": "chat.stream",
             "message": message_id,
             "seq": seq,
             "kind": kind,
-            "frame": protocol.encode(frame),
+            "frame": frame if isinstance(frame, str) else protocol.encode(frame),
             "origin": self.origin,
         }
         for consumer in tuple(self.local.get(conversation_id, ())):

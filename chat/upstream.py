@@ -673,17 +673,19 @@ class _Reply:
         if chunk.get("error") and not choices:
             self._fail("upstream_error", "The model failed while writing its reply.", event.data)
             return
+        # JSON objects decode to dicts: `dict` checks stay in C, where the `Mapping` ABC's
+        # check runs Python for every token.
         usage = chunk.get("usage")
-        if isinstance(usage, Mapping):
+        if isinstance(usage, dict):
             self.usage = _parse_usage(usage)
         if not isinstance(choices, list):
             return
         for choice in choices:
             # Only the first choice is shown; n > 1 is never requested.
-            if not isinstance(choice, Mapping) or choice.get("index", 0) not in (0, None):
+            if not isinstance(choice, dict) or choice.get("index", 0) not in (0, None):
                 continue
             delta = choice.get("delta")
-            if isinstance(delta, Mapping):
+            if isinstance(delta, dict):
                 self._pieces(self.splitter.feed_delta(delta), out)
             reason = choice.get("finish_reason")
             if reason is not None:
