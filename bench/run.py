@@ -250,13 +250,13 @@ class Bench:
 
     async def level(self, streams: int, mode: str) -> dict[str, Any]:
         o = self.options
-        reference_ms = await asyncio.to_thread(reference_loop_ms, o.server_core)
         self.fresh_app()
         app = self.stack.app
         assert app is not None and self.direct is not None
         pid = app.proc.pid
         await self.warm_up()
         await asyncio.to_thread(wait_quiet, pid)
+        reference_ms = await asyncio.to_thread(reference_loop_ms, o.server_core)
         rss_start = rss_bytes(pid)
         relayed_cohort = "direct-b" if o.aa else "relayed"
         sockets = [] if o.aa else await self.open_sockets(streams)
