@@ -72,9 +72,8 @@ _DETAIL_LIMIT = 200
 _DRAIN_SECONDS = 2.0
 _FETCH_READ_TIMEOUT = 30.0
 _KEEPALIVE_EXPIRY = 15.0
-# httpcore 1.0's pool bookkeeping costs O(idle x open) connections on every request start and
-# end (encode/httpcore#1035); hundreds of idle keep-alive connections would stall the event
-# loop. Past this many open connections, finished ones are closed instead of kept.
+# At most this many idle connections are kept for reuse: the pool's bookkeeping looks at each
+# idle connection on every request start and end (see _LinearPool).
 _MAX_KEEPALIVE = 100
 _MODEL_NOT_FOUND = re.compile(r"model not found:\s*(\S.*)", re.IGNORECASE)
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]+")
@@ -320,15 +319,19 @@ def get_client(config: UpstreamConfig | None = None) -> httpx.AsyncClient:
 
 
 class _LinearPool(httpcore.AsyncConnectionPool):
-    """httpcore 1.0's connection pool with the same decisions, at a cost that does not grow
-    with the streams in flight.
+    """httpcore 1.0's connection pool, with its keep-alive limit counted as documented and its
+    bookkeeping at a cost that does not grow with the streams in flight.
 
-    Its bookkeeping runs on every request start and end, under the pool's lock. httpcore asks
-    every connection, through two layers of method calls each, whether it is closed, expired or
-    idle (and counted the connections once per idle one: O(idle x open)), then asks every
-    connection again whether it is free for each queued request. With a few hundred replies
-    streaming, that was the largest cost of starting and ending one in the profile.
+    The keep-alive limit is the most idle connections the pool keeps. httpcore 1.0 tests each
+    idle connection against it with `len([c.is_idle() for c in connections])`, the count of
+    every connection, busy ones included: with more replies streaming than the limit, every
+    connection closed the moment its reply ended and every new reply opened a new one (a TCP
+    and, in production, a TLS handshake per reply; at 200 streams, one per reply). Here only
+    idle connections count, and the oldest idle ones beyond the limit are closed.
 
+    The bookkeeping runs on every request start and end, under the pool's lock. httpcore asked
+    every connection, through two layers of method calls each, whether it was closed, expired
+    or idle, then asked every connection again whether it was free for each queued request.
     Here the connections that carry a request in flight are skipped: an HTTP/1.1 connection
     serving a request is neither closed, expired, idle nor free for another one until that
     request ends, and its end runs this again. Only the others are asked, once each, and a
@@ -347,46 +350,48 @@ class _LinearPool(httpcore.AsyncConnectionPool):
             else:
                 busy.add(id(pool_request.connection))
         closing: list[AsyncConnectionInterface] = []
-        # Keep-alive counts every connection, as httpcore does.
-        count = len(self._connections)
         kept: list[AsyncConnectionInterface] = []
-        free: list[AsyncConnectionInterface] = []
+        idle: list[AsyncConnectionInterface] = []
         for connection in self._connections:
             if id(connection) in busy:
                 kept.append(connection)
             elif connection.is_closed():
-                count -= 1
-            elif connection.has_expired() or (
-                connection.is_idle() and count > self._max_keepalive_connections
-            ):
-                count -= 1
+                pass
+            elif connection.has_expired():
                 closing.append(connection)
             else:
                 kept.append(connection)
-                free.append(connection)
+                if connection.is_idle():
+                    idle.append(connection)
+        surplus = len(idle) - self._max_keepalive_connections
+        if surplus > 0:
+            dropped = {id(connection) for connection in idle[:surplus]}
+            closing.extend(idle[:surplus])
+            kept = [connection for connection in kept if id(connection) not in dropped]
+            idle = idle[surplus:]
         self._connections[:] = kept
         for pool_request in queued:
             origin = pool_request.request.url.origin
             chosen = next(
                 (
                     connection
-                    for connection in free
+                    for connection in idle
                     if connection.can_handle_request(origin) and connection.is_available()
                 ),
                 None,
             )
             if chosen is None:
                 if len(self._connections) >= self._max_connections:
-                    idle = next((c for c in free if c.is_idle()), None)
-                    if idle is None:
+                    if not idle:
                         continue  # the request waits for a connection to come free
-                    self._connections.remove(idle)
-                    free.remove(idle)
-                    closing.append(idle)
+                    # Full, and the idle connections are for other origins: make room.
+                    spare = idle.pop(0)
+                    self._connections.remove(spare)
+                    closing.append(spare)
                 chosen = self.create_connection(origin)
                 self._connections.append(chosen)
             else:
-                free.remove(chosen)
+                idle.remove(chosen)
             pool_request.assign_to_connection(chosen)
         return closing
 

@@ -728,6 +728,32 @@ async def test_idle_connections_beyond_the_keep_alive_limit_are_closed(
         await client.aclose()
 
 
+async def test_a_finished_connection_is_kept_while_more_replies_stream_than_the_limit(
+    fake: FakeUpstream,
+) -> None:
+    # The keep-alive limit is on idle connections: busy ones do not push a finished one out.
+    client, opened = _small_pool_client(max_connections=10, max_keepalive=2)
+    fake.set_default_script(interval_ms=100, tokens=20)
+    long = [asyncio.create_task(_stream_reply(client, fake, f"long {i}")) for i in range(6)]
+    try:
+        await fake.wait_until(lambda: fake.active_streams == 6)
+        fake.set_default_script(interval_ms=1, tokens=3)
+        for i in range(3):
+            await _stream_reply(client, fake, f"short {i}")
+        # Six busy connections and one the three short replies took turns on.
+        assert len(opened) == 7
+        assert pool_stats(client)["connections"] == 7
+        await asyncio.gather(*long)
+        # All seven idle now: the oldest beyond the limit were closed.
+        assert pool_stats(client) == {"connections": 2, "idle": 2, "requests": 0}
+        assert len(opened) == 7
+    finally:
+        for task in long:
+            task.cancel()
+        await asyncio.gather(*long, return_exceptions=True)
+        await client.aclose()
+
+
 def test_the_pool_is_sized_from_the_config() -> None:
     config = UpstreamConfig("http://x/v1/forward", "http://x/v1", max_connections=321)
 
