@@ -302,6 +302,7 @@ class Bench:
                 await asyncio.sleep(0.1)
 
         counters_before = await asyncio.to_thread(self.stack.counters)
+        counted_from = time.monotonic()
         stand_in_before = await asyncio.to_thread(self.stack.upstream_stats)
         profiler = self.start_profiler(pid, f"{self.options.server}-{streams}-{mode}")
         sampler = asyncio.create_task(sample_rss())
@@ -330,6 +331,7 @@ class Bench:
         await asyncio.to_thread(wait_quiet, pid)
         cpu_settled = cpu_seconds(pid) - cpu_before
         counters_after = await asyncio.to_thread(self.stack.counters)
+        counted_for = time.monotonic() - counted_from
         stand_in = await asyncio.to_thread(
             self.stack.upstream_stats, stand_in_before["last_request"]
         )
@@ -345,6 +347,7 @@ class Bench:
             rss=(rss_start, rss_idle, max(rss_samples, default=rss_idle)),
             socket_count=len(sockets),
             counters=(counters_before["counts"], counters_after["counts"]),
+            counted_for=counted_for,
             stand_in=(stand_in_before, stand_in),
             lag=lag,
         )
@@ -383,6 +386,7 @@ class Bench:
         rss: tuple[int, int, int],
         socket_count: int,
         counters: tuple[dict[str, int], dict[str, int]],
+        counted_for: float,
         stand_in: tuple[dict[str, Any], dict[str, Any]],
         lag: list[float],
     ) -> dict[str, Any]:
@@ -461,7 +465,11 @@ class Bench:
                 "write_statements_per_reply": reply_writes / replies,
                 "write_transactions_per_reply": reply_commits / replies,
                 "flushes": delta.get("flush_progress.calls", 0),
-                "flushes_per_s": delta.get("flush_progress.calls", 0) / wall if wall else None,
+                # Over the time between the two counter snapshots, which includes the settling
+                # after the level's wall time (its flushes are counted too).
+                "flushes_per_s": delta.get("flush_progress.calls", 0) / counted_for
+                if counted_for
+                else None,
                 "flush_statements": delta.get("flush_progress.write", 0),
                 "other_writes": delta.get("other.write", 0),
                 # Wall time inside the service functions, on the ORM's thread, per call.
