@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import logging
 import socket
@@ -225,6 +226,26 @@ async def test_many_streams_share_the_pool_concurrently(fake: FakeUpstream) -> N
     stats = pool_stats(get_client(config))
     assert stats["requests"] == 0
     assert stats["connections"] <= 40
+
+
+async def test_a_finished_reply_leaves_no_reference_cycle_for_the_collector(
+    fake: FakeUpstream, config: UpstreamConfig
+) -> None:
+    # httpx's response and its stream refer to each other; left linked, every reply's request
+    # objects wait for the garbage collector instead of being freed when the reply is done.
+    fake.set_default_script(interval_ms=0, tokens=5)
+    await collect(chat_body(), config)  # the client and its connection, kept for later
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(5):
+            assert (await collect(chat_body(), config)).error is None
+        gc.collect()
+        left = [o for o in gc.garbage if type(o).__module__.split(".")[0] in ("httpx", "httpcore")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
 
 
 # Failures before the first token
