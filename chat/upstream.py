@@ -320,15 +320,20 @@ def get_client(config: UpstreamConfig | None = None) -> httpx.AsyncClient:
 
 
 class _LinearPool(httpcore.AsyncConnectionPool):
-    """httpcore 1.0's connection pool, with its keep-alive limit counted as documented and its
-    bookkeeping at a cost that does not grow with the streams in flight.
+    """httpcore 1.0's connection pool, with its keep-alive limit counted as documented, no
+    connection stranded by a cancelled request, and cheaper bookkeeping.
 
     The keep-alive limit is the most idle connections the pool keeps. httpcore 1.0 tests each
     idle connection against it with `len([c.is_idle() for c in connections])`, the count of
     every connection, busy ones included: with more replies streaming than the limit, every
     connection closed the moment its reply ended and every new reply opened a new one (a TCP
     and, in production, a TLS handshake per reply; at 200 streams, one per reply). Here only
-    idle connections count, and the oldest idle ones beyond the limit are closed.
+    idle connections count, and the earliest opened idle ones beyond the limit are closed.
+
+    A connection opened for a request that is cancelled before it uses it stays "connecting"
+    for good in httpcore's pool, counted against the connection limit: with the pool full,
+    every later request would time out waiting. Here a connection that no request holds and
+    that is neither idle nor closed is closed.
 
     The bookkeeping runs on every request start and end, under the pool's lock. httpcore asked
     every connection, through two layers of method calls each, whether it was closed, expired
@@ -336,8 +341,9 @@ class _LinearPool(httpcore.AsyncConnectionPool):
     Here the connections that carry a request in flight are skipped: an HTTP/1.1 connection
     serving a request is neither closed, expired, idle nor free for another one until that
     request ends, and its end runs this again. Only the others are asked, once each, and a
-    connection handed to one queued request is not offered to the next. With HTTP/2 (a busy
-    connection can take more requests) httpcore's own method runs.
+    connection handed to one queued request is not offered to the next (it still walks every
+    request and connection once, with a much smaller constant). With HTTP/2 (a busy connection
+    can take more requests) httpcore's own method runs.
     """
 
     def _assign_requests_to_connections(self) -> list[AsyncConnectionInterface]:
@@ -358,12 +364,14 @@ class _LinearPool(httpcore.AsyncConnectionPool):
                 kept.append(connection)
             elif connection.is_closed():
                 pass
-            elif connection.has_expired():
+            elif connection.has_expired() or not connection.is_idle():
+                # Held by no request and not idle: opened for a request that was cancelled
+                # before it used it (or cancelled mid-exchange). Nothing can use it again,
+                # and kept it would count against the limit for good.
                 closing.append(connection)
             else:
                 kept.append(connection)
-                if connection.is_idle():
-                    idle.append(connection)
+                idle.append(connection)
         surplus = len(idle) - self._max_keepalive_connections
         if surplus > 0:
             dropped = {id(connection) for connection in idle[:surplus]}

@@ -775,6 +775,34 @@ async def test_a_finished_connection_is_kept_while_more_replies_stream_than_the_
         await client.aclose()
 
 
+async def test_a_connection_opened_for_a_cancelled_request_does_not_fill_the_pool() -> None:
+    async def closing_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(closing_server, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    client, _opened = _small_pool_client(max_connections=1, max_keepalive=1)
+    try:
+        async with client.stream("GET", url, timeout=httpx.Timeout(5, pool=1)) as first:
+            waiting = asyncio.create_task(client.get(url, timeout=httpx.Timeout(5, pool=1)))
+            await asyncio.sleep(0.05)  # queued behind the first, the pool being full
+            await first.aread()
+        # The first one's end opened a new connection for the waiting request (its own was
+        # closed by the server); the waiting request is cancelled before it uses it.
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        # The pool is not left full of a connection nobody can use: the next request gets one.
+        response = await client.get(url, timeout=httpx.Timeout(5, pool=1))
+        assert response.text == "hi"
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+
+
 def test_the_pool_is_sized_from_the_config() -> None:
     config = UpstreamConfig("http://x/v1/forward", "http://x/v1", max_connections=321)
 
