@@ -23,8 +23,8 @@ it formats with `pprint` for every new connection (0.6 ms a connection under cPr
 Direct text frames: a chat reply's frame takes eight calls through daphne and autobahn before
 it reaches the transport (daphne's reply coroutine and its dispatch, then autobahn's message,
 frame and data layers with their checks, statistics and debug logs). `text_writer` gives a
-socket's consumer a function that writes the frame itself: the two header bytes (four for more
-than 125 bytes) and the UTF-8 text, exactly the bytes autobahn writes for an unmasked,
+socket's consumer a function that writes the frame itself: the two header bytes (four above
+125 bytes, ten above 65535) and the UTF-8 text, exactly the bytes autobahn writes for an unmasked,
 unfragmented, uncompressed text message, counted in autobahn's traffic statistics as it counts
 them. It only does so when autobahn would send exactly that frame now: the connection open,
 nothing of another message in progress or queued, no compression, masking, fragmenting,

@@ -9,13 +9,17 @@ registered with the reactor) was taken.
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import subprocess
 import sys
 import textwrap
 import types
+from typing import Any
 
 import pytest
+from autobahn.websocket.protocol import WebSocketProtocol
 
 from chat import daphnetuning
 
@@ -267,8 +271,6 @@ def test_with_direct_frames_off_daphne_sends_the_same() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
 def test_a_text_frame_is_the_bytes_autobahn_writes(size: int) -> None:
-    from autobahn.websocket.protocol import WebSocketProtocol
-
     written: list[bytes] = []
     sender = types.SimpleNamespace(
         factory=types.SimpleNamespace(isServer=True),
@@ -280,3 +282,102 @@ def test_a_text_frame_is_the_bytes_autobahn_writes(size: int) -> None:
     payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
     WebSocketProtocol.sendFrame(sender, opcode=1, payload=payload)
     assert daphnetuning.text_frame(payload) == written[0]
+
+
+class _Connection:
+    """The attributes of daphne's websocket protocol that the direct writer reads."""
+
+    def __init__(self) -> None:
+        self.state = WebSocketProtocol.STATE_OPEN
+        self.send_state = WebSocketProtocol.SEND_STATE_GROUND
+        self.send_queue: collections.deque[tuple[bytes, bool]] = collections.deque()
+        self._perMessageCompress: object | None = None
+        self.maskServerFrames = False
+        self.autoFragmentSize = 0
+        self.logFrames = False
+        self.logOctets = False
+        self.trackedTimings: object | None = None
+        self.maxMessagePayloadSize = 0
+        self.client_addr = ("127.0.0.1", 5000)
+        self.trafficStats = types.SimpleNamespace(
+            outgoingWebSocketMessages=0,
+            outgoingWebSocketFrames=0,
+            outgoingOctetsAppLevel=0,
+            outgoingOctetsWebSocketLevel=0,
+            outgoingOctetsWireLevel=0,
+        )
+        self.written: list[bytes] = []
+        self.transport = types.SimpleNamespace(write=self.written.append)
+
+
+def _writer(
+    monkeypatch: pytest.MonkeyPatch, connection: _Connection, details: dict[str, object] | None
+) -> Any:
+    from daphne.server import Server
+
+    monkeypatch.setattr(daphnetuning, "_installed", {"direct_text_frames"})
+    server = types.SimpleNamespace(connections={} if details is None else {connection: details})
+    send = functools.partial(types.MethodType(Server.handle_reply, server), connection)
+    return daphnetuning.text_writer(send)
+
+
+def test_the_direct_writer_writes_the_frame_and_counts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    connection = _Connection()
+    write = _writer(monkeypatch, connection, {})
+    assert write("h\u00e9llo") is True
+    assert connection.written == [daphnetuning.text_frame("h\u00e9llo".encode())]
+    stats = connection.trafficStats
+    assert (stats.outgoingWebSocketMessages, stats.outgoingOctetsAppLevel) == (1, 6)
+    assert stats.outgoingOctetsWireLevel == 8
+
+
+@pytest.mark.parametrize(
+    ("change", "details"),
+    [
+        ({"state": WebSocketProtocol.STATE_CONNECTING}, {}),
+        ({"state": WebSocketProtocol.STATE_CLOSING}, {}),
+        ({"state": WebSocketProtocol.STATE_CLOSED}, {}),
+        ({"send_state": WebSocketProtocol.SEND_STATE_MESSAGE_BEGIN}, {}),
+        ({"send_state": WebSocketProtocol.SEND_STATE_INSIDE_MESSAGE_FRAME}, {}),
+        ({"send_queue": collections.deque([(b"queued", False)])}, {}),
+        ({"_perMessageCompress": object()}, {}),
+        ({"maskServerFrames": True}, {}),
+        ({"autoFragmentSize": 4}, {}),
+        ({"logFrames": True}, {}),
+        ({"logOctets": True}, {}),
+        ({"trackedTimings": object()}, {}),
+        ({"maxMessagePayloadSize": 4}, {}),  # "hello" is over it
+        ({}, {"disconnected": True}),
+        ({}, None),  # no longer one of daphne's connections
+    ],
+)
+def test_the_direct_writer_leaves_every_other_case_to_daphne(
+    monkeypatch: pytest.MonkeyPatch, change: dict[str, object], details: dict[str, object] | None
+) -> None:
+    connection = _Connection()
+    for name, value in change.items():
+        setattr(connection, name, value)
+    write = _writer(monkeypatch, connection, details)
+    assert write("hello") is False
+    assert connection.written == []
+    assert connection.trafficStats.outgoingWebSocketMessages == 0
+
+
+def test_the_direct_writer_leaves_an_empty_text_to_daphne(monkeypatch: pytest.MonkeyPatch) -> None:
+    connection = _Connection()
+    assert _writer(monkeypatch, connection, {})("") is False
+    assert connection.written == []
+
+
+def test_no_direct_writer_for_another_send_or_when_turned_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connection = _Connection()
+    assert _writer(monkeypatch, connection, {}) is not None
+
+    async def other_send(message: dict[str, object]) -> None:
+        pass
+
+    assert daphnetuning.text_writer(other_send) is None
+    monkeypatch.setattr(daphnetuning, "_installed", set())
+    assert daphnetuning.text_writer(functools.partial(other_send)) is None
