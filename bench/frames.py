@@ -80,7 +80,9 @@ SERVER = textwrap.dedent(
 
 
 def _pinned(core: int) -> list[str]:
-    return ["taskset", "-c", str(core)] if shutil.which("taskset") else []
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", str(core)]
+    return []
 
 
 def one_round(mode: str, frames: int) -> dict[str, object]:
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    if shutil.which("taskset"):
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
     costs: dict[str, list[float]] = {"daphne": [], "direct": []}
     for round_number in range(1, args.rounds + 1):

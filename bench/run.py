@@ -324,6 +324,11 @@ class Bench:
         # CPU that none of the three processes used: anything else on the machine (a noisy
         # neighbour makes every number here worse).
         others = (machine_after[0] - machine_before[0]) - cpu - client_cpu - stand_in_cpu
+        # Flushes run while replies stream: counted from the level's start to its last reply.
+        flushes_by_end = (await asyncio.to_thread(self.stack.counters))["counts"].get(
+            "flush_progress.calls", 0
+        )
+        flush_window = time.monotonic() - counted_from
         sampler.cancel()
         lagger.cancel()
         stop_profiler(profiler)
@@ -331,7 +336,6 @@ class Bench:
         await asyncio.to_thread(wait_quiet, pid)
         cpu_settled = cpu_seconds(pid) - cpu_before
         counters_after = await asyncio.to_thread(self.stack.counters)
-        counted_for = time.monotonic() - counted_from
         stand_in = await asyncio.to_thread(
             self.stack.upstream_stats, stand_in_before["last_request"]
         )
@@ -347,7 +351,8 @@ class Bench:
             rss=(rss_start, rss_idle, max(rss_samples, default=rss_idle)),
             socket_count=len(sockets),
             counters=(counters_before["counts"], counters_after["counts"]),
-            counted_for=counted_for,
+            flushes=(flushes_by_end - counters_before["counts"].get("flush_progress.calls", 0)),
+            flush_window=flush_window,
             stand_in=(stand_in_before, stand_in),
             lag=lag,
         )
@@ -386,7 +391,8 @@ class Bench:
         rss: tuple[int, int, int],
         socket_count: int,
         counters: tuple[dict[str, int], dict[str, int]],
-        counted_for: float,
+        flushes: int,
+        flush_window: float,
         stand_in: tuple[dict[str, Any], dict[str, Any]],
         lag: list[float],
     ) -> dict[str, Any]:
@@ -465,11 +471,9 @@ class Bench:
                 "write_statements_per_reply": reply_writes / replies,
                 "write_transactions_per_reply": reply_commits / replies,
                 "flushes": delta.get("flush_progress.calls", 0),
-                # Over the time between the two counter snapshots, which includes the settling
-                # after the level's wall time (its flushes are counted too).
-                "flushes_per_s": delta.get("flush_progress.calls", 0) / counted_for
-                if counted_for
-                else None,
+                # From the counter reading before the level to one right after its last reply
+                # (the final flush after it is in `flushes`, not in the rate).
+                "flushes_per_s": flushes / flush_window if flush_window else None,
                 "flush_statements": delta.get("flush_progress.write", 0),
                 "other_writes": delta.get("other.write", 0),
                 # Wall time inside the service functions, on the ORM's thread, per call.
