@@ -117,9 +117,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def run(mode: str) -> dict[str, object]:
+def run(mode: str, script: str = SCRIPT) -> dict[str, object]:
+    """Run a reactor script in a child process; its last line of output is its JSON result."""
     completed = subprocess.run(
-        [sys.executable, "-c", SCRIPT, mode],
+        [sys.executable, "-c", script, mode],
         cwd=processes.ROOT,
         capture_output=True,
         text=True,
@@ -235,21 +236,8 @@ DIRECT_SCRIPT = textwrap.dedent(
 )
 
 
-def run_direct(mode: str) -> dict[str, object]:
-    completed = subprocess.run(
-        [sys.executable, "-c", DIRECT_SCRIPT, mode],
-        cwd=processes.ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
-
-
 def test_direct_text_frames_reach_a_real_client_intact_and_in_order() -> None:
-    result = run_direct("on")
+    result = run("on", DIRECT_SCRIPT)
     assert "direct_text_frames" in result["installed"]
     assert result["writer"] is True
     # Every non-empty text within the limit went directly; the others took daphne's path,
@@ -261,7 +249,7 @@ def test_direct_text_frames_reach_a_real_client_intact_and_in_order() -> None:
 
 
 def test_with_direct_frames_off_daphne_sends_the_same() -> None:
-    result = run_direct("off")
+    result = run("off", DIRECT_SCRIPT)
     assert "direct_text_frames" not in result["installed"]
     assert result["writer"] is False
     assert result["direct"] == []
