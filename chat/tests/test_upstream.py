@@ -788,7 +788,9 @@ async def test_a_connection_opened_for_a_cancelled_request_does_not_fill_the_poo
     try:
         async with client.stream("GET", url, timeout=httpx.Timeout(5, pool=1)) as first:
             waiting = asyncio.create_task(client.get(url, timeout=httpx.Timeout(5, pool=1)))
-            await asyncio.sleep(0.05)  # queued behind the first, the pool being full
+            async with asyncio.timeout(5):
+                while pool_stats(client)["requests"] < 2:  # queued behind the first
+                    await asyncio.sleep(0.001)
             await first.aread()
         # The first one's end opened a new connection for the waiting request (its own was
         # closed by the server); the waiting request is cancelled before it uses it.
