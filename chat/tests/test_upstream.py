@@ -785,12 +785,22 @@ async def test_a_connection_opened_for_a_cancelled_request_does_not_fill_the_poo
     server = await asyncio.start_server(closing_server, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
     client, _opened = _small_pool_client(max_connections=1, max_keepalive=1)
+    pool = client._transport._pool
+    queued = asyncio.Event()
+    assign = pool._assign_requests_to_connections
+
+    def assign_and_tell() -> Any:
+        closing = assign()
+        if any(request.is_queued() for request in pool._requests):
+            queued.set()
+        return closing
+
+    pool._assign_requests_to_connections = assign_and_tell
     try:
         async with client.stream("GET", url, timeout=httpx.Timeout(5, pool=1)) as first:
             waiting = asyncio.create_task(client.get(url, timeout=httpx.Timeout(5, pool=1)))
-            async with asyncio.timeout(5):
-                while pool_stats(client)["requests"] < 2:  # queued behind the first
-                    await asyncio.sleep(0.001)
+            # Queued behind the first, the pool being full.
+            await asyncio.wait_for(queued.wait(), 5)
             await first.aread()
         # The first one's end opened a new connection for the waiting request (its own was
         # closed by the server); the waiting request is cancelled before it uses it.
