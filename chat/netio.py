@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
+import itertools
 import socket
 import ssl
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, cast
 
 import httpcore
 from httpcore import AsyncNetworkBackend, AsyncNetworkStream
@@ -48,8 +50,8 @@ class _Protocol(asyncio.Protocol):
     # Transport callbacks.
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -216,7 +218,7 @@ class AsyncioStream(AsyncNetworkStream):
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
         if transport is None:  # the connection went away during the handshake
             raise httpcore.ConnectError("the connection closed during the TLS handshake")
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         self._protocol.transport = transport
         return AsyncioStream(transport, self._protocol)
 
@@ -236,6 +238,113 @@ class AsyncioStream(AsyncNetworkStream):
         return None
 
 
+# RFC 8305's "connection attempt delay": how long one address gets before the next one races it.
+HAPPY_EYEBALLS_DELAY = 0.25
+
+Opener = Callable[[], Awaitable[socket.socket]]
+
+
+def _interleave(infos: list[Any]) -> list[Any]:
+    """Addresses in the resolver's order, alternating families from the first one on (RFC 8305),
+    so that a broken IPv6 (or IPv4) route costs one delay, not one per address."""
+    by_family: dict[int, list[Any]] = {}
+    for info in dict.fromkeys(infos):
+        by_family.setdefault(info[0], []).append(info)
+    return [info for group in itertools.zip_longest(*by_family.values()) for info in group if info]
+
+
+async def _open_socket(
+    loop: asyncio.AbstractEventLoop, info: Any, local_address: str | None
+) -> socket.socket:
+    family, kind, proto, _, address = info
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        if local_address:
+            sock.bind((local_address, 0))
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _race(openers: list[Opener], delay: float) -> socket.socket:
+    """The first socket to connect. Each attempt starts `delay` after the one before it, or at
+    once when every earlier attempt has failed; the losers are cancelled or closed."""
+    pending: set[asyncio.Task[socket.socket]] = set()
+    errors: list[BaseException] = []
+    winner: socket.socket | None = None
+    waiting = iter(openers)
+
+    def settle(done: set[asyncio.Task[socket.socket]]) -> None:
+        nonlocal winner
+        for task in done:
+            if task.exception() is not None:
+                errors.append(task.exception())  # type: ignore[arg-type]
+            elif winner is None:
+                winner = task.result()
+            else:
+                task.result().close()
+
+    try:
+        for opener in waiting:
+            pending.add(asyncio.ensure_future(opener()))
+            done, pending = await asyncio.wait(
+                pending, timeout=delay, return_when=asyncio.FIRST_COMPLETED
+            )
+            settle(done)
+            if winner is not None:
+                return winner
+            # A failure frees its slot: the next address starts now (the loop goes on); a
+            # timeout does too, with the slow attempt still in the race.
+        while pending and winner is None:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            settle(done)
+    except BaseException:
+        if winner is not None:
+            winner.close()
+        raise
+    finally:
+        for task in pending:
+            task.cancel()
+            task.add_done_callback(_close_loser)
+    if winner is None:
+        raise errors[-1] if errors else OSError("no address to connect to")
+    return winner
+
+
+async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[Any]:
+    return await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
+def _close_loser(task: asyncio.Task[socket.socket]) -> None:
+    """A cancelled attempt closes its own socket, unless it had connected already."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()
+
+
+async def _create_connection(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, local_address: str | None
+) -> tuple[asyncio.BaseTransport, Any]:
+    local_addr = (local_address, 0) if local_address else None
+    if isinstance(loop, asyncio.BaseEventLoop):
+        return await loop.create_connection(
+            _Protocol, host, port, local_addr=local_addr, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY
+        )
+    # uvloop has no Happy Eyeballs of its own: resolve, race the addresses, hand it the socket.
+    infos = _interleave(await _resolve(loop, host, port))
+    if not infos:
+        raise OSError(f"{host} has no address")
+    openers = [functools.partial(_open_socket, loop, info, local_address) for info in infos]
+    sock = await _race(openers, HAPPY_EYEBALLS_DELAY)
+    try:
+        return await loop.create_connection(_Protocol, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
 class AsyncioBackend(AsyncNetworkBackend):
     """httpcore's network backend on asyncio's own transports."""
 
@@ -250,13 +359,7 @@ class AsyncioBackend(AsyncNetworkBackend):
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_connection(
-                    _Protocol,
-                    host,
-                    port,
-                    local_addr=(local_address, 0) if local_address else None,
-                    happy_eyeballs_delay=0.25,
-                )
+                transport, protocol = await _create_connection(loop, host, port, local_address)
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
         except OSError as exc:
@@ -283,7 +386,8 @@ class AsyncioBackend(AsyncNetworkBackend):
     def _stream(
         transport: asyncio.BaseTransport, protocol: Any, socket_options: Iterable[Any] | None
     ) -> AsyncioStream:
-        assert isinstance(transport, asyncio.Transport) and isinstance(protocol, _Protocol)
+        assert isinstance(protocol, _Protocol)
+        transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpcore
 import httpx
@@ -272,3 +275,159 @@ async def test_a_compressed_event_stream_is_still_decoded() -> None:
         finally:
             await upstream.aclose_clients()
     assert "".join(texts) == "Hello there"
+
+
+# Happy Eyeballs (RFC 8305) where the loop has none of its own: uvloop.
+
+
+class FakeSocket:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_addresses_alternate_families_from_the_first_one() -> None:
+    v6 = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (f"::{i}", 443, 0, 0)) for i in (1, 2, 3)]
+    v4 = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (f"10.0.0.{i}", 443)) for i in (1, 2)]
+    infos = [v6[0], v6[1], v4[0], v6[2], v4[1], v4[0]]  # the last one twice
+    assert netio._interleave(infos) == [v6[0], v4[0], v6[1], v4[1], v6[2]]
+    assert netio._interleave([]) == []
+
+
+async def test_a_silent_address_is_raced_by_the_next_one_after_the_delay() -> None:
+    silent_cancelled = asyncio.Event()
+    started: list[str] = []
+
+    async def silent() -> FakeSocket:
+        started.append("silent")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            silent_cancelled.set()
+        raise AssertionError("unreachable")
+
+    async def quick() -> FakeSocket:
+        started.append("quick")
+        return FakeSocket("quick")
+
+    winner = await netio._race([silent, quick], 0.01)  # type: ignore[list-item]
+    assert winner.name == "quick"  # type: ignore[attr-defined]
+    assert started == ["silent", "quick"]
+    await asyncio.wait_for(silent_cancelled.wait(), 5)
+
+
+async def test_a_failed_address_hands_over_at_once_not_after_the_delay() -> None:
+    async def refused() -> FakeSocket:
+        raise ConnectionRefusedError("refused")
+
+    async def quick() -> FakeSocket:
+        return FakeSocket("quick")
+
+    # With an hour's delay, only moving on at the failure can finish within the test's timeout.
+    async with asyncio.timeout(5):
+        winner = await netio._race([refused, quick], 3600)  # type: ignore[list-item]
+    assert winner.name == "quick"  # type: ignore[attr-defined]
+
+
+async def test_when_two_connect_together_the_second_is_closed() -> None:
+    sockets = [FakeSocket("first"), FakeSocket("second")]
+    both_started = asyncio.Event()
+    count = 0
+
+    def opener(sock: FakeSocket) -> Callable[[], Awaitable[FakeSocket]]:
+        async def connect() -> FakeSocket:
+            nonlocal count
+            count += 1
+            if count == 2:
+                both_started.set()
+            await both_started.wait()
+            return sock
+
+        return connect
+
+    winner = await netio._race([opener(s) for s in sockets], 0)  # type: ignore[misc]
+    loser = next(s for s in sockets if s is not winner)
+    assert not winner.closed  # type: ignore[attr-defined]
+    assert loser.closed
+
+
+async def test_when_every_address_fails_the_last_error_is_raised() -> None:
+    def failing(message: str) -> Callable[[], Awaitable[FakeSocket]]:
+        async def connect() -> FakeSocket:
+            raise OSError(message)
+
+        return connect
+
+    with pytest.raises(OSError, match="second"):
+        await netio._race([failing("first"), failing("second")], 0.01)  # type: ignore[list-item]
+
+
+async def test_a_race_cancelled_from_outside_closes_what_connected() -> None:
+    late = FakeSocket("late")
+    release = asyncio.Event()
+
+    async def slow() -> FakeSocket:
+        # Connects even when cancelled: the socket must not be left open.
+        with contextlib.suppress(asyncio.CancelledError):
+            await release.wait()
+        return late
+
+    race = asyncio.ensure_future(netio._race([slow], 3600))  # type: ignore[list-item]
+    await asyncio.sleep(0.01)
+    race.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await race
+    release.set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert late.closed
+
+
+async def test_real_sockets_a_refused_address_then_the_listening_one() -> None:
+    async with serve(lambda r, w: asyncio.sleep(0)) as (closed_port, _):
+        pass  # nothing listens there any more
+    async with serve(lambda r, w: asyncio.sleep(0)) as (port, _):
+        loop = asyncio.get_running_loop()
+        infos = [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", closed_port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ]
+        openers = [functools.partial(netio._open_socket, loop, info, None) for info in infos]
+        sock = await netio._race(openers, 3600)
+        try:
+            assert sock.getpeername() == ("127.0.0.1", port)
+        finally:
+            sock.close()
+
+
+async def test_connections_race_resolved_addresses_on_loops_without_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asyncio races addresses itself (`happy_eyeballs_delay`); on uvloop the backend resolves
+    and races them: a refused first address still reaches the server at the second."""
+    async with serve(lambda r, w: asyncio.sleep(0)) as (closed_port, _):
+        pass
+    resolved: list[str] = []
+
+    async def resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[Any]:
+        resolved.append(host)
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", closed_port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ]
+
+    monkeypatch.setattr(netio, "_resolve", resolve)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(response(b"hello"))
+        await writer.drain()
+
+    async with serve(handler) as (port, _), client() as http:
+        answer = await http.get(f"http://localhost:{port}/")
+    assert answer.text == "hello"
+    own = isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop)
+    assert resolved == ([] if own else ["localhost"])
