@@ -26,7 +26,7 @@ migrate: $(VENV)/.runtime
 ## run: the app on http://$(HOST):$(PORT) (daphne, SQLite, in-memory channel layer)
 run: migrate
 	@$(BIN)/python manage.py firstadmin --hint
-	$(BIN)/daphne -b $(HOST) -p $(PORT) chutesweb.asgi:application
+	$(BIN)/python -m chutesweb.serve -b $(HOST) -p $(PORT) chutesweb.asgi:application
 
 ## demo: the app against the built-in stand-in upstream, no Lava credentials needed
 demo: migrate
@@ -36,7 +36,7 @@ demo: migrate
 	  trap 'kill $$!' EXIT INT TERM; \
 	  DEMO_MODE=true LAVA_FORWARD_URL=http://127.0.0.1:$(DEMO_UPSTREAM_PORT)/v1/forward \
 	  CHUTES_API_BASE=http://127.0.0.1:$(DEMO_UPSTREAM_PORT)/v1 LAVA_FORWARD_TOKEN=demo-token \
-	  $(BIN)/daphne -b $(HOST) -p $(PORT) chutesweb.asgi:application
+	  $(BIN)/python -m chutesweb.serve -b $(HOST) -p $(PORT) chutesweb.asgi:application
 
 ## test: lint, formatting, migrations up to date, and the whole test suite
 test: $(VENV)/.dev

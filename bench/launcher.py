@@ -1,6 +1,6 @@
 """The app as the benchmark runs it: `chutesweb.asgi:application`, plus database counters.
 
-    python -m daphne bench.launcher:application
+    python -m chutesweb.serve bench.launcher:application
     python -m uvicorn bench.launcher:application
 
 Nothing in the app changes. This module counts every SQL statement and every commit, labelled

@@ -162,7 +162,7 @@ class Stack:
         self._starts += 1
         port = processes.free_port()
         if self.server == "daphne":
-            args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
+            args = [sys.executable, "-m", "chutesweb.serve", "-b", "127.0.0.1", "-p", str(port)]
         else:
             args = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port)]
             args += ["--lifespan", "on", "--no-access-log", "--log-level", "warning"]

@@ -149,7 +149,7 @@ def start_app(
 ) -> Process:
     port = port or free_port()
     if server == "daphne":
-        args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
+        args = [sys.executable, "-m", "chutesweb.serve", "-b", "127.0.0.1", "-p", str(port)]
     else:
         args = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port)]
         args += ["--lifespan", "on", "--no-access-log"]

@@ -138,15 +138,22 @@ def upstream(tmp_path: Path) -> Iterator[Process]:
     process.stop()
 
 
-@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+@pytest.mark.parametrize(
+    ("server", "loop"), [("daphne", "uvloop"), ("daphne", "asyncio"), ("uvicorn", "auto")]
+)
 def test_sigterm_saves_running_replies_as_interrupted(
-    tmp_path: Path, upstream: Process, server: str
+    tmp_path: Path, upstream: Process, server: str, loop: str
 ) -> None:
     with scratch_database(tmp_path) as db:
-        env = processes.app_env(upstream, tmp_path, SHUTDOWN_GRACE_SECONDS="5", **db)
+        env = processes.app_env(
+            upstream, tmp_path, SHUTDOWN_GRACE_SECONDS="5", EVENT_LOOP=loop, **db
+        )
         processes.migrate(env)
         processes.create_user(env, "sam", PASSWORD)
         app = processes.start_app("app", tmp_path, env, server=server)
+        if server == "daphne":
+            # Twisted's reactor and its shutdown run on the loop asked for (chutesweb/serve.py).
+            assert f"event loop {loop}" in app.log.read_text()
         try:
             cookie = processes.login_cookie(app.url, "sam", PASSWORD)
             client = Client(app, cookie)

@@ -169,9 +169,14 @@ def start_live_server(
             _wait_until(lambda: _port_open(upstream_port), "the stand-in", upstream_log, upstream)
 
         app_log = data_dir / "daphne.log"
-        daphne = Path(python).with_name("daphne")
         app = subprocess.Popen(
-            [str(daphne), "-b", "127.0.0.1", "-p", str(app_port), "chutesweb.asgi:application"],
+            [
+                python,
+                "-m",
+                "chutesweb.serve",
+                *("-b", "127.0.0.1", "-p", str(app_port)),
+                "chutesweb.asgi:application",
+            ],
             cwd=ROOT,
             env=env,
             stdout=app_log.open("wb"),
