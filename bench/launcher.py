@@ -13,6 +13,7 @@ imports it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import json
 import os
@@ -39,6 +40,9 @@ WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 _lock = threading.Lock()
 _counts: Counter[str] = Counter()
+# When each flush of partial replies started (time.monotonic(), one clock for every process on
+# the machine): the harness reads the spacing between them, not only how many there were.
+_flush_starts: collections.deque[float] = collections.deque(maxlen=100_000)
 _where = threading.local()
 
 Scope = dict[str, Any]
@@ -86,6 +90,8 @@ def _install() -> None:
 
         def labelled(*args: Any, __original: Any = original, __name: str = name, **kw: Any) -> Any:
             _count(f"{__name}.calls")
+            if __name == "flush_progress":
+                _flush_starts.append(time.monotonic())
             _where.label = __name
             started, cpu_started = time.perf_counter_ns(), time.thread_time_ns()
             try:
@@ -128,7 +134,8 @@ def _time_collections(phase: str, info: dict[str, int]) -> None:
 def snapshot(*, objects: bool = False) -> dict[str, Any]:
     with _lock:
         counts = dict(_counts)
-    state: dict[str, Any] = {"counts": counts}
+        flush_starts = list(_flush_starts)
+    state: dict[str, Any] = {"counts": counts, "flush_starts": flush_starts}
     state["gc"] = {key: list(values) for key, values in _gc.items()}
     _gc["longest_us"] = [0, 0, 0]
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -74,6 +75,14 @@ class Options:
     @property
     def stream_seconds(self) -> float:
         return (self.ttft_ms + max(0, self.tokens - 1) * self.interval_ms) / 1000
+
+
+def flush_rate(starts: list[float]) -> float | None:
+    """Flushes a second from the first to the last: flushes one second apart read 1.0 (their
+    count over a window a little longer than their span would read more)."""
+    if len(starts) < 2 or starts[-1] <= starts[0]:
+        return None
+    return (len(starts) - 1) / (starts[-1] - starts[0])
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -324,11 +333,13 @@ class Bench:
         # CPU that none of the three processes used: anything else on the machine (a noisy
         # neighbour makes every number here worse).
         others = (machine_after[0] - machine_before[0]) - cpu - client_cpu - stand_in_cpu
-        # Flushes run while replies stream: counted from the level's start to its last reply.
-        flushes_by_end = (await asyncio.to_thread(self.stack.counters))["counts"].get(
-            "flush_progress.calls", 0
-        )
-        flush_window = time.monotonic() - counted_from
+        # Flushes run while replies stream: those from the level's start to its last reply.
+        ended = time.monotonic()
+        flush_starts = [
+            t
+            for t in (await asyncio.to_thread(self.stack.counters))["flush_starts"]
+            if counted_from <= t <= ended
+        ]
         sampler.cancel()
         lagger.cancel()
         stop_profiler(profiler)
@@ -351,8 +362,7 @@ class Bench:
             rss=(rss_start, rss_idle, max(rss_samples, default=rss_idle)),
             socket_count=len(sockets),
             counters=(counters_before["counts"], counters_after["counts"]),
-            flushes=(flushes_by_end - counters_before["counts"].get("flush_progress.calls", 0)),
-            flush_window=flush_window,
+            flush_starts=flush_starts,
             stand_in=(stand_in_before, stand_in),
             lag=lag,
         )
@@ -391,8 +401,7 @@ class Bench:
         rss: tuple[int, int, int],
         socket_count: int,
         counters: tuple[dict[str, int], dict[str, int]],
-        flushes: int,
-        flush_window: float,
+        flush_starts: list[float],
         stand_in: tuple[dict[str, Any], dict[str, Any]],
         lag: list[float],
     ) -> dict[str, Any]:
@@ -471,9 +480,12 @@ class Bench:
                 "write_statements_per_reply": reply_writes / replies,
                 "write_transactions_per_reply": reply_commits / replies,
                 "flushes": delta.get("flush_progress.calls", 0),
-                # From the counter reading before the level to one right after its last reply
-                # (the final flush after it is in `flushes`, not in the rate).
-                "flushes_per_s": flushes / flush_window if flush_window else None,
+                # While replies streamed: N flushes span N - 1 gaps (the final flush after the
+                # last reply is in `flushes`, not here).
+                "flushes_per_s": flush_rate(flush_starts),
+                "shortest_flush_gap_s": min(
+                    (b - a for a, b in itertools.pairwise(flush_starts)), default=None
+                ),
                 "flush_statements": delta.get("flush_progress.write", 0),
                 "other_writes": delta.get("other.write", 0),
                 # Wall time inside the service functions, on the ORM's thread, per call.

@@ -33,6 +33,14 @@ def test_the_harness_counts_lost_duplicated_and_out_of_order_tokens() -> None:
 
 
 @pytest.mark.slow
+def test_the_flush_rate_is_flushes_over_the_time_they_span() -> None:
+    # Five flushes a second apart are one a second, however long the window around them was.
+    assert run.flush_rate([10.0, 11.0, 12.0, 13.0, 14.0]) == 1.0
+    assert run.flush_rate([10.0, 10.5, 11.0]) == 2.0
+    assert run.flush_rate([10.0]) is None
+    assert run.flush_rate([]) is None
+
+
 def test_the_harness_relays_a_tiny_load_without_losing_a_token(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
     options = run.parse_args(
