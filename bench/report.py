@@ -25,6 +25,15 @@ def num(value: float | None, digits: int = 1, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def limit_line(mode: str, limit: dict[str, Any]) -> str:
+    if limit["failed"] is None:
+        return f"Limit ({mode}): every level held; none above it to bisect toward."
+    if not limit["held"]:
+        return f"Limit ({mode}): no level held; nothing to bisect from."
+    probes = f" (probes: {', '.join(map(str, limit['probes']))})" if limit["probes"] else ""
+    return f"Limit ({mode}): {limit['held']} streams held, {limit['failed']} not{probes}."
+
+
 def one_line(level: dict[str, Any]) -> str:
     added = level["added_ms"]
     server = level["server"]
@@ -121,6 +130,7 @@ def markdown(results: dict[str, Any]) -> str:
             )
             + "."
         )
+    lines += [limit_line(mode, limit) for mode, limit in results.get("limits", {}).items()]
     idle = results.get("idle")
     if idle:
         lines += [

@@ -71,6 +71,7 @@ class Options:
     quiet: bool
     profile: Path | None
     stream_timeout: float
+    find_limit: int = 0
 
     @property
     def stream_seconds(self) -> float:
@@ -145,6 +146,14 @@ def parse_args(argv: list[str] | None = None) -> Options:
         default=180.0,
         help="seconds after which a reply that has not ended counts as failed",
     )
+    parser.add_argument(
+        "--find-limit",
+        type=int,
+        default=0,
+        metavar="STEP",
+        help="after the levels, bisect between the largest level held and the next one not "
+        "held, per arrival pattern, until they are at most STEP streams apart",
+    )
     args = parser.parse_args(argv)
     return Options(
         streams=[int(s) for s in args.streams.split(",") if s.strip()],
@@ -169,6 +178,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         quiet=args.quiet,
         profile=args.profile,
         stream_timeout=args.stream_timeout,
+        find_limit=args.find_limit,
     )
 
 
@@ -644,6 +654,31 @@ class Bench:
             "growth_per_cycle": (last["rss"] - warm["rss"]) / span,
         }
 
+    async def find_limit(self, mode: str, levels: list[dict[str, Any]]) -> dict[str, Any]:
+        """Bisect between the largest level held and the smallest larger one not held. Each
+        probe is one more level (in `levels`, marked `probe`): one run each, so a probe close
+        to the limit can go either way on another run."""
+        ran = [lv for lv in levels if lv["mode"] == mode]
+        held = max((lv["streams"] for lv in ran if lv["held"]), default=0)
+        above = [lv["streams"] for lv in ran if not lv["held"] and lv["streams"] > held]
+        failed = min(above, default=None)
+        probes: list[int] = []
+        if held and failed is not None:
+            step = self.options.find_limit
+            while failed - held > step:
+                streams = (held + failed) // 2
+                self.log(f"limit probe: {streams} streams, {mode}")
+                level = await self.level(streams, mode)
+                level["probe"] = True
+                levels.append(level)
+                self.log("  " + report.one_line(level))
+                probes.append(streams)
+                if level["held"]:
+                    held = streams
+                else:
+                    failed = streams
+        return {"held": held, "failed": failed, "probes": probes}
+
     # The whole run
 
     async def run(self) -> dict[str, Any]:
@@ -661,6 +696,10 @@ class Bench:
                     level = await self.level(streams, mode)
                     results["levels"].append(level)
                     self.log("  " + report.one_line(level))
+            if o.find_limit:
+                results["limits"] = {
+                    mode: await self.find_limit(mode, results["levels"]) for mode in o.modes
+                }
             if o.cycles:
                 self.log(f"growth: {o.cycles} cycles")
                 results["growth"] = await self.growth()

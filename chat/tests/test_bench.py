@@ -4,10 +4,11 @@ duplicated or out-of-order token. No timing is asserted: timings belong to docs/
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench import run
+from bench import report, run
 from bench.clients import StreamResult
 
 
@@ -39,6 +40,43 @@ def test_the_flush_rate_is_flushes_over_the_time_they_span() -> None:
     assert run.flush_rate([10.0, 10.5, 11.0]) == 2.0
     assert run.flush_rate([10.0]) is None
     assert run.flush_rate([]) is None
+
+
+async def test_the_limit_is_bisected_between_the_levels_around_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(report, "one_line", lambda level: "")  # made-up levels, no numbers
+    bench = run.Bench.__new__(run.Bench)  # no processes: the levels below are made up
+    bench.options = run.parse_args(["--find-limit", "50", "--quiet"])
+    probed: list[int] = []
+
+    async def level(streams: int, mode: str) -> dict[str, Any]:
+        probed.append(streams)
+        # Holds up to 320 streams; a made-up level with only what the bisection reads.
+        return {"streams": streams, "mode": mode, "held": streams <= 320}
+
+    bench.level = level  # type: ignore[method-assign]
+    bench.log = lambda text: None  # type: ignore[method-assign]
+    levels = [
+        {"streams": 100, "mode": "steady", "held": True},
+        {"streams": 500, "mode": "steady", "held": False},
+        {"streams": 1000, "mode": "steady", "held": False},
+        {"streams": 500, "mode": "burst", "held": True},
+    ]
+    limit = await bench.find_limit("steady", levels)
+    assert probed == [300, 400, 350]
+    assert limit == {"held": 300, "failed": 350, "probes": [300, 400, 350]}
+    assert [lv["streams"] for lv in levels if lv.get("probe")] == [300, 400, 350]
+    # Every burst level held: nothing above to bisect toward, and nothing is run.
+    assert await bench.find_limit("burst", levels) == {
+        "held": 500,
+        "failed": None,
+        "probes": [],
+    }
+    assert probed == [300, 400, 350]
+    assert report.limit_line("steady", limit) == (
+        "Limit (steady): 300 streams held, 350 not (probes: 300, 400, 350)."
+    )
 
 
 def test_the_harness_relays_a_tiny_load_without_losing_a_token(tmp_path: Path) -> None:
