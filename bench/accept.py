@@ -1,6 +1,6 @@
 """What accepting and finishing one reply cost in-process: time and statements.
 
-.venv/bin/python -m bench.accept [--sends 300]
+.venv/bin/python -m bench.accept [--sends 300] [--cold]
 
 Runs `services.accept_send` (a question in a new conversation, as the load client sends) and
 then `services.finish_generation` for it, one after the other on one thread, against a
@@ -8,8 +8,9 @@ migrated SQLite database in a temporary folder (never the development database).
 median and 10th percentile of each, the statements each ran with the database's own time for
 them (the rest is Python), and the process's RSS after the first fifth of the sends and at the
 end (a leak in the send path would show there, without a server around it). In the server
-these run on the ORM's thread between the event loop's work, where the same calls take longer
-(see docs/benchmarks.md).
+these run on the ORM's thread between the event loop's work, where the same calls take longer:
+`--cold` evicts the CPU caches before each send (outside the timed part) to show how much of
+that is the caches (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -68,13 +69,26 @@ class Statements:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.accept")
     parser.add_argument("--sends", type=int, default=300)
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="between sends (untimed), build 20,000 small objects and read 48 MiB, as the "
+        "event loop's work does between two sends in the server: the calls then run on cold "
+        "CPU caches",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chutes-accept-") as data_dir:
         _setup(data_dir)
-        run(args.sends)
+        run(args.sends, cold=args.cold)
 
 
-def run(sends: int) -> None:
+def _evict_caches(scratch: bytearray) -> None:
+    objects = [{"index": i, "text": str(i)} for i in range(20_000)]
+    scratch.count(b"x")
+    del objects
+
+
+def run(sends: int, *, cold: bool = False) -> None:
     import json
 
     from django.contrib.auth import get_user_model
@@ -83,6 +97,7 @@ def run(sends: int) -> None:
     from chat import protocol, services
 
     user = get_user_model().objects.create_user("bench", password=uuid.uuid4().hex)
+    scratch = bytearray(48 * 1024 * 1024) if cold else bytearray()
     accept_ms: list[float] = []
     finish_ms: list[float] = []
     last: dict[str, Statements] = {}
@@ -102,6 +117,8 @@ def run(sends: int) -> None:
                 }
             )
         )
+        if cold:
+            _evict_caches(scratch)
         last = {"accept_send": Statements(), "finish_generation": Statements()}
         with connection.execute_wrapper(last["accept_send"]):
             started = time.perf_counter()

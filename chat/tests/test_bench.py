@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench import report, run
+from bench import profile, report, run
 from bench.clients import StreamResult
 
 
@@ -105,3 +105,16 @@ def test_the_harness_relays_a_tiny_load_without_losing_a_token(tmp_path: Path) -
     assert results["growth"]["faults"] == 0
     assert output.exists()
     assert "| 3 | burst | 30 |" in output.with_suffix(".md").read_text()
+
+
+def test_profile_samples_fall_in_the_first_group_they_match() -> None:
+    orm = ["Thread.run (threading.py)", "_WorkItem.run (futures/thread.py)", "accept_send (x)"]
+    send = ["Generation._read (g.py)", "Generation._send_pending (g.py)", "write (d.py)"]
+    read = ["Generation._read (g.py)", "stream_chat (u.py)", "_next_chunk (u.py)"]
+    own = ["Generation._read (g.py)", "Generation._queued (g.py)"]
+    loop = ["AsyncioSelectorReactor.run (r.py)", "select (selectors.py)"]
+    assert profile.group_of(orm) == "the ORM's thread"
+    assert profile.group_of(send) == "sending frames"  # before the generation's own work
+    assert profile.group_of(read) == "reading the upstream"
+    assert profile.group_of(own) == "the generation's own work"
+    assert profile.group_of(loop) == "the event loop and Twisted"
