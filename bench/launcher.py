@@ -43,6 +43,10 @@ _counts: Counter[str] = Counter()
 # When each flush of partial replies started (time.monotonic(), one clock for every process on
 # the machine): the harness reads the spacing between them, not only how many there were.
 _flush_starts: collections.deque[float] = collections.deque(maxlen=100_000)
+# Service calls that took this long or longer, as (time.monotonic() at the start, label, µs of
+# wall time, µs of the thread's CPU): a stalled ORM thread queues every accept behind it.
+SLOW_CALL_US = 5_000
+_slow_calls: collections.deque[tuple[float, str, int, int]] = collections.deque(maxlen=10_000)
 _where = threading.local()
 
 Scope = dict[str, Any]
@@ -98,46 +102,61 @@ def _install() -> None:
                 return __original(*args, **kw)
             finally:
                 _where.label = "other"
+                took = (time.perf_counter_ns() - started) // 1000
+                cpu = (time.thread_time_ns() - cpu_started) // 1000
                 with _lock:
-                    _counts[f"{__name}.us"] += (time.perf_counter_ns() - started) // 1000
-                    _counts[f"{__name}.cpu_us"] += (time.thread_time_ns() - cpu_started) // 1000
+                    _counts[f"{__name}.us"] += took
+                    _counts[f"{__name}.cpu_us"] += cpu
+                    if took >= SLOW_CALL_US:
+                        _slow_calls.append((time.monotonic() - took / 1e6, __name, took, cpu))
 
         # The consumer and the generation engine look these up on the module at call time.
         setattr(services, name, wraps(original)(labelled))
 
 
-# Garbage collections per generation: how many, their total time in µs, the objects they freed
-# (cyclic garbage the app made), and the longest one since the last snapshot. Kept apart
+# Garbage collections per generation: how many, their total time in µs and the objects they freed
+# (cyclic garbage the app made). Kept apart
 # from `_counts` and its lock: a collection can start in any thread at any allocation,
 # including one made while that lock is held.
 _gc: dict[str, list[int]] = {
     "collections": [0, 0, 0],
     "us": [0, 0, 0],
-    "longest_us": [0, 0, 0],
     "collected": [0, 0, 0],
 }
 _gc_started = [0]
+_gc_started_at = [0.0]
+# Every collection as (time.monotonic() at its start, generation, µs): a collection pauses every
+# stream at once, so the harness can find the longest in a level and line them up with slow
+# tokens.
+_gc_events: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=100_000)
 
 
 def _time_collections(phase: str, info: dict[str, int]) -> None:
     if phase == "start":
         _gc_started[0] = time.perf_counter_ns()
+        _gc_started_at[0] = time.monotonic()
         return
     generation = info["generation"]
     took = (time.perf_counter_ns() - _gc_started[0]) // 1000
     _gc["collections"][generation] += 1
     _gc["collected"][generation] += info["collected"]
     _gc["us"][generation] += took
-    _gc["longest_us"][generation] = max(_gc["longest_us"][generation], took)
+    _gc_events.append((_gc_started_at[0], generation, took))
 
 
 def snapshot(*, objects: bool = False) -> dict[str, Any]:
     with _lock:
         counts = dict(_counts)
         flush_starts = list(_flush_starts)
-    state: dict[str, Any] = {"counts": counts, "flush_starts": flush_starts}
+        slow_calls = list(_slow_calls)
+    state: dict[str, Any] = {
+        "counts": counts,
+        "flush_starts": flush_starts,
+        "slow_calls": slow_calls,
+        "loop_lags": list(_loop_lags),
+    }
     state["gc"] = {key: list(values) for key, values in _gc.items()}
-    _gc["longest_us"] = [0, 0, 0]
+    state["gc_events"] = list(_gc_events)
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -155,7 +174,25 @@ def snapshot(*, objects: bool = False) -> dict[str, Any]:
     return state
 
 
+# How late a 5 ms timer on the server's event loop fired, as (time.monotonic(), ms late), when it
+# was 2 ms late or more: when every stream stalls at once, this says whether the loop did.
+LAG_TICK = 0.005
+_loop_lags: collections.deque[tuple[float, float]] = collections.deque(maxlen=100_000)
+_lag_task: list[asyncio.Task[None]] = []
+
+
+async def _watch_loop_lag() -> None:
+    while True:
+        due = time.monotonic() + LAG_TICK
+        await asyncio.sleep(LAG_TICK)
+        late = (time.monotonic() - due) * 1000
+        if late >= 2:
+            _loop_lags.append((due, late))
+
+
 async def application(scope: Scope, receive: Receive, send: Send) -> None:
+    if not _lag_task:
+        _lag_task.append(asyncio.get_running_loop().create_task(_watch_loop_lag()))
     if scope["type"] == "http" and scope["path"] == COUNTERS_PATH:
         body = json.dumps(snapshot(objects=b"objects=1" in scope.get("query_string", b""))).encode()
         await send(

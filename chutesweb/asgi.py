@@ -38,6 +38,14 @@ application = ProtocolTypeRouter(
     }
 )
 
+# A full pass of the garbage collector walks every live object and pauses every stream while it
+# does: 22 to 28 ms at 200 streams on this kind of machine, for about 170 objects freed (the app
+# breaks its own reference cycles; young ones are still collected by the frequent small passes).
+# Python runs one after every 10 middle-generation passes, every few seconds under load; the
+# setting spaces them out (docs/benchmarks.md measures both).
+_young, _middle, _ = gc.get_threshold()
+gc.set_threshold(_young, _middle, settings.GC_FULL_PASS_EVERY)
+
 if settings.GC_FREEZE:
     # Django, the app and all they imported live as long as the process. Left in the
     # collector's oldest generation, they are walked by every full collection: a pause of 40 to

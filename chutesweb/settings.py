@@ -287,6 +287,11 @@ DIRECT_WEBSOCKET_FRAMES = envbool("DIRECT_WEBSOCKET_FRAMES", "true")
 # Leave everything loaded at start-up out of the garbage collector's full passes
 # (chutesweb/asgi.py).
 GC_FREEZE = envbool("GC_FREEZE", "true")
+# Middle-generation collections between two full passes of the collector (Python's default is
+# 10): a full pass pauses every stream, and the app leaves little for it (chutesweb/asgi.py).
+GC_FULL_PASS_EVERY = envint("GC_FULL_PASS_EVERY", "100")
+if GC_FULL_PASS_EVERY < 1:
+    raise ImproperlyConfigured(f"GC_FULL_PASS_EVERY must be 1 or more, not {GC_FULL_PASS_EVERY}")
 MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", "100000")
 MAX_IMAGE_BYTES = envint("MAX_IMAGE_BYTES", str(5 * 1024 * 1024))
 MAX_IMAGES_PER_MESSAGE = envint("MAX_IMAGES_PER_MESSAGE", "4")

@@ -99,6 +99,11 @@ def test_the_harness_relays_a_tiny_load_without_losing_a_token(tmp_path: Path) -
     assert relayed["integrity"] == direct["integrity"] == nothing
     assert relayed["corrupt"] == relayed["seq_gaps"] == 0
     assert level["faults"] == 0
+    # Pauses are timed from the server's own records, over the level's window only.
+    gc_stats = level["server"]["gc"]
+    assert gc_stats["collections"][0] > 0  # a level allocates enough for young collections
+    assert gc_stats["longest_ms"][0] > 0
+    assert set(level["server"]["loop_late"]) == {"max_ms", "ticks_over_5ms"}
     assert level["db"]["replies"] == 3
     assert results["idle"]["sockets"] == 5
     assert results["growth"]["cycles"] == 6

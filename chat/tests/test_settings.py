@@ -39,6 +39,23 @@ def test_the_server_freezes_what_it_loaded_at_start_up_unless_told_not_to(
     assert json.loads(result.stdout) is frozen
 
 
+@pytest.mark.parametrize(("env", "every"), [({}, 100), ({"GC_FULL_PASS_EVERY": "25"}, 25)])
+def test_the_server_spaces_out_full_collections(env: dict[str, str], every: int) -> None:
+    result = load_settings(
+        env, "__import__('gc').get_threshold() if __import__('chutesweb.asgi') else None"
+    )
+    assert result.returncode == 0, result.stderr
+    young, middle, full = json.loads(result.stdout)
+    assert (young, middle, full) == (700, 10, every)  # Python's own for the younger two
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "often"])
+def test_a_full_collection_spacing_below_one_is_refused(value: str) -> None:
+    result = load_settings({"GC_FULL_PASS_EVERY": value})
+    assert result.returncode != 0
+    assert "GC_FULL_PASS_EVERY must be" in result.stderr
+
+
 @pytest.mark.parametrize(("value", "direct"), [("true", True), ("false", False)])
 def test_under_daphne_reply_frames_go_directly_unless_told_not_to(value: str, direct: bool) -> None:
     # daphne's app (in INSTALLED_APPS) installs Twisted's reactor, as the daphne command does.
