@@ -174,8 +174,10 @@ def snapshot(*, objects: bool = False) -> dict[str, Any]:
     return state
 
 
-# How late a 5 ms timer on the server's event loop fired, as (time.monotonic(), ms late), when it
-# was 2 ms late or more: when every stream stalls at once, this says whether the loop did.
+# With BENCH_WATCH_LOOP set (`bench.run --watch-loop`): how late a 5 ms timer on the server's
+# event loop fired, as (time.monotonic(), ms late), when it was 2 ms late or more. When every
+# stream stalls at once, this says whether the loop did. Off by default: its 200 wake-ups a
+# second doubled the CPU per token measured at one stream.
 LAG_TICK = 0.005
 _loop_lags: collections.deque[tuple[float, float]] = collections.deque(maxlen=100_000)
 _lag_task: list[asyncio.Task[None]] = []
@@ -191,7 +193,7 @@ async def _watch_loop_lag() -> None:
 
 
 async def application(scope: Scope, receive: Receive, send: Send) -> None:
-    if not _lag_task:
+    if not _lag_task and os.getenv("BENCH_WATCH_LOOP"):
         _lag_task.append(asyncio.get_running_loop().create_task(_watch_loop_lag()))
     if scope["type"] == "http" and scope["path"] == COUNTERS_PATH:
         body = json.dumps(snapshot(objects=b"objects=1" in scope.get("query_string", b""))).encode()

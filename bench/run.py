@@ -72,6 +72,7 @@ class Options:
     profile: Path | None
     stream_timeout: float
     find_limit: int = 0
+    watch_loop: bool = False
 
     @property
     def stream_seconds(self) -> float:
@@ -154,6 +155,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="after the levels, bisect between the largest level held and the next one not "
         "held, per arrival pattern, until they are at most STEP streams apart",
     )
+    parser.add_argument(
+        "--watch-loop",
+        action="store_true",
+        help="time a 5 ms timer on the server's loop and report how late it fired (server."
+        "loop_late in the JSON); it costs the server some CPU, so CPU figures are off with it",
+    )
     args = parser.parse_args(argv)
     return Options(
         streams=[int(s) for s in args.streams.split(",") if s.strip()],
@@ -179,6 +186,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         profile=args.profile,
         stream_timeout=args.stream_timeout,
         find_limit=args.find_limit,
+        watch_loop=args.watch_loop,
     )
 
 
@@ -195,6 +203,7 @@ class Bench:
                     if "BENCH_CPROFILE" in os.environ
                     else {}
                 ),
+                **({"BENCH_WATCH_LOOP": "1"} if options.watch_loop else {}),
             },
         )
         self.cookies: list[str] = []
@@ -381,10 +390,11 @@ class Bench:
         # How late the server's own 5 ms timer fired while the level ran (only lateness of 2 ms
         # or more is recorded): a pause of the whole loop shows here.
         late = [ms for t, ms in counters_after["loop_lags"] if counted_from <= t <= ended]
-        summary["server"]["loop_late"] = {
-            "max_ms": max(late, default=0.0),
-            "ticks_over_5ms": sum(1 for ms in late if ms >= 5),
-        }
+        summary["server"]["loop_late"] = (
+            {"max_ms": max(late, default=0.0), "ticks_over_5ms": sum(1 for ms in late if ms >= 5)}
+            if self.options.watch_loop
+            else None
+        )
         # Collections pause the whole process: the longest one of the oldest generation
         # shows up directly in the per-token p99.
         summary["server"]["gc"] = {

@@ -39,10 +39,11 @@ application = ProtocolTypeRouter(
 )
 
 # A full pass of the garbage collector walks every live object and pauses every stream while it
-# does: 22 to 28 ms at 200 streams on this kind of machine, for about 170 objects freed (the app
-# breaks its own reference cycles; young ones are still collected by the frequent small passes).
-# Python runs one after every 10 middle-generation passes, every few seconds under load; the
-# setting spaces them out (docs/benchmarks.md measures both).
+# does: 22 to 28 ms at 200 streams on this kind of machine. Python runs one after every 10
+# middle-generation passes, every few seconds under load. Spacing them out (GC_FULL_PASS_EVERY)
+# takes most of those pauses out of the streams, but what closed connections leave in reference
+# cycles then waits longer: with 100, RSS grew by 54 MiB over 20,000 connect/stream/disconnect
+# cycles instead of under 1 MiB (docs/benchmarks.md), so the default stays Python's.
 _young, _middle, _ = gc.get_threshold()
 gc.set_threshold(_young, _middle, settings.GC_FULL_PASS_EVERY)
 

@@ -86,6 +86,7 @@ def test_the_harness_relays_a_tiny_load_without_losing_a_token(tmp_path: Path) -
             "--streams", "3", "--mode", "burst", "--tokens", "10", "--ttft-ms", "50",
             "--users", "2", "--idle", "5", "--cycles", "6", "--cycle-concurrency", "3",
             "--server-core", "", "--client-core", "", "--output", str(output), "--quiet",
+            "--watch-loop",
         ]
     )  # fmt: skip
     results = run.execute(options)
