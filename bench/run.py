@@ -329,7 +329,7 @@ class Bench:
                 rss_samples.append(rss_bytes(pid))
                 await asyncio.sleep(0.1)
 
-        counters_before = await asyncio.to_thread(self.stack.counters)
+        counters_before = await asyncio.to_thread(lambda: self.stack.counters(record=True))
         counted_from = time.monotonic()
         stand_in_before = await asyncio.to_thread(self.stack.upstream_stats)
         profiler = self.start_profiler(pid, f"{self.options.server}-{streams}-{mode}")
@@ -365,7 +365,7 @@ class Bench:
         # The final writes and the last flush may still be running: wait, then count them.
         await asyncio.to_thread(wait_quiet, pid)
         cpu_settled = cpu_seconds(pid) - cpu_before
-        counters_after = await asyncio.to_thread(self.stack.counters)
+        counters_after = await asyncio.to_thread(lambda: self.stack.counters(record=False))
         stand_in = await asyncio.to_thread(
             self.stack.upstream_stats, stand_in_before["last_request"]
         )

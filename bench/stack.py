@@ -177,9 +177,14 @@ class Stack:
             self.app.stop()
             self.app = None
 
-    def counters(self, *, objects: bool = False) -> dict[str, Any]:
+    def counters(self, *, objects: bool = False, record: bool | None = None) -> dict[str, Any]:
+        """The launcher's counters; `record` starts (True) or stops (False) its record of each
+        garbage collection, after reading them."""
         assert self.app is not None
-        url = f"{self.app.url}{COUNTERS_PATH}{'?objects=1' if objects else ''}"
+        query = ["objects=1"] if objects else []
+        if record is not None:
+            query.append(f"record={int(record)}")
+        url = f"{self.app.url}{COUNTERS_PATH}{'?' + '&'.join(query) if query else ''}"
         with urllib.request.urlopen(url, timeout=30) as response:
             return json.loads(response.read())
 
