@@ -43,8 +43,9 @@ _counts: Counter[str] = Counter()
 # When each flush of partial replies started (time.monotonic(), one clock for every process on
 # the machine): the harness reads the spacing between them, not only how many there were.
 _flush_starts: collections.deque[float] = collections.deque(maxlen=100_000)
-# Service calls that took this long or longer, as (time.monotonic() at the start, label, µs of
-# wall time, µs of the thread's CPU): a stalled ORM thread queues every accept behind it.
+# Service calls that took this long or longer while a level records (as collections do, below),
+# as (time.monotonic() at the start, label, µs of wall time, µs of the thread's CPU): a stalled
+# ORM thread queues every accept behind it.
 SLOW_CALL_US = 5_000
 _slow_calls: collections.deque[tuple[float, str, int, int]] = collections.deque(maxlen=10_000)
 _where = threading.local()
@@ -107,7 +108,7 @@ def _install() -> None:
                 with _lock:
                     _counts[f"{__name}.us"] += took
                     _counts[f"{__name}.cpu_us"] += cpu
-                    if took >= SLOW_CALL_US:
+                    if took >= SLOW_CALL_US and _recording[0]:
                         _slow_calls.append((time.monotonic() - took / 1e6, __name, took, cpu))
 
         # The consumer and the generation engine look these up on the module at call time.
@@ -203,6 +204,7 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
         body = json.dumps(snapshot(objects=b"objects=1" in query)).encode()
         if b"record=1" in query:
             _gc_events.clear()
+            _slow_calls.clear()
             _recording[0] = True
         elif b"record=0" in query:
             _recording[0] = False

@@ -369,3 +369,81 @@ def test_no_direct_writer_for_another_send_or_when_turned_off(
     assert daphnetuning.text_writer(other_send) is None
     monkeypatch.setattr(daphnetuning, "_installed", set())
     assert daphnetuning.text_writer(functools.partial(other_send)) is None
+
+
+FREED_SCRIPT = textwrap.dedent(
+    """
+    import collections, gc, json, sys, threading, time
+
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install()
+    from twisted.internet import reactor
+
+    from daphne.server import Server
+    from websockets.sync.client import connect
+
+    from chat import daphnetuning
+
+    installed = sorted(daphnetuning.install()) if sys.argv[1] == "on" else []
+    CONNECTIONS = 20
+    result = {"installed": installed}
+
+    async def app(scope, receive, send):
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            await send({"type": "websocket.send", "text": "pong"})
+
+    def collect():
+        # Whatever is garbage now is only reachable through reference cycles.
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        result["garbage"] = len(gc.garbage)
+        kinds = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+        result["protocols"] = kinds["WebSocketProtocol"] + kinds["WebRequest"]
+        gc.set_debug(0)
+        reactor.stop()
+
+    def client():
+        try:
+            port = server.listening_addresses[0][1]
+            gc.collect()  # what start-up left; collections stay off from here on
+            for _ in range(CONNECTIONS):
+                with connect(f"ws://127.0.0.1:{port}/", open_timeout=10) as ws:
+                    ws.send("ping")
+                    result.setdefault("pongs", 0)
+                    result["pongs"] += ws.recv(timeout=10) == "pong"
+            # daphne lets go of a closed connection on its next check, once a second.
+            time.sleep(2.5)
+        finally:
+            reactor.callFromThread(collect)
+
+    gc.disable()
+    server = Server(
+        app,
+        endpoints=["tcp:port=0:interface=127.0.0.1"],
+        signal_handlers=False,
+        ready_callable=lambda: threading.Thread(target=client, daemon=True).start(),
+    )
+    server.run()
+    print(json.dumps(result))
+    """
+)
+
+
+def test_closed_websocket_connections_are_freed_without_the_collector() -> None:
+    result = run("on", FREED_SCRIPT)
+    assert "free_closed_connections" in result["installed"]
+    assert result["pongs"] == 20
+    assert result["garbage"] == 0
+
+
+def test_without_it_each_closed_connection_waits_for_a_full_collection() -> None:
+    result = run("off", FREED_SCRIPT)
+    assert result["pongs"] == 20
+    # The protocol objects of every connection are left in reference cycles.
+    assert result["protocols"] == 40
+    assert result["garbage"] >= 20 * 40
