@@ -39,11 +39,10 @@ application = ProtocolTypeRouter(
 )
 
 # A full pass of the garbage collector walks every live object and pauses every stream while it
-# does: 22 to 28 ms at 200 streams on this kind of machine. Python runs one after every 10
-# middle-generation passes, every few seconds under load. Spacing them out (GC_FULL_PASS_EVERY)
-# takes most of those pauses out of the streams, but what closed connections leave in reference
-# cycles then waits longer: with 100, RSS grew by 54 MiB over 20,000 connect/stream/disconnect
-# cycles instead of under 1 MiB (docs/benchmarks.md), so the default stays Python's.
+# does: about 20 ms at 200 streams on this kind of machine. Python runs one after every 10
+# middle-generation passes, every few seconds under load, and here it finds nothing to free: the
+# app and chat/daphnetuning.py cut the reference cycles of finished replies and closed
+# connections. So full passes run ten times less often (GC_FULL_PASS_EVERY, docs/benchmarks.md).
 _young, _middle, _ = gc.get_threshold()
 gc.set_threshold(_young, _middle, settings.GC_FULL_PASS_EVERY)
 

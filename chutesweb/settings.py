@@ -287,10 +287,9 @@ DIRECT_WEBSOCKET_FRAMES = envbool("DIRECT_WEBSOCKET_FRAMES", "true")
 # Leave everything loaded at start-up out of the garbage collector's full passes
 # (chutesweb/asgi.py).
 GC_FREEZE = envbool("GC_FREEZE", "true")
-# Middle-generation collections between two full passes of the collector (Python's own 10): more
-# spaces out the pauses every stream feels, and keeps closed connections' garbage for longer
-# (chutesweb/asgi.py, docs/benchmarks.md).
-GC_FULL_PASS_EVERY = envint("GC_FULL_PASS_EVERY", "10")
+# Middle-generation collections between two full passes of the collector (Python's own is 10):
+# each full pass pauses every stream (chutesweb/asgi.py, docs/benchmarks.md).
+GC_FULL_PASS_EVERY = envint("GC_FULL_PASS_EVERY", "100")
 if GC_FULL_PASS_EVERY < 1:
     raise ImproperlyConfigured(f"GC_FULL_PASS_EVERY must be 1 or more, not {GC_FULL_PASS_EVERY}")
 MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", "100000")
