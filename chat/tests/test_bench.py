@@ -101,9 +101,12 @@ def test_the_harness_relays_a_tiny_load_without_losing_a_token(tmp_path: Path) -
     assert relayed["corrupt"] == relayed["seq_gaps"] == 0
     assert level["faults"] == 0
     # Pauses are timed from the server's own records, over the level's window only.
+    # (A tiny level may run no collection at all: only what was recorded must have been counted.)
     gc_stats = level["server"]["gc"]
-    assert gc_stats["collections"][0] > 0  # a level allocates enough for young collections
-    assert gc_stats["longest_ms"][0] > 0
+    assert len(gc_stats["longest_ms"]) == len(gc_stats["collections"]) == 3
+    for longest, count in zip(gc_stats["longest_ms"], gc_stats["collections"], strict=True):
+        assert longest >= 0
+        assert count > 0 or longest == 0
     assert set(level["server"]["loop_late"]) == {"max_ms", "ticks_over_5ms"}
     assert level["db"]["replies"] == 3
     assert results["idle"]["sockets"] == 5
