@@ -43,11 +43,6 @@ _counts: Counter[str] = Counter()
 # When each flush of partial replies started (time.monotonic(), one clock for every process on
 # the machine): the harness reads the spacing between them, not only how many there were.
 _flush_starts: collections.deque[float] = collections.deque(maxlen=100_000)
-# Service calls that took this long or longer while a level records (as collections do, below),
-# as (time.monotonic() at the start, label, µs of wall time, µs of the thread's CPU): a stalled
-# ORM thread queues every accept behind it.
-SLOW_CALL_US = 5_000
-_slow_calls: collections.deque[tuple[float, str, int, int]] = collections.deque(maxlen=10_000)
 _where = threading.local()
 
 Scope = dict[str, Any]
@@ -103,22 +98,17 @@ def _install() -> None:
                 return __original(*args, **kw)
             finally:
                 _where.label = "other"
-                took = (time.perf_counter_ns() - started) // 1000
-                cpu = (time.thread_time_ns() - cpu_started) // 1000
                 with _lock:
-                    _counts[f"{__name}.us"] += took
-                    _counts[f"{__name}.cpu_us"] += cpu
-                    if took >= SLOW_CALL_US and _recording[0]:
-                        _slow_calls.append((time.monotonic() - took / 1e6, __name, took, cpu))
+                    _counts[f"{__name}.us"] += (time.perf_counter_ns() - started) // 1000
+                    _counts[f"{__name}.cpu_us"] += (time.thread_time_ns() - cpu_started) // 1000
 
         # The consumer and the generation engine look these up on the module at call time.
         setattr(services, name, wraps(original)(labelled))
 
 
 # Garbage collections per generation: how many, their total time in µs and the objects they freed
-# (cyclic garbage the app made). Kept apart
-# from `_counts` and its lock: a collection can start in any thread at any allocation,
-# including one made while that lock is held.
+# (cyclic garbage the app made). Kept apart from `_counts` and its lock: a collection can start
+# in any thread at any allocation, including one made while that lock is held.
 _gc: dict[str, list[int]] = {
     "collections": [0, 0, 0],
     "us": [0, 0, 0],
@@ -152,11 +142,9 @@ def snapshot(*, objects: bool = False) -> dict[str, Any]:
     with _lock:
         counts = dict(_counts)
         flush_starts = list(_flush_starts)
-        slow_calls = list(_slow_calls)
     state: dict[str, Any] = {
         "counts": counts,
         "flush_starts": flush_starts,
-        "slow_calls": slow_calls,
         "loop_lags": list(_loop_lags),
     }
     state["gc"] = {key: list(values) for key, values in _gc.items()}
@@ -204,7 +192,6 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
         body = json.dumps(snapshot(objects=b"objects=1" in query)).encode()
         if b"record=1" in query:
             _gc_events.clear()
-            _slow_calls.clear()
             _recording[0] = True
         elif b"record=0" in query:
             _recording[0] = False
