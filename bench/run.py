@@ -352,13 +352,8 @@ class Bench:
         # CPU that none of the three processes used: anything else on the machine (a noisy
         # neighbour makes every number here worse).
         others = (machine_after[0] - machine_before[0]) - cpu - client_cpu - stand_in_cpu
-        # Flushes run while replies stream: those from the level's start to its last reply.
+        # The level's window for the launcher's timed records: from its start to its last reply.
         ended = time.monotonic()
-        flush_starts = [
-            t
-            for t in (await asyncio.to_thread(self.stack.counters))["flush_starts"]
-            if counted_from <= t <= ended
-        ]
         sampler.cancel()
         lagger.cancel()
         stop_profiler(profiler)
@@ -366,6 +361,8 @@ class Bench:
         await asyncio.to_thread(wait_quiet, pid)
         cpu_settled = cpu_seconds(pid) - cpu_before
         counters_after = await asyncio.to_thread(lambda: self.stack.counters(record=False))
+        # Flushes run while replies stream: those that started within the window.
+        flush_starts = [t for t in counters_after["flush_starts"] if counted_from <= t <= ended]
         stand_in = await asyncio.to_thread(
             self.stack.upstream_stats, stand_in_before["last_request"]
         )
