@@ -56,6 +56,26 @@ class Snapshot:
     status: str
 
 
+def _joined(parts: list[str]) -> str:
+    """The parts as one string, kept as the list's only part (so joining again is free)."""
+    if len(parts) > 1:
+        parts[:] = ["".join(parts)]
+    return parts[0] if parts else ""
+
+
+def _joined_tail(unsaved: list[str], text: list[str]) -> str:
+    """The unsaved parts as one string, which replaces them at the end of the text's parts as
+    well: a long reply is held as one string a flush rather than one per frame."""
+    count = len(unsaved)
+    if count > 1:
+        joined = "".join(unsaved)
+        # The same objects (compared by identity first), unless the text was joined since.
+        if text[-count:] == unsaved:
+            text[-count:] = [joined]
+        unsaved[:] = [joined]
+    return unsaved[0] if unsaved else ""
+
+
 class Generation:
     def __init__(self, plan: GenerationPlan, manager: GenerationManager) -> None:
         self.plan = plan
@@ -71,6 +91,11 @@ class Generation:
         self._reasoning: list[str] = []
         self._pending_content: list[str] = []
         self._pending_reasoning: list[str] = []
+        # Text sent to watchers and not saved yet: the next flush appends it to the saved text.
+        self._unsaved_content: list[str] = []
+        self._unsaved_reasoning: list[str] = []
+        self._save_whole = False
+        self._saving = (0, 0)
         self.usage: upstream.Usage | None = None
         self.finish_reason = ""
         self.lava_request_id = ""
@@ -93,14 +118,35 @@ class Generation:
     # Text as watchers have seen it.
 
     def content(self) -> str:
-        if len(self._content) > 1:
-            self._content[:] = ["".join(self._content)]
-        return self._content[0] if self._content else ""
+        return _joined(self._content)
 
     def reasoning(self) -> str:
-        if len(self._reasoning) > 1:
-            self._reasoning[:] = ["".join(self._reasoning)]
-        return self._reasoning[0] if self._reasoning else ""
+        return _joined(self._reasoning)
+
+    # Saving progress (the manager's flush).
+
+    def progress(self) -> services.Progress:
+        """The text the next flush saves: what came since the last save, or all of it after a
+        save whose outcome is unknown."""
+        if self._save_whole:
+            content, reasoning = self.content(), self.reasoning()
+        else:
+            content = _joined_tail(self._unsaved_content, self._content)
+            reasoning = _joined_tail(self._unsaved_reasoning, self._reasoning)
+        self._saving = (len(self._unsaved_content), len(self._unsaved_reasoning))
+        return services.Progress(
+            self.message_id, self.seq, self.flushed_seq, content, reasoning, self._save_whole
+        )
+
+    def saved(self, progress: services.Progress) -> None:
+        # Text sent while the flush ran came after what it saved, and waits for the next one.
+        del self._unsaved_content[: self._saving[0]]
+        del self._unsaved_reasoning[: self._saving[1]]
+        self.flushed_seq = progress.seq
+        self._save_whole = False
+
+    def save_whole_next(self) -> None:
+        self._save_whole = True
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
@@ -225,8 +271,10 @@ class Generation:
         self.seq += 1
         if content:
             self._content.append(content)
+            self._unsaved_content.append(content)
         if reasoning:
             self._reasoning.append(reasoning)
+            self._unsaved_reasoning.append(reasoning)
         self._last_emit = asyncio.get_running_loop().time()
         frame = protocol.delta_frame(
             self.conversation_id, self.message_id, self.seq, content, reasoning
@@ -548,35 +596,37 @@ class GenerationManager:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            updates: list[tuple[int, str, str, int]] = []
+            updates: list[services.Progress] = []
             beats: list[int] = []
-            flushed: list[tuple[Generation, int]] = []
+            saving: list[Generation] = []
+            beating: list[Generation] = []
             for generation in list(self.generations.values()):
                 if generation.status != Message.Status.STREAMING:
                     continue
                 if generation.seq > generation.flushed_seq:
-                    updates.append(
-                        (
-                            generation.message_id,
-                            generation.content(),
-                            generation.reasoning(),
-                            generation.seq,
-                        )
-                    )
-                    flushed.append((generation, generation.seq))
+                    updates.append(generation.progress())
+                    saving.append(generation)
                 elif now - generation.flushed_at >= heartbeat:
                     beats.append(generation.message_id)
-                    flushed.append((generation, generation.flushed_seq))
+                    beating.append(generation)
             if not updates and not beats:
                 continue
             try:
-                await database_sync_to_async(services.flush_progress)(updates, beats)
+                refused = await database_sync_to_async(services.flush_progress)(updates, beats)
             except DatabaseError:
                 # The text stays in memory and goes out with the next flush or the final write.
                 logger.warning("saving partial replies failed; will retry", exc_info=True)
                 continue
-            for generation, seq in flushed:
-                generation.flushed_seq = seq
+            for generation, progress in zip(saving, updates, strict=True):
+                if generation.message_id in refused:
+                    logger.warning(
+                        "reply %s: saved text out of step; saving it whole", progress.message_id
+                    )
+                    generation.save_whole_next()
+                else:
+                    generation.saved(progress)
+                    generation.flushed_at = now
+            for generation in beating:
                 generation.flushed_at = now
 
     async def _reaper_loop(self) -> None:

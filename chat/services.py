@@ -139,6 +139,20 @@ class InFlight:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """A streaming reply's text to save: what came after the saved text (appended on top of it)
+    or, when `whole`, all of it."""
+
+    message_id: int
+    # The sequence number this saves up to, and the one the saved text is at now.
+    seq: int
+    saved_seq: int
+    content: str
+    reasoning: str
+    whole: bool = False
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a generation ended, written once, with the plan it was accepted with (its prices and
     prompt estimate, so that the final write reads nothing back)."""
@@ -722,27 +736,55 @@ def owned_reply(user: AbstractBaseUser, message_id: int) -> Message:
     return reply
 
 
-def flush_progress(updates: list[tuple[int, str, str, int]], heartbeat_ids: list[int]) -> None:
+def flush_progress(updates: list[Progress], heartbeat_ids: list[int]) -> set[int]:
     """Save the partial text of streaming replies, and a heartbeat, in one transaction.
 
-    One prepared statement for every reply (this runs every second for all of them), rather
-    than an ORM query built per reply.
+    Only the text that came since the last save is sent, appended by the database, so this
+    process's work for a flush does not grow with the replies' length (SQLite's own rewriting of
+    each row still does; PostgreSQL's happens in its own process). An append applies only on
+    top of the text it was computed against (the row's `seq`); the ids of the replies whose saved
+    text is somewhere else (a save that failed to report its commit) are returned, and their next
+    save sends the whole text. One prepared statement for every reply, rather than an ORM query
+    built per reply: this runs every second for all of them.
     """
     now = timezone.now()
     table = connection.ops.quote_name(Message._meta.db_table)
     streaming = Message.Status.STREAMING.value
+    refused: set[int] = set()
     with transaction.atomic(), connection.cursor() as cursor:
-        if updates:
+        appends = [u for u in updates if not u.whole]
+        if appends:
+            cursor.executemany(
+                f"UPDATE {table} SET content = content || %s, reasoning = reasoning || %s, "  # noqa: S608 - names from our models
+                "seq = %s, heartbeat_at = %s WHERE id = %s AND status = %s AND seq = %s",
+                [
+                    (u.content, u.reasoning, u.seq, now, u.message_id, streaming, u.saved_seq)
+                    for u in appends
+                ],
+            )
+            if cursor.rowcount != len(appends):
+                # Some did not apply: replies that ended meanwhile (no longer streaming), or
+                # saved text that is not where the append expected it.
+                saved_at = dict(
+                    Message.objects.filter(
+                        pk__in=[u.message_id for u in appends], status=streaming
+                    ).values_list("pk", "seq")
+                )
+                refused = {
+                    u.message_id
+                    for u in appends
+                    if u.message_id in saved_at and saved_at[u.message_id] != u.seq
+                }
+        wholes = [u for u in updates if u.whole]
+        if wholes:
             cursor.executemany(
                 f"UPDATE {table} SET content = %s, reasoning = %s, seq = %s, heartbeat_at = %s "  # noqa: S608 - names from our models
                 "WHERE id = %s AND status = %s",
-                [
-                    (content, reasoning, seq, now, message_id, streaming)
-                    for message_id, content, reasoning, seq in updates
-                ],
+                [(u.content, u.reasoning, u.seq, now, u.message_id, streaming) for u in wholes],
             )
         if heartbeat_ids:
             Message.objects.filter(pk__in=heartbeat_ids, status=streaming).update(heartbeat_at=now)
+    return refused
 
 
 def _price(message: Message) -> None:

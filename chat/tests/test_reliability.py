@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
 from django.db import OperationalError
 
-from chat import services
-from chat.models import Message
+from chat import generation, services
+from chat.models import ChatModel, Conversation, Message
 
 from . import processes
 from .wsclient import (
@@ -156,6 +157,84 @@ async def test_a_database_locked_during_flushes_and_the_final_write_loses_nothin
     assert text_of(frames, accepted["message"]) == expected
     reply = await message(accepted["message"])
     assert (reply.status, reply.content) == ("complete", expected)
+
+
+def test_a_flush_appends_the_new_text_only_on_top_of_the_text_it_follows(user) -> None:
+    model = ChatModel.objects.get(model_id=MODEL)
+    conversation = Conversation.objects.create(owner=user, title="t", model=model)
+    reply = Message.objects.create(
+        conversation=conversation, user=user, role="assistant", status="streaming", model=model
+    )
+
+    def flush(*updates: services.Progress) -> set[int]:
+        return services.flush_progress(list(updates), [])
+
+    def saved() -> tuple[str, str, int]:
+        row = Message.objects.get(pk=reply.pk)
+        return row.content, row.reasoning, row.seq
+
+    assert flush(services.Progress(reply.pk, 2, 0, "Hel", "th")) == set()
+    assert saved() == ("Hel", "th", 2)
+    assert flush(services.Progress(reply.pk, 5, 2, "lo, ⟦é⟧ ", "ink")) == set()
+    assert saved() == ("Hello, ⟦é⟧ ", "think", 5)
+    # An append computed against other saved text is refused, and the row left as it was.
+    assert flush(services.Progress(reply.pk, 7, 2, "world", "")) == {reply.pk}
+    assert saved() == ("Hello, ⟦é⟧ ", "think", 5)
+    whole = services.Progress(reply.pk, 7, 2, "Hello, ⟦é⟧ world", "think", whole=True)
+    assert flush(whole) == set()
+    assert saved() == ("Hello, ⟦é⟧ world", "think", 7)
+    # A reply that has ended keeps its final text.
+    Message.objects.filter(pk=reply.pk).update(status="complete", content="final")
+    assert flush(services.Progress(reply.pk, 8, 7, "!", "")) == set()
+    assert saved() == ("final", "think", 7)
+
+
+def test_a_reply_is_held_as_one_string_a_flush_and_never_loses_a_part() -> None:
+    text = ["Hel", "lo", ", wor", "ld"]
+    unsaved = text[2:]
+    assert generation._joined_tail(unsaved, text) == ", world"
+    assert (text, unsaved) == (["Hel", "lo", ", world"], [", world"])
+    # The text was joined meanwhile (a watcher's snapshot): only the unsaved parts are joined.
+    text, unsaved = ["Hello, world"], [", wor", "ld"]
+    assert generation._joined_tail(unsaved, text) == ", world"
+    assert (text, unsaved) == (["Hello, world"], [", world"])
+    assert generation._joined_tail([], ["x"]) == ""
+
+
+async def test_a_flush_reported_failed_after_its_commit_neither_repeats_nor_loses_text(
+    fake, alice, settings, monkeypatch
+) -> None:
+    settings.STREAM_FLUSH_SECONDS = 0.05
+    flush = services.flush_progress
+    calls: list[tuple[list[bool], set[int]]] = []
+    partials: list[str] = []
+
+    def committed_then_failed(updates: list[services.Progress], beats: list[int]) -> set[int]:
+        # Slow, so that text arrives while a flush runs; the first two commit and then fail.
+        time.sleep(0.03)
+        refused = flush(updates, beats)
+        calls.append(([u.whole for u in updates], refused))
+        partials.extend(Message.objects.get(pk=u.message_id).content for u in updates)
+        if len(calls) <= 2:
+            raise OperationalError("server closed the connection unexpectedly")
+        return refused
+
+    monkeypatch.setattr(services, "flush_progress", committed_then_failed)
+    fake.push_script(tokens=80, interval_ms=8)
+    socket = await open_socket(alice)
+    accepted = await send_and_accept(socket, "keep going")
+    frames = await socket.done(accepted["message"])
+    await socket.close()
+    expected = streamed(fake)
+    assert text_of(frames, accepted["message"]) == expected
+    # The third flush found the saved text ahead of what it appended to, and the next saved it
+    # whole; every saved partial is a beginning of the reply, never a repeat.
+    assert calls[2] == ([False], {accepted["message"]})
+    assert calls[3][0] == [True]
+    assert len(calls) > 5 and all(whole == [False] for whole, _ in calls[4:])
+    assert all(expected.startswith(partial) for partial in partials)
+    assert len(set(partials)) > 5
+    assert (await message(accepted["message"])).content == expected
 
 
 async def test_a_client_that_does_not_read_is_dropped_not_the_reply_or_others(
