@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench import profile, report, run
+from bench import flush, profile, report, run
 from bench.clients import StreamResult
 
 
@@ -31,6 +31,14 @@ def test_the_harness_counts_lost_duplicated_and_out_of_order_tokens() -> None:
         "out_of_order": 2,  # 1 after 2, then 1 again
         "extra": 1,  # 7 was never written
     }
+
+
+@pytest.mark.django_db
+def test_the_flush_benchmark_saves_exactly_what_it_streamed_either_way(capsys) -> None:
+    # run() checks each reply's saved text against what it streamed, for both ways of saving.
+    cpu_ms = flush.run(replies=3, seconds=4, tokens_per_second=5)
+    assert {name: len(times) for name, times in cpu_ms.items()} == {"append": 4, "whole": 4}
+    assert "3 replies, 4 flushes" in capsys.readouterr().out
 
 
 @pytest.mark.slow
