@@ -131,10 +131,17 @@ SQLITE_OPTIONS = {
     "timeout": 30,
 }
 DATABASE_URL = os.getenv("DATABASE_URL", "")
+SUPPORTED_DATABASES = ("django.db.backends.postgresql", "django.db.backends.sqlite3")
 if DATABASE_URL:
     import dj_database_url
 
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    if DATABASES["default"]["ENGINE"] not in SUPPORTED_DATABASES:
+        # The app's own SQL (prepared inserts, appended partial text) is written for these two.
+        raise ImproperlyConfigured(
+            "DATABASE_URL must name a PostgreSQL (postgres://) or SQLite (sqlite://) database, "
+            f"not {DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}."
+        )
     if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         DATABASES["default"]["OPTIONS"] = dict(SQLITE_OPTIONS)
         DATABASES["default"]["CONN_MAX_AGE"] = None

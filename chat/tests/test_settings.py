@@ -27,6 +27,36 @@ def load_settings(env: dict[str, str], expr: str = "None") -> subprocess.Complet
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "engine"),
+    [
+        ("mysql://chat:secret@127.0.0.1:3306/chat", "mysql"),
+        ("oracle://chat:secret@db/chat", "oracle"),
+    ],
+)
+def test_a_database_other_than_postgresql_or_sqlite_is_refused_at_start_up(
+    url: str, engine: str
+) -> None:
+    result = load_settings({"DATABASE_URL": url})
+    assert result.returncode != 0
+    refusal = "DATABASE_URL must name a PostgreSQL (postgres://) or SQLite (sqlite://) database"
+    assert f"{refusal}, not {engine}." in result.stderr
+    assert "secret" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "engine"),
+    [
+        ("postgres://chat@127.0.0.1:5432/chat", "django.db.backends.postgresql"),
+        ("sqlite:////tmp/chat.sqlite3", "django.db.backends.sqlite3"),
+    ],
+)
+def test_postgresql_and_sqlite_urls_are_accepted(url: str, engine: str) -> None:
+    result = load_settings({"DATABASE_URL": url}, "settings.DATABASES['default']['ENGINE']")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == engine
+
+
 @pytest.mark.parametrize(("value", "frozen"), [("true", True), ("false", False)])
 def test_the_server_freezes_what_it_loaded_at_start_up_unless_told_not_to(
     value: str, frozen: bool
