@@ -30,7 +30,7 @@ from typing import Any
 MODEL = "deepseek-ai/DeepSeek-V3-0324"
 
 
-def _setup(data_dir: str) -> None:
+def setup(data_dir: str) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     os.environ.update(
         DATA_DIR=data_dir,
@@ -78,7 +78,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chutes-accept-") as data_dir:
-        _setup(data_dir)
+        setup(data_dir)
         run(args.sends, cold=args.cold)
 
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 import uuid
 
-from bench.accept import MODEL, _setup
+from bench.accept import MODEL, setup
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--tokens-per-second", type=int, default=30)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chutes-flush-") as data_dir:
-        _setup(data_dir)
+        setup(data_dir)
         run(args.replies, args.seconds, args.tokens_per_second)
 
 

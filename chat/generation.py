@@ -138,11 +138,12 @@ class Generation:
             self.message_id, self.seq, self.flushed_seq, content, reasoning, self._save_whole
         )
 
-    def saved(self, progress: services.Progress) -> None:
+    def saved(self, progress: services.Progress, at: float) -> None:
         # Text sent while the flush ran came after what it saved, and waits for the next one.
         del self._unsaved_content[: self._saving[0]]
         del self._unsaved_reasoning[: self._saving[1]]
         self.flushed_seq = progress.seq
+        self.flushed_at = at
         self._save_whole = False
 
     def save_whole_next(self) -> None:
@@ -624,8 +625,7 @@ class GenerationManager:
                     )
                     generation.save_whole_next()
                 else:
-                    generation.saved(progress)
-                    generation.flushed_at = now
+                    generation.saved(progress, now)
             for generation in beating:
                 generation.flushed_at = now
 
