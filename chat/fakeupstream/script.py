@@ -18,9 +18,10 @@ from typing import Any
 REASONING_MODES = ("reasoning_content", "reasoning", "think", "close_only")
 # error_line: Chutes' bare {"error": ...} line, then the end of the body without [DONE];
 # cut: the body ends cleanly without [DONE]; drop: the connection closes mid-body;
+# torn: the connection closes partway through an HTTP chunk, after a partial `data:` line;
 # stall: nothing more is sent, the connection stays open; reset: TCP RST;
 # no_done: the reply completes (finish_reason, usage) but [DONE] never comes.
-MID_FAULTS = ("error_line", "cut", "drop", "stall", "reset", "no_done")
+MID_FAULTS = ("error_line", "cut", "drop", "torn", "stall", "reset", "no_done")
 ERROR_STATUSES = (400, 401, 402, 403, 404, 413, 422, 429, 500, 502, 503)
 DEFAULT_TOKENS = 12
 AUTO = "auto"
@@ -59,6 +60,12 @@ class Script:
                       CRLF line ends, a `: ping` comment every N chunks, writes of N bytes
     stamp             chunks are "⟦index:monotonic_ns⟧ " stamped when written, for benchmarks
     finish_reason     the finish_reason of the last chunk
+    raw               the streamed body's exact bytes instead of a planned reply: a list of items
+                      (bytes as they are, text in UTF-8), each written as its own HTTP chunk,
+                      `interval_ms` apart, and nothing else (no usage, no [DONE] unless an item
+                      has them); `mid` happens after `after` items (after all of them by
+                      default). A request that does not stream gets the items as one body.
+                      `sse_event()` and `delta_chunk()` build items.
     """
 
     text: str | None = None
@@ -80,6 +87,7 @@ class Script:
     chunk_bytes: int = 0
     stamp: bool = False
     finish_reason: str = "stop"
+    raw: tuple[bytes, ...] | None = None
 
     def __post_init__(self) -> None:
         for name, kinds in _FIELD_TYPES.items():
@@ -100,6 +108,9 @@ class Script:
         for name in ("interval_ms", "ttft_ms", "ping_every", "chunk_bytes"):
             if getattr(self, name) < 0:
                 raise ScriptError(f"{name} must not be negative")
+        if self.raw is not None:
+            # Frozen: the normalised items replace the given ones once, here.
+            object.__setattr__(self, "raw", tuple(_raw_item(item) for item in self.raw))
 
     @property
     def interval(self) -> float:
@@ -114,10 +125,26 @@ class Script:
         return 503 if self.fail_times else None
 
     def fault_at(self, total: int) -> int | None:
-        """Token index before which the mid-stream fault happens, if any."""
+        """Token (or raw item) index before which the mid-stream fault happens, if any."""
         if self.mid is None or self.mid == "no_done":
             return None
+        if self.after is None and self.raw is not None:
+            return total
         return min(self.after or 0, total)
+
+
+def _raw_item(item: Any) -> bytes:
+    if isinstance(item, bytes | bytearray):
+        return bytes(item)
+    if isinstance(item, str):
+        try:
+            return item.encode()
+        except UnicodeEncodeError:
+            raise ScriptError(
+                "raw text must be UTF-8 encodable: write lone surrogates as JSON escapes "
+                "(sse_event() does) or give bytes"
+            ) from None
+    raise ScriptError(f"raw items must be bytes or text: {item!r}")
 
 
 _NUMBER = (int, float)
@@ -140,6 +167,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "chunk_bytes": (int,),
     "stamp": (bool,),
     "finish_reason": (str,),
+    "raw": (list, tuple, type(None)),
 }
 
 
@@ -299,4 +327,46 @@ def expected_text(
     resolved = effective_script(script, messages, default=default)
     if resolved.stamp:
         raise ValueError("a stamped reply is made of emit times and cannot be predicted")
+    if resolved.raw is not None:
+        raise ValueError("a raw reply's text is whatever its bytes say")
     return plan_reply(resolved, messages).text
+
+
+# Building raw replies.
+
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def sse_event(payload: Any, *, eol: str = "\n") -> bytes:
+    """One `data:` event carrying `payload` as JSON. Everything beyond ASCII is written as
+    `\\uXXXX` escapes, as many servers do, so text with lone surrogates (half of an emoji)
+    goes out the way such a server would write it."""
+    return f"data: {json.dumps(payload)}{eol}{eol}".encode()
+
+
+def delta_chunk(
+    delta: Mapping[str, Any] | None = None,
+    *,
+    finish_reason: str | None = None,
+    usage: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A `chat.completion.chunk` with one choice (or none, for a usage-only chunk)."""
+    chunk: dict[str, Any] = {"id": "chatcmpl-raw", "object": "chat.completion.chunk"}
+    if delta is None and usage is not None:
+        chunk["choices"] = []
+    else:
+        choice = {"index": 0, "delta": dict(delta or {}), "finish_reason": finish_reason}
+        chunk["choices"] = [choice]
+    chunk["usage"] = dict(usage) if usage is not None else None
+    return chunk
+
+
+def usage_numbers(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }

@@ -649,6 +649,11 @@ class FakeUpstream:
         headers: dict[str, str],
     ) -> bool:
         await asyncio.sleep(script.ttft_ms / 1000 + max(0, len(plan.tokens) - 1) * script.interval)
+        if script.raw is not None:
+            entry.status = 200
+            entry.outcome = "complete"
+            await _send_bytes(writer, 200, b"".join(script.raw), headers)
+            return True
         message: dict[str, Any] = {"role": "assistant", "content": plan.text}
         mode = script.reasoning_mode
         if plan.reasoning:
@@ -717,6 +722,8 @@ class FakeUpstream:
                 *(f"{name}: {value}" for name, value in headers.items()),
             ]
             writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+            if script.raw is not None:
+                return await self._send_raw(writer, entry, script, eol, watcher, first_due)
             lateness = 0.0
             for index, token in enumerate(plan.tokens):
                 if index == fault:
@@ -796,6 +803,37 @@ class FakeUpstream:
                 entry.completion_tokens = entry.tokens_sent
             self._changed()
 
+    async def _send_raw(
+        self,
+        writer: asyncio.StreamWriter,
+        entry: LogEntry,
+        script: Script,
+        eol: str,
+        watcher: asyncio.Task[None],
+        first_due: float,
+    ) -> bool:
+        """The script's raw items as the body, each its own HTTP chunk, then the end or the
+        fault."""
+        assert script.raw is not None
+        loop = asyncio.get_running_loop()
+        fault = script.fault_at(len(script.raw))
+        for index, item in enumerate(script.raw):
+            if index == fault:
+                return await self._fault(writer, entry, script, eol, watcher)
+            await _sleep_until(loop, first_due + index * script.interval)
+            # An empty chunk would be read as the end of the body.
+            if item:
+                await _send_chunk(writer, item, script.chunk_bytes)
+            entry.tokens_sent += 1
+            self._changed()
+        if fault is not None:
+            return await self._fault(writer, entry, script, eol, watcher)
+        await _stop_watching(watcher)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        entry.outcome = script.mid or "complete"
+        return True
+
     async def _fault(
         self,
         writer: asyncio.StreamWriter,
@@ -823,6 +861,13 @@ class FakeUpstream:
             await writer.drain()
             return True
         if mid == "drop":
+            await writer.drain()
+            return False
+        if mid == "torn":
+            # The size line promises more than follows: the body ends inside a chunk, and
+            # inside a `data:` line.
+            piece = b'data: {"choices": [{"index": 0, "delta": {"content": "tor'
+            writer.write(b"%x\r\n%b" % (len(piece) + 64, piece))
             await writer.drain()
             return False
         if mid == "stall":
@@ -910,7 +955,15 @@ async def _send_json(
     body: Any,
     headers: Mapping[str, str] | None = None,
 ) -> None:
-    payload = json.dumps(body, ensure_ascii=False).encode()
+    await _send_bytes(writer, status, json.dumps(body, ensure_ascii=False).encode(), headers)
+
+
+async def _send_bytes(
+    writer: asyncio.StreamWriter,
+    status: int,
+    payload: bytes,
+    headers: Mapping[str, str] | None = None,
+) -> None:
     head = [
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
         "content-type: application/json",

@@ -18,8 +18,10 @@ from chat.fakeupstream import (
     FakeUpstream,
     ScriptError,
     count_prompt_tokens,
+    delta_chunk,
     expected_text,
     running_in_thread,
+    sse_event,
 )
 from chat.fakeupstream.catalogue import MODELS
 from chat.sse import SSEDecoder
@@ -373,3 +375,68 @@ async def test_the_command_serves_the_catalogue() -> None:
         process.terminate()
         code = await asyncio.wait_for(process.wait(), 15)
     assert code == 0
+
+
+# Raw replies: exact bytes, for what a real server may send
+
+
+async def test_a_raw_reply_is_sent_byte_for_byte(fake: FakeUpstream) -> None:
+    items = [sse_event(delta_chunk({"content": "\ud83d"})), b'data: {"cho', b"\xff\r\n\r\n"]
+    fake.push_script(raw=items, interval_ms=5)
+    async with (
+        httpx.AsyncClient(base_url=fake.url) as client,
+        client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True),
+                      headers=BEARER) as response,
+    ):  # fmt: skip
+        received = [chunk async for chunk in response.aiter_raw()]
+    assert b"".join(received) == b"".join(items)
+    # Lone surrogates go out as JSON escapes, as a server that writes ASCII JSON sends them.
+    assert b'"content": "\\ud83d"' in items[0]
+    await fake.wait_until(lambda: fake.last.outcome == "complete")
+    assert fake.last.tokens_sent == 3
+
+
+async def test_a_raw_reply_ends_with_the_fault_asked_for(fake: FakeUpstream) -> None:
+    items = [sse_event(delta_chunk({"content": "a"})), sse_event(delta_chunk({"content": "b"}))]
+    fake.push_script(raw=items, mid="drop", after=1)
+    async with (
+        httpx.AsyncClient(base_url=fake.url) as client,
+        client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True),
+                      headers=BEARER) as response,
+    ):  # fmt: skip
+        received = bytearray()
+        with pytest.raises(httpx.RemoteProtocolError):
+            async for chunk in response.aiter_raw():
+                received += chunk
+    assert bytes(received) == items[0]
+    assert fake.last.outcome == "drop"
+
+
+async def test_a_torn_chunk_cuts_the_body_inside_a_line(fake: FakeUpstream) -> None:
+    fake.push_script(tokens=2, mid="torn", after=2)
+    async with (
+        httpx.AsyncClient(base_url=fake.url) as client,
+        client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True),
+                      headers=BEARER) as response,
+    ):  # fmt: skip
+        received = bytearray()
+        with pytest.raises(httpx.RemoteProtocolError):
+            async for chunk in response.aiter_raw():
+                received += chunk
+    assert received.endswith(b'data: {"choices": [{"index": 0, "delta": {"content": "tor')
+
+
+async def test_a_raw_reply_that_does_not_stream_is_one_body(fake: FakeUpstream) -> None:
+    fake.push_script(raw=[b'{"choices": ', b"[]}"])
+    response = await post_chat(fake, chat_body())
+    assert response.content == b'{"choices": []}'
+
+
+def test_raw_items_must_be_bytes_or_encodable_text() -> None:
+    fake = FakeUpstream()
+    with pytest.raises(ScriptError):
+        fake.push_script(raw=[1])
+    with pytest.raises(ScriptError, match="JSON escapes"):
+        fake.push_script(raw=["\ud83d"])
+    with pytest.raises(ValueError, match="raw"):
+        expected_text({"raw": ["data: x\n\n"]}, chat_body()["messages"])
