@@ -57,6 +57,19 @@ def infer_reasoning_model(body: Mapping[str, Any]) -> bool:
     return isinstance(model, str) and _CLOSE_ONLY_FAMILIES.search(model) is not None
 
 
+def delta_texts(delta: Mapping[str, Any]) -> tuple[str, str]:
+    """The reasoning and the content a stream delta carries; "" where it carries no text."""
+    reasoning = delta.get("reasoning_content")
+    # Some servers send both names with the same text: take one, never both.
+    if not (isinstance(reasoning, str) and reasoning):
+        reasoning = delta.get("reasoning")
+    content = delta.get("content")
+    return (
+        reasoning if isinstance(reasoning, str) else "",
+        content if isinstance(content, str) else "",
+    )
+
+
 def _partial_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
     for size in range(min(len(tag) - 1, len(text)), 0, -1):
@@ -80,14 +93,10 @@ class ReasoningSplitter:
         self._out: list[Piece] = []
 
     def feed_delta(self, delta: Mapping[str, Any]) -> list[Piece]:
-        reasoning = delta.get("reasoning_content")
-        # Some servers send both names with the same text: take one, never both.
-        if not (isinstance(reasoning, str) and reasoning):
-            reasoning = delta.get("reasoning")
-        if isinstance(reasoning, str) and reasoning:
+        reasoning, content = delta_texts(delta)
+        if reasoning:
             self._reasoning(reasoning)
-        content = delta.get("content")
-        if isinstance(content, str) and content:
+        if content:
             self._content(content)
         return self._take()
 

@@ -43,7 +43,7 @@ import httpx
 from httpcore import AsyncConnectionInterface
 
 from chat import netio
-from chat.reasoning import Piece, ReasoningSplitter, infer_reasoning_model
+from chat.reasoning import Piece, ReasoningSplitter, delta_texts, infer_reasoning_model
 from chat.sse import SSEDecoder, SSEEvent
 
 logger = logging.getLogger("chat.upstream")
@@ -78,6 +78,9 @@ _KEEPALIVE_EXPIRY = 15.0
 _MAX_KEEPALIVE = 100
 _MODEL_NOT_FOUND = re.compile(r"model not found:\s*(\S.*)", re.IGNORECASE)
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]+")
+# What no UTF-8 encoder writes and no database stores: UTF-16 surrogates, which JSON escapes
+# such as "\ud83d" decode to, and NUL, which PostgreSQL refuses in text.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class UpstreamError(Exception):
@@ -463,6 +466,46 @@ def pool_stats(client: httpx.AsyncClient) -> dict[str, int]:
     }
 
 
+def clean_text(text: str) -> str:
+    """`text` with the two halves of each surrogate pair joined into their character, and lone
+    halves and NUL replaced by U+FFFD: text that can be sent and stored."""
+    if _UNSTORABLE.search(text) is None:
+        return text
+    text = text.replace("\x00", "\ufffd")
+    # Through UTF-16 the halves of a pair become one character; its decoder replaces a lone one.
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+class _FieldText:
+    """The text of one delta field as it streams in, made clean (`clean_text`).
+
+    A server may cut its text between the two halves of a surrogate pair and send them as JSON
+    escapes in two deltas. A first half at the end of a delta waits for the next delta of the
+    same field (the other field's text is not its continuation); the end of the stream turns
+    it into U+FFFD.
+    """
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, text: str) -> str:
+        if self._held:
+            text = self._held + text
+            self._held = ""
+        elif _UNSTORABLE.search(text) is None:
+            return text
+        if text and "\ud800" <= text[-1] <= "\udbff":
+            self._held = text[-1]
+            text = text[:-1]
+        return clean_text(text)
+
+    def end(self) -> str:
+        held, self._held = self._held, ""
+        return "\ufffd" if held else ""
+
+
 def _redact(text: str, config: UpstreamConfig) -> str:
     for secret in config.secrets():
         text = text.replace(secret, "***")
@@ -470,7 +513,7 @@ def _redact(text: str, config: UpstreamConfig) -> str:
 
 
 def _short(text: str, config: UpstreamConfig, limit: int = _DETAIL_LIMIT) -> str:
-    text = _CONTROL_CHARS.sub(" ", _redact(text, config)).strip()
+    text = _CONTROL_CHARS.sub(" ", _redact(clean_text(text), config)).strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -648,6 +691,9 @@ class _Reply:
         self.config = config
         self.decoder = SSEDecoder()
         self.splitter = ReasoningSplitter(split_think=split_think, hold_for_close=hold)
+        # Each field is made clean before the splitter sees it.
+        self._reasoning = _FieldText()
+        self._content = _FieldText()
         self.produced = False
         self.finished = False
         self.finish_reason: str | None = None
@@ -662,14 +708,14 @@ class _Reply:
         out: list[Event] = []
         self._handle_all(self.decoder.feed(data), out)
         if self.error is not None:
-            self._pieces(self.splitter.finish(), out)
+            self._end_text(out)
         return out
 
     def close(self) -> list[Event]:
         out: list[Event] = []
         if self.error is None:
             self._handle_all(self.decoder.close(), out)
-        self._pieces(self.splitter.finish(), out)
+        self._end_text(out)
         if self.error is not None:
             return out
         if self.decoder.done or self.finished:
@@ -723,11 +769,32 @@ class _Reply:
                 continue
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                self._pieces(self.splitter.feed_delta(delta), out)
+                self._delta(delta, out)
             reason = choice.get("finish_reason")
             if reason is not None:
                 self.finished = True
                 self.finish_reason = str(reason)
+
+    def _delta(self, delta: dict[str, Any], out: list[Event]) -> None:
+        reasoning, content = delta_texts(delta)
+        if reasoning:
+            # Told even when all of it waits: reasoning in its own field means a reasoning
+            # model's content is not held for a lone </think>.
+            self._pieces(self.splitter.feed_reasoning(self._reasoning.feed(reasoning)), out)
+        if content:
+            content = self._content.feed(content)
+            if content:
+                self._pieces(self.splitter.feed_content(content), out)
+
+    def _end_text(self, out: list[Event]) -> None:
+        """Release what waits: half a surrogate pair, then the splitter's held text."""
+        reasoning = self._reasoning.end()
+        if reasoning:
+            self._pieces(self.splitter.feed_reasoning(reasoning), out)
+        content = self._content.end()
+        if content:
+            self._pieces(self.splitter.feed_content(content), out)
+        self._pieces(self.splitter.finish(), out)
 
     def _pieces(self, pieces: list[Piece], out: list[Event]) -> None:
         for piece in pieces:

@@ -8,13 +8,13 @@ Import the fixtures a module uses explicitly (they are registered under their `n
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import pytest
 
 from chat.fakeupstream import FakeUpstream
-from chat.upstream import UpstreamConfig, UpstreamError, aclose_clients, stream_chat
+from chat.upstream import UpstreamConfig, UpstreamError, _Reply, aclose_clients, stream_chat
 
 TOKEN = "aks_test_fixture-secret-0123456789"
 MODEL = "unsloth/Mistral-Nemo-Instruct-2407"
@@ -64,6 +64,20 @@ async def collect(body: dict[str, Any], config: UpstreamConfig, **kwargs: Any) -
     except UpstreamError as exc:
         return Collected(events, exc)
     return Collected(events, None)
+
+
+def read_body(parts: Iterable[bytes], *, split_think: bool = True, hold: bool = False) -> Collected:
+    """The events the reader makes of a streamed body arriving in `parts`, read as
+    `stream_chat` reads a response: until the reply is over, then closed."""
+    config = UpstreamConfig("http://127.0.0.1:9/v1/forward", "http://127.0.0.1:9/v1")
+    reply = _Reply(config, split_think=split_think, hold=hold)
+    events: list[Any] = []
+    for part in parts:
+        if reply.over:
+            break
+        events += reply.feed(part)
+    events += reply.close()
+    return Collected(events, reply.error)
 
 
 @pytest.fixture(name="fake")
