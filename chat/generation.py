@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-import os
 import sys
 import time
 import uuid
@@ -25,7 +25,7 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from . import protocol, services, upstream
@@ -36,6 +36,14 @@ logger = logging.getLogger(__name__)
 
 # How long the final write keeps retrying a database that is locked or away.
 FINAL_WRITE_DEADLINE = 60.0
+# The database is away, locked or lost the connection: every reply's save fails alike, and
+# the next attempt may succeed. Any other failure may be one reply's own (a value the database
+# refuses), and is tried again for each reply alone.
+TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError)
+# Saves of one reply that failed on their own, in a row, before the reply is ended.
+MAX_SAVE_FAILURES = 3
+SAVE_FAILED = "save_failed"
+SAVE_FAILED_MESSAGE = "This reply could not be saved; the text saved so far is kept."
 
 
 def conversation_group(conversation_id: int) -> str:
@@ -101,6 +109,9 @@ class Generation:
         self.lava_request_id = ""
         self.chutes_invocation_id = ""
         self.error: upstream.UpstreamError | None = None
+        # The reply's own saves that failed in a row (see GenerationManager.flush_once).
+        self.save_failures = 0
+        self.save_failed = False
         # Whether the upstream answered at all (its response headers arrived).
         self.responded = False
         self.stop_requested = False
@@ -164,6 +175,13 @@ class Generation:
     def stop(self) -> None:
         """Stop at the user's request: the upstream request is cancelled, the text kept."""
         self.stop_requested = True
+        if self._reader is not None:
+            self._reader.cancel()
+
+    def fail_saving(self) -> None:
+        """End the reply because its text cannot be saved: the upstream request is cancelled,
+        and the end is written with whatever text can be."""
+        self.save_failed = True
         if self._reader is not None:
             self._reader.cancel()
 
@@ -291,7 +309,7 @@ class Generation:
         return int((end - self._reasoning_started) * 1000)
 
     def outcome(self) -> Outcome:
-        if self.error is not None:
+        if self.error is not None or self.save_failed:
             status = Message.Status.ERROR
         elif self.stop_requested:
             status = Message.Status.STOPPED
@@ -300,7 +318,9 @@ class Generation:
         else:
             status = Message.Status.COMPLETE
         error_code, error_message = "", ""
-        if self.error is not None:
+        if self.save_failed:
+            error_code, error_message = SAVE_FAILED, SAVE_FAILED_MESSAGE
+        elif self.error is not None:
             error_code, error_message = self.error.code, self.error.message
         elif status == Message.Status.INTERRUPTED:
             error_code = "interrupted"
@@ -353,18 +373,54 @@ class Generation:
         await self.manager.broadcast(self.conversation_id, self.message_id, self.seq, "done", frame)
 
     async def _write_final(self, outcome: Outcome) -> Message | None:
+        """Write the end; retried while the database is away. Should the end itself be refused
+        (a value the database will not take), the text is written with what cannot be stored
+        replaced, and failing that the end is written over the text saved so far."""
+        fallbacks = [
+            _storable(outcome),
+            dataclasses.replace(
+                outcome,
+                status=Message.Status.ERROR,
+                error_code=SAVE_FAILED,
+                error_message=SAVE_FAILED_MESSAGE,
+                keep_saved_text=True,
+            ),
+        ]
         deadline = time.monotonic() + FINAL_WRITE_DEADLINE
         delay = 0.05
         while True:
             try:
                 return await database_sync_to_async(services.finish_generation)(outcome)
-            except DatabaseError:
+            except TRANSIENT_DATABASE_ERRORS:
                 if time.monotonic() + delay > deadline:
                     logger.exception("could not save the end of reply %s", self.message_id)
                     return None
                 logger.warning("saving the end of reply %s failed; retrying", self.message_id)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            except Exception:
+                if not fallbacks:
+                    logger.exception("could not save the end of reply %s", self.message_id)
+                    return None
+                logger.exception(
+                    "saving the end of reply %s was refused; saving what can be", self.message_id
+                )
+                outcome = fallbacks.pop(0)
+                self.status = outcome.status
+
+
+def _storable(outcome: Outcome) -> Outcome:
+    """The outcome with text no database can store (lone UTF-16 surrogates) replaced by U+FFFD,
+    pairs joined."""
+    return dataclasses.replace(
+        outcome,
+        content=_storable_text(outcome.content),
+        reasoning=_storable_text(outcome.reasoning),
+    )
+
+
+def _storable_text(text: str) -> str:
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def done_frame_for(message: Message) -> dict[str, Any]:
@@ -403,7 +459,8 @@ class GenerationManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._start_lock = asyncio.Lock()
-        self.worker = f"{os.uname().nodename}:{os.getpid()}"
+        # Replies left `streaming` before this moment cannot be this manager's own.
+        self.created_at = timezone.now()
 
     async def ensure_started(self) -> None:
         if self._started:
@@ -414,11 +471,32 @@ class GenerationManager:
             # The default prefix: channels_redis receives all of a process's channels through
             # one shared list, and a channel with another prefix would starve the others.
             self.channel_name = await self.layer.new_channel()
+            await self._settle_orphans()
             self._spawn(self._control_loop())
             self._spawn(self._flush_loop())
             self._spawn(self._reaper_loop())
             _interrupt_before_server_exit(self)
             self._started = True
+
+    async def _settle_orphans(self) -> None:
+        """Settle, at once, the replies an earlier run of this process left `streaming` (a
+        crash or a kill): their reservations are released and nobody waits for a spinner.
+
+        Alone (the in-memory layer) every such reply is an orphan. With several processes only
+        the ones marked with this process's WORKER_NAME are; without a name, the reaper settles
+        them once their heartbeat is stale (it runs now too, and then periodically).
+        """
+        if self.remote and not settings.WORKER_NAME:
+            return
+        worker = settings.WORKER_NAME if self.remote else None
+        try:
+            ended = await database_sync_to_async(services.settle_orphans)(self.created_at, worker)
+        except Exception:
+            logger.exception("could not settle the replies an earlier run left streaming")
+            return
+        if ended:
+            logger.info("settled %d replies an earlier run left streaming", len(ended))
+        await self._announce(ended)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -447,6 +525,12 @@ class GenerationManager:
                 and settings.AUTO_TITLES
             ):
                 self._spawn(self.write_title(generation.message_id))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Never left `streaming`: the reply ends with the text saved so far.
+            logger.exception("reply %s failed unexpectedly", generation.message_id)
+            await self._abandon(generation)
         finally:
             self.generations.pop(generation.message_id, None)
             try:
@@ -455,6 +539,17 @@ class GenerationManager:
                 )
             except Exception:
                 logger.warning("could not leave control group of %s", generation.message_id)
+
+    async def _abandon(self, generation: Generation) -> None:
+        try:
+            ended = await database_sync_to_async(services.interrupt)([generation.message_id])
+        except Exception:
+            logger.exception("could not end reply %s", generation.message_id)
+            return
+        for message in ended:
+            await self.broadcast(
+                message.conversation_id, message.pk, message.seq, "done", done_frame_for(message)
+            )
 
     def watch(self, conversation_id: int, consumer: Any) -> None:
         self.local.setdefault(conversation_id, set()).add(consumer)
@@ -504,12 +599,14 @@ class GenerationManager:
             # A watcher missing a frame resynchronises from a snapshot; the generation goes on.
             logger.exception("could not fan out %s %s of reply %s", kind, seq, message_id)
 
-    async def write_title(self, message_id: int) -> str | None:
-        """Title a conversation from its first exchange (billed like any reply)."""
-        plan = await database_sync_to_async(services.plan_title)(message_id)
+    async def write_title(self, message_id: int, *, again: bool = False) -> str | None:
+        """Title a conversation from its first exchange (billed like any reply); once, unless
+        the user asks `again`."""
+        plan = await database_sync_to_async(services.plan_title)(message_id, again=again)
         if plan is None:
             return None
         parts: list[str] = []
+        thought: list[str] = []
         usage: upstream.Usage | None = None
         lava_request_id = ""
         events = upstream.stream_chat(
@@ -522,6 +619,8 @@ class GenerationManager:
                 async for event in events:
                     if isinstance(event, upstream.TextDelta):
                         parts.append(event.text)
+                    elif isinstance(event, upstream.ReasoningDelta):
+                        thought.append(event.text)
                     elif isinstance(event, upstream.Usage):
                         usage = event
                     elif isinstance(event, upstream.RequestIds):
@@ -532,6 +631,7 @@ class GenerationManager:
         title = await database_sync_to_async(services.finish_title)(
             plan,
             "".join(parts),
+            "".join(thought),
             usage.prompt_tokens if usage else None,
             usage.completion_tokens if usage else None,
             lava_request_id,
@@ -583,51 +683,121 @@ class GenerationManager:
                 logger.exception("generation control channel failed; retrying")
                 await asyncio.sleep(1)
                 continue
-            message_id = event.get("message")
-            if event.get("type") == "gen.stop":
-                self.stop_local(message_id)
-            elif event.get("type") == "gen.snapshot":
-                snap = self.local_snapshot(message_id)
-                if snap is not None:
-                    await self.layer.send(event["reply_to"], snapshot_event(snap))
+            try:
+                await self._control(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # One bad or undeliverable request must not end the channel for every reply.
+                logger.exception("generation control request %r failed", event.get("type"))
+
+    async def _control(self, event: dict[str, Any]) -> None:
+        message_id = event.get("message")
+        if not isinstance(message_id, int):
+            logger.warning("generation control request without a reply id: %r", event.get("type"))
+            return
+        if event.get("type") == "gen.stop":
+            self.stop_local(message_id)
+        elif event.get("type") == "gen.snapshot":
+            snap = self.local_snapshot(message_id)
+            if snap is not None:
+                await self.layer.send(event["reply_to"], snapshot_event(snap))
 
     async def _flush_loop(self) -> None:
-        interval = settings.STREAM_FLUSH_SECONDS
-        heartbeat = settings.STREAM_HEARTBEAT_SECONDS
+        """Save the running replies' partial text about once a second, for good: a failure is
+        logged and contained (see `flush_once`), and the next tick tries again."""
         while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            updates: list[services.Progress] = []
-            beats: list[int] = []
-            saving: list[Generation] = []
-            beating: list[Generation] = []
-            for generation in list(self.generations.values()):
-                if generation.status != Message.Status.STREAMING:
-                    continue
-                if generation.seq > generation.flushed_seq:
-                    updates.append(generation.progress())
-                    saving.append(generation)
-                elif now - generation.flushed_at >= heartbeat:
-                    beats.append(generation.message_id)
-                    beating.append(generation)
-            if not updates and not beats:
-                continue
+            await asyncio.sleep(settings.STREAM_FLUSH_SECONDS)
             try:
-                refused = await database_sync_to_async(services.flush_progress)(updates, beats)
-            except DatabaseError:
-                # The text stays in memory and goes out with the next flush or the final write.
-                logger.warning("saving partial replies failed; will retry", exc_info=True)
+                await self.flush_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("saving partial replies failed; will retry")
+
+    async def flush_once(self) -> None:
+        """Save what the running replies received since their last save, with a heartbeat.
+
+        All replies go in one transaction. When it fails for a reason other than the database
+        being away (a value one reply carries that the database refuses, say), each reply is
+        saved on its own, so one reply cannot stop the others from being saved; a reply whose
+        own save keeps failing is ended (`error`) with the text that could be saved.
+        """
+        now = time.monotonic()
+        saving: list[tuple[Generation, services.Progress]] = []
+        beating: list[Generation] = []
+        for generation in list(self.generations.values()):
+            if generation.status != Message.Status.STREAMING:
                 continue
-            for generation, progress in zip(saving, updates, strict=True):
-                if generation.message_id in refused:
-                    logger.warning(
-                        "reply %s: saved text out of step; saving it whole", progress.message_id
-                    )
-                    generation.save_whole_next()
-                else:
-                    generation.saved(progress, now)
-            for generation in beating:
-                generation.flushed_at = now
+            if generation.seq > generation.flushed_seq:
+                saving.append((generation, generation.progress()))
+            elif now - generation.flushed_at >= settings.STREAM_HEARTBEAT_SECONDS:
+                beating.append(generation)
+        if not saving and not beating:
+            return
+        updates = [progress for _, progress in saving]
+        beats = [generation.message_id for generation in beating]
+        try:
+            refused = await database_sync_to_async(services.flush_progress)(updates, beats)
+        except TRANSIENT_DATABASE_ERRORS:
+            # The text stays in memory and goes out with the next flush or the final write.
+            logger.warning("saving partial replies failed; will retry", exc_info=True)
+            return
+        except Exception:
+            logger.exception(
+                "saving %d partial replies together failed; saving each alone", len(updates)
+            )
+            await self._flush_each(saving, beating, now)
+            return
+        for generation, progress in saving:
+            self._saved(generation, progress, refused, now)
+        for generation in beating:
+            generation.flushed_at = now
+
+    async def _flush_each(
+        self,
+        saving: list[tuple[Generation, services.Progress]],
+        beating: list[Generation],
+        now: float,
+    ) -> None:
+        for generation, progress in saving:
+            try:
+                refused = await database_sync_to_async(services.flush_progress)([progress], [])
+            except TRANSIENT_DATABASE_ERRORS:
+                logger.warning("saving reply %s failed; will retry", generation.message_id)
+                continue
+            except Exception:
+                generation.save_failures += 1
+                logger.exception(
+                    "saving reply %s failed (%d in a row)",
+                    generation.message_id,
+                    generation.save_failures,
+                )
+                if generation.save_failures >= MAX_SAVE_FAILURES:
+                    generation.fail_saving()
+                continue
+            self._saved(generation, progress, refused, now)
+        if beating:
+            try:
+                await database_sync_to_async(services.flush_progress)(
+                    [], [generation.message_id for generation in beating]
+                )
+            except Exception:
+                logger.warning("heartbeats failed; will retry", exc_info=True)
+            else:
+                for generation in beating:
+                    generation.flushed_at = now
+
+    @staticmethod
+    def _saved(
+        generation: Generation, progress: services.Progress, refused: set[int], now: float
+    ) -> None:
+        generation.save_failures = 0
+        if generation.message_id in refused:
+            logger.warning("reply %s: saved text out of step; saving it whole", progress.message_id)
+            generation.save_whole_next()
+        else:
+            generation.saved(progress, now)
 
     async def _reaper_loop(self) -> None:
         while True:
@@ -676,6 +846,28 @@ class GenerationManager:
 
 
 _shutdown_hooked = False
+
+
+def start_with_server() -> None:
+    """Under daphne, start this process's background work (saving, the reaper, the control
+    channel, the settling of replies an earlier run left streaming) as soon as the server runs,
+    not at the first websocket. Uvicorn does it on the ASGI lifespan's startup instead."""
+    if "twisted.internet.reactor" not in sys.modules:
+        return
+    from twisted.internet import reactor
+
+    def start() -> None:
+        task = asyncio.ensure_future(get_manager().ensure_started())
+        task.add_done_callback(_log_start_failure)
+
+    # Startup triggers run before the reactor starts its asyncio loop; the manager belongs to
+    # the running loop, so the start waits for the loop's first turn.
+    reactor.callWhenRunning(reactor.callLater, 0, start)  # type: ignore[attr-defined]
+
+
+def _log_start_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("background work did not start", exc_info=task.exception())
 
 
 def _interrupt_before_server_exit(manager: GenerationManager) -> None:

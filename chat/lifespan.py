@@ -21,6 +21,8 @@ async def lifespan(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            # The background work starts with the process, not at the first websocket.
+            await get_manager().ensure_started()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await get_manager().shutdown(grace=settings.SHUTDOWN_GRACE_SECONDS)

@@ -253,6 +253,9 @@ class Message(models.Model):
     # Streaming progress: the sequence number of the last saved delta and when it was saved.
     seq = models.PositiveIntegerField(default=0)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The server process that runs the reply (WORKER_NAME): on its restart, its replies still
+    # `streaming` are orphans and are settled at once.
+    worker = models.CharField(max_length=100, blank=True)
     reasoning_ms = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -394,8 +397,12 @@ class Charge(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
     estimated = models.BooleanField(default=False)
-    # None when the usage could not be priced; such rows are listed for the admin.
+    # What the user is billed: the usage priced, at most the reservation. None when the usage
+    # could not be priced; such rows are listed for the admin.
     cost = MoneyField(null=True, blank=True)
+    # The usage priced without that bound: above `cost` when the provider produced more than
+    # the reply was allowed (the difference is ours to bear, and reconciliation shows it).
+    usage_cost = MoneyField(null=True, blank=True)
     lava_request_id = models.CharField(max_length=100, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     settled_at = models.DateTimeField(null=True, blank=True)

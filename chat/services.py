@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 from collections.abc import Iterable
@@ -33,6 +34,8 @@ from .models import (
 )
 from .protocol import Edit, FrameError, Params, Regenerate, Send
 from .upstream import NOT_CONFIGURED_MESSAGE, UpstreamConfig
+
+logger = logging.getLogger(__name__)
 
 # Below this many tokens of room a reply is not worth starting.
 MIN_REPLY_TOKENS = 256
@@ -121,6 +124,8 @@ class GenerationPlan:
     body: dict[str, Any]
     prompt_estimate: int
     charge_id: int | None
+    # The worst case reserved against the user's limit: the most the reply can be billed.
+    reserved: Decimal = Decimal(0)
     # The request id had been accepted before: answer the same, start nothing.
     duplicate: bool = False
     # The conversation's first exchange: a title is written when the reply completes.
@@ -171,6 +176,8 @@ class Outcome:
     lava_request_id: str
     chutes_invocation_id: str
     reasoning_ms: int | None
+    # Write the end over the text saved so far (the final text itself could not be stored).
+    keep_saved_text: bool = False
 
 
 def owned_conversation(user: AbstractBaseUser, conversation_id: int) -> Conversation:
@@ -233,8 +240,9 @@ def _sender_state(user: AbstractBaseUser, request_id: str) -> SenderState:
             f"SELECT (SELECT id FROM {table} WHERE user_id = %s AND request_id = %s LIMIT 1), "  # noqa: S608 - names from our models
             f"(SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE user_id = %s AND role = %s "
             "AND status = %s LIMIT %s) AS streaming_rows), "
+            # Replies the user asked for (they carry a request id); imported ones do not count.
             f"(SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE user_id = %s AND role = %s "
-            "AND created_at >= %s LIMIT %s) AS recent_rows)",
+            "AND created_at >= %s AND request_id <> '' LIMIT %s) AS recent_rows)",
             [
                 user.pk,
                 request_id,
@@ -400,6 +408,7 @@ def _start_reply(
         prompt_tokens=prompt_estimate,
         usage_estimated=True,
         heartbeat_at=now,
+        worker=settings.WORKER_NAME,
     )
     charge = rows.create(
         Charge,
@@ -435,6 +444,7 @@ def _start_reply(
         body=body,
         prompt_estimate=prompt_estimate,
         charge_id=charge.pk,
+        reserved=worst_case,
         wants_title=(
             not conversation.title_is_custom
             and sum(1 for m in history if m.role == Message.Role.USER) == 1
@@ -787,9 +797,9 @@ def flush_progress(updates: list[Progress], heartbeat_ids: list[int]) -> set[int
     return refused
 
 
-def _price(message: Message) -> None:
+def _price(message: Message) -> Decimal | None:
     """Price the reply's usage, estimating the completion when the provider did not report it.
-    Mutates `message`; the caller saves it."""
+    Mutates `message`; the caller saves it. Returns the usage's own cost (before any bound)."""
     if message.usage_estimated:
         message.completion_tokens = pricing.estimate_tokens(message.content + message.reasoning)
     if message.input_price is None or message.output_price is None:
@@ -801,9 +811,20 @@ def _price(message: Message) -> None:
             message.input_price,
             message.output_price,
         )
+    return message.cost
 
 
-def _settlement(message: Message) -> dict[str, Any]:
+def _bounded(cost: Decimal | None, reserved: Decimal | None) -> Decimal | None:
+    """What the user is billed for usage that cost `cost`: never more than the worst case that
+    was reserved against their limit when the call was accepted, so no reply can take a user
+    past their limit. Usage beyond it (a provider that ignored max_tokens, a prompt beyond its
+    estimate's bound) stays recorded on the charge (`usage_cost`)."""
+    if cost is None or reserved is None or reserved <= 0:
+        return cost
+    return min(cost, reserved)
+
+
+def _settlement(message: Message, usage_cost: Decimal | None) -> dict[str, Any]:
     """A reserved charge's fields once its reply has ended and been priced."""
     return {
         "state": Charge.State.SETTLED.value,
@@ -812,6 +833,7 @@ def _settlement(message: Message) -> dict[str, Any]:
         "cached_tokens": message.cached_tokens,
         "estimated": message.usage_estimated,
         "cost": message.cost,
+        "usage_cost": usage_cost,
         "lava_request_id": message.lava_request_id,
         "settled_at": timezone.now(),
     }
@@ -850,11 +872,18 @@ def finish_generation(outcome: Outcome) -> Message | None:
         message.completion_tokens = outcome.completion_tokens
         message.cached_tokens = outcome.cached_tokens
         message.usage_estimated = False
-    _price(message)
+    usage_cost = _price(message)
+    message.cost = _bounded(usage_cost, plan.reserved)
     # Three statements written once (rows.update), rather than compiled for every reply. The
     # reply's row first, then its charge: the order the reaper (`interrupt`) takes them in, so
     # the two cannot deadlock on PostgreSQL.
     with transaction.atomic():
+        if outcome.keep_saved_text:
+            saved = Message.objects.filter(pk=message.pk).values("content", "reasoning").first()
+            message.content = saved["content"] if saved else ""
+            message.reasoning = saved["reasoning"] if saved else ""
+            usage_cost = _price(message)
+            message.cost = _bounded(usage_cost, plan.reserved)
         # Only the fields the end changes, in one statement.
         written = rows.update(
             Message,
@@ -864,7 +893,7 @@ def finish_generation(outcome: Outcome) -> Message | None:
         if plan.charge_id is not None:
             # Whatever its state: if the reaper settled it on an estimate meanwhile (a process
             # that stalled), the reply's real end and usage replace that, as on the reply.
-            rows.update(Charge, {"pk": plan.charge_id}, **_settlement(message))
+            rows.update(Charge, {"pk": plan.charge_id}, **_settlement(message, usage_cost))
         if not written:
             return None
         rows.update(Conversation, {"pk": message.conversation_id}, updated_at=message.finished_at)
@@ -897,7 +926,9 @@ def interrupt(
     """Mark streaming replies `interrupted`, keeping their saved text, and bill what they used.
 
     Either the given ids (a generation no process runs any more) or every reply whose heartbeat
-    is older than `stale_before` (the reaper).
+    is older than `stale_before` (the reaper). Each reply is settled in a transaction of its
+    own: one that cannot be (a row the database refuses to write back) is logged and ended
+    with its status alone, and the others are settled all the same.
     """
     query = Message.objects.filter(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
     if message_ids is not None:
@@ -905,20 +936,71 @@ def interrupt(
     if stale_before is not None:
         query = query.filter(Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True))
     done: list[Message] = []
-    with transaction.atomic():
-        for message in query.select_for_update():
-            message.status = Message.Status.INTERRUPTED
-            message.error_code = "interrupted"
-            message.error_message = "The server stopped before this reply was finished."
-            message.usage_estimated = True
-            message.finished_at = timezone.now()
-            _price(message)
-            Charge.objects.filter(message=message, state=Charge.State.RESERVED).update(
-                **_settlement(message)
-            )
-            message.save()
+    for message_id in list(query.order_by("id").values_list("pk", flat=True)):
+        try:
+            message = _interrupt_one(message_id)
+        except Exception:
+            logger.exception("could not settle interrupted reply %s; ending it as is", message_id)
+            message = _end_as_is(message_id)
+        if message is not None:
             done.append(message)
     return done
+
+
+INTERRUPTED_MESSAGE = "The server stopped before this reply was finished."
+
+
+def settle_orphans(before: datetime, worker: str | None) -> list[Message]:
+    """Interrupt the replies left `streaming` since before `before` (by `worker` only, when
+    given): a process that starts cannot be running them."""
+    query = Message.objects.filter(
+        role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
+    ).filter(Q(heartbeat_at__lt=before) | Q(heartbeat_at__isnull=True))
+    if worker is not None:
+        query = query.filter(worker=worker)
+    ids = list(query.values_list("pk", flat=True))
+    return interrupt(ids) if ids else []
+
+
+def _interrupt_one(message_id: int) -> Message | None:
+    with transaction.atomic():
+        message = (
+            Message.objects.select_for_update()
+            .filter(pk=message_id, status=Message.Status.STREAMING)
+            .first()
+        )
+        if message is None:
+            return None  # it ended meanwhile
+        message.status = Message.Status.INTERRUPTED
+        message.error_code = "interrupted"
+        message.error_message = INTERRUPTED_MESSAGE
+        message.usage_estimated = True
+        message.finished_at = timezone.now()
+        usage_cost = _price(message)
+        charge = Charge.objects.filter(message=message).only("pk", "reserved", "state").first()
+        message.cost = _bounded(usage_cost, charge.reserved if charge else None)
+        if charge is not None and charge.state == Charge.State.RESERVED:
+            Charge.objects.filter(pk=charge.pk).update(**_settlement(message, usage_cost))
+        message.save()
+        return message
+
+
+def _end_as_is(message_id: int) -> Message | None:
+    """The last resort for a reply that cannot be settled: never left `streaming`. Its charge
+    keeps its reservation (the worst case), so the budget stays on the safe side."""
+    try:
+        updated = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
+            status=Message.Status.INTERRUPTED,
+            error_code="interrupted",
+            error_message=INTERRUPTED_MESSAGE,
+            finished_at=timezone.now(),
+        )
+        if not updated:
+            return None
+        return Message.objects.defer("content", "reasoning").get(pk=message_id)
+    except Exception:
+        logger.exception("could not end reply %s", message_id)
+        return None
 
 
 def delete_conversation(conversation: Conversation) -> None:
@@ -951,27 +1033,41 @@ TITLE_DECORATION = " \t#*_`\"'\u201c\u201d\u2018\u2019"
 class TitlePlan:
     conversation_id: int
     charge_id: int
+    reserved: Decimal
     body: dict[str, Any]
     model_id: str
     reasoning_model: bool
     prompt_estimate: int
 
 
-def plan_title(message_id: int) -> TitlePlan | None:
-    """Reserve and describe the call that titles a conversation after its first exchange, or
-    None when it should not happen (renamed meanwhile, model gone, budget too tight)."""
+def plan_title(message_id: int, *, again: bool = False) -> TitlePlan | None:
+    """Reserve and describe the call that titles a conversation from its first exchange, or
+    None when it should not happen (renamed meanwhile, model gone, budget too tight).
+
+    A conversation is titled once: regenerating or editing its first exchange does not pay for
+    another title. `again` is the user asking for a new one (which also ends a renamed title).
+    """
     with transaction.atomic():
         reply = (
             Message.objects.filter(pk=message_id, status=Message.Status.COMPLETE)
             .select_related("conversation", "model", "parent", "user")
             .first()
         )
-        if reply is None or reply.conversation.title_is_custom or reply.parent is None:
+        if reply is None or reply.parent is None:
+            return None
+        if reply.conversation.title_is_custom and not again:
             return None
         model = reply.model
         if model is None or not model.enabled or not model.priced:
             return None
         _lock_user(reply.user)
+        titled = Charge.objects.filter(
+            conversation_id=reply.conversation_id, kind=Charge.Kind.TITLE
+        ).exists()
+        if titled and not again:
+            return None
+        if again:
+            Conversation.objects.filter(pk=reply.conversation_id).update(title_is_custom=False)
         excerpt = (
             f"Question: {reply.parent.content[:TITLE_EXCERPT_CHARS]}\n\n"
             f"Answer: {reply.content[:TITLE_EXCERPT_CHARS]}"
@@ -1016,11 +1112,34 @@ def plan_title(message_id: int) -> TitlePlan | None:
         return TitlePlan(
             conversation_id=reply.conversation_id,
             charge_id=charge.pk,
+            reserved=worst_case,
             body=body,
             model_id=model.model_id,
             reasoning_model=model.reasoning,
             prompt_estimate=prompt_estimate,
         )
+
+
+def first_exchange_reply(user: AbstractBaseUser, conversation_id: int) -> int:
+    """The finished reply of the conversation's first question as it reads now: what a new
+    title is written from. FrameError when there is none yet."""
+    conversation = owned_conversation(user, conversation_id)
+    path = [m for m in active_path(conversation)]
+    question = next((m for m in path if m.role == Message.Role.USER), None)
+    reply = next(
+        (
+            m
+            for m in path
+            if question is not None
+            and m.parent_id == question.pk
+            and m.role == Message.Role.ASSISTANT
+            and m.status == Message.Status.COMPLETE
+        ),
+        None,
+    )
+    if reply is None:
+        raise FrameError(protocol.CONFLICT, "A title is written once the first reply is complete.")
+    return reply.pk
 
 
 def clean_title(text: str) -> str:
@@ -1037,6 +1156,7 @@ def clean_title(text: str) -> str:
 def finish_title(
     plan: TitlePlan,
     text: str,
+    reasoning: str,
     prompt_tokens: int | None,
     completion_tokens: int | None,
     lava_request_id: str,
@@ -1046,12 +1166,15 @@ def finish_title(
         charge = Charge.objects.select_for_update().get(pk=plan.charge_id)
         estimated = prompt_tokens is None or completion_tokens is None
         charge.prompt_tokens = plan.prompt_estimate if estimated else prompt_tokens
-        charge.completion_tokens = pricing.estimate_tokens(text) if estimated else completion_tokens
+        charge.completion_tokens = (
+            pricing.estimate_tokens(text + reasoning) if estimated else completion_tokens
+        )
         charge.estimated = estimated
         assert charge.input_price is not None and charge.output_price is not None
-        charge.cost = pricing.cost(
+        charge.usage_cost = pricing.cost(
             charge.prompt_tokens, charge.completion_tokens, charge.input_price, charge.output_price
         )
+        charge.cost = _bounded(charge.usage_cost, plan.reserved)
         charge.state = Charge.State.SETTLED
         charge.lava_request_id = lava_request_id[:100]
         charge.settled_at = timezone.now()

@@ -19,6 +19,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 
 from chat import daphnetuning  # noqa: E402
+from chat.generation import start_with_server  # noqa: E402
 from chat.lifespan import lifespan  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 
@@ -27,6 +28,8 @@ daphnetuning.install(
     eager_writes=settings.EAGER_SOCKET_WRITES,
     direct_text_frames=settings.DIRECT_WEBSOCKET_FRAMES,
 )
+# Saving, the reaper and the settling of replies a crash left streaming start with the server.
+start_with_server()
 
 application = ProtocolTypeRouter(
     {

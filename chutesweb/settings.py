@@ -285,6 +285,10 @@ STREAM_STALE_SECONDS = envfloat("STREAM_STALE_SECONDS", "30")
 REAPER_INTERVAL_SECONDS = envfloat("REAPER_INTERVAL_SECONDS", "30")
 # On SIGTERM, how long running replies get to save their text and status before the exit.
 SHUTDOWN_GRACE_SECONDS = envfloat("SHUTDOWN_GRACE_SECONDS", "5")
+# A name for this server process that stays the same across its restarts (e.g. host and port).
+# With several processes (REDIS_URL), a restarted process settles the replies it left
+# `streaming` at once rather than waiting for them to go stale. One process needs none.
+WORKER_NAME = os.getenv("WORKER_NAME", "").strip()[:100]
 # Under daphne, send websocket frames at once rather than on the reactor's next turn
 # (chat/daphnetuning.py).
 EAGER_SOCKET_WRITES = envbool("EAGER_SOCKET_WRITES", "true")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -290,6 +291,18 @@ def test_a_server_killed_mid_reply_leaves_an_interrupted_reply_that_can_be_retri
     app = processes.start_app("restarted", tmp_path, env)
     try:
         cookie = processes.login_cookie(app.url, "kim", "correct horse battery staple")
+        # Settled as the process starts, before any websocket asks: the API, the admin and
+        # exports never show the reply streaming, and its reservation is released.
+        path = f"/api/conversations/{accepted['conversation']}"
+        deadline = time.monotonic() + 30
+        while True:
+            data = read_json(app, path, cookie)
+            status = next(m for m in data["messages"] if m["id"] == accepted["message"])["status"]
+            if status != "streaming" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert status == "interrupted"
+        assert read_json(app, "/api/me", cookie)["budget"]["reserved"] == "0.000000000000"
         client = Client(app, cookie)
         client.send({"type": "watch", "conversation": accepted["conversation"]})
         done = client.until(lambda f: f["type"] == "done")
