@@ -13,8 +13,10 @@ Streaming contract (see `../shared/reference/upstream-api.md` for the upstream's
   exponential backoff and full jitter; nothing is retried once a response started, so nothing
   is retried after a token.
 - A stream that ends without `[DONE]` is accepted when a `finish_reason` had arrived (the reply is
-  whole); otherwise it raises `upstream_error` ("cut off"). Everything received before the
-  failure has been yielded by then.
+  whole), however it ended: a clean end of the body, a closed or reset connection, a chunked
+  body cut inside a chunk, or silence until a timeout. Otherwise it raises `upstream_error`
+  ("cut off"), or `timeout` for silence. Everything received before the failure has been
+  yielded by then.
 - Cancelling the consuming task or calling `aclose()` on the iterator closes the response, which
   releases its pooled connection at once. A consumer that stops early should use
   `contextlib.aclosing()` so that happens without waiting for garbage collection.
@@ -711,19 +713,28 @@ class _Reply:
             self._end_text(out)
         return out
 
-    def close(self) -> list[Event]:
+    def close(self, broken: UpstreamError | None = None) -> list[Event]:
+        """The end of the body: its last events, and the end of the reply. `broken` is the
+        failure that ended the body early, if one did (a lost connection, a timeout)."""
         out: list[Event] = []
         if self.error is None:
+            # A complete event whose blank line was lost still counts, as on a clean end.
             self._handle_all(self.decoder.close(), out)
         self._end_text(out)
         if self.error is not None:
             return out
         if self.decoder.done or self.finished:
             if not self.decoder.done:
-                logger.warning("upstream stream ended without [DONE] after its finish_reason")
+                # The reply is whole: only its end (usage, [DONE]) may be missing.
+                logger.warning(
+                    "upstream stream ended without [DONE] after its finish_reason: %s",
+                    "clean end of body" if broken is None else broken.code,
+                )
             if self.usage is not None:
                 out.append(self.usage)
             out.append(Finish(self.finish_reason))
+        elif broken is not None and broken.code != "upstream_error":
+            self.error = broken  # a timeout stays one
         else:
             self.error = UpstreamError(
                 "upstream_error", "The reply was cut off before it finished.", retryable=True
@@ -923,15 +934,22 @@ async def stream_chat(
                         if encoding in ("", "identity") and not response.is_stream_consumed
                         else response.aiter_bytes()
                     )
+                    broken: UpstreamError | None = None
                     while not reply.over:
-                        data = await _next_chunk(chunks, deadline, cfg)
+                        try:
+                            data = await _next_chunk(chunks, deadline, cfg)
+                        except UpstreamError as exc:
+                            # The body broke off or went silent: the reply decides whether it
+                            # was whole (a finish_reason had arrived) or cut off.
+                            broken = exc
+                            break
                         if data is None:
                             break
                         for event in reply.feed(data):
                             yield event
-                    if reply.error is None:
+                    if reply.error is None and broken is None:
                         await _drain(chunks)
-                    final = reply.close()
+                    final = reply.close(broken)
                     if reply.error is None:
                         # Logged before the last events: a consumer may stop at Finish.
                         logger.info(
