@@ -122,10 +122,15 @@ def conversations(request: HttpRequest) -> JsonResponse:
 def _read_json(request: HttpRequest) -> dict[str, Any]:
     try:
         data = json.loads(request.body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         raise FrameError(protocol.INVALID_FRAME, "The body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise FrameError(protocol.INVALID_FRAME, "The body must be a JSON object.")
+    # Caught here, for every field at once: such a string fails when it is saved or compared.
+    bad = protocol.lone_surrogate_at(data)
+    if bad is not None:
+        where = f"'{protocol.json_path(bad)}'"
+        raise FrameError(protocol.INVALID_FRAME, protocol.lone_surrogate_message(where))
     return data
 
 

@@ -28,10 +28,15 @@ def _not_found(what: str = "conversation") -> JsonResponse:
 def _body(request: HttpRequest) -> dict[str, Any]:
     try:
         data = json.loads(request.body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         raise FrameError(protocol.INVALID_FRAME, "The body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise FrameError(protocol.INVALID_FRAME, "The body must be a JSON object.")
+    # Caught here, for every field at once: such a string fails when it is saved or compared.
+    bad = protocol.lone_surrogate_at(data)
+    if bad is not None:
+        where = f"'{protocol.json_path(bad)}'"
+        raise FrameError(protocol.INVALID_FRAME, protocol.lone_surrogate_message(where))
     return data
 
 
@@ -128,7 +133,7 @@ def import_conversations(request: HttpRequest) -> JsonResponse:
         )
     try:
         payload = json.loads(upload.read())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return json_error(
             "invalid_import", "This file is not JSON. Import a file exported from here.", 400
         )

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import pricing
+from . import pricing, protocol
 from .attachments import ImageRefused, inspect
 from .models import Attachment, ChatModel, Conversation, Message
 
@@ -150,9 +150,38 @@ def _count(value: Any, where: str) -> int:
     return value
 
 
+def _place(path: tuple[str | int, ...]) -> str:
+    """A place in the file as its other messages name it: "conversation 2, message 5 content"."""
+    parts = list(path)
+    where = "file"
+    if parts[:1] == ["conversations"] and len(parts) > 1 and isinstance(parts[1], int):
+        where = f"conversation {parts[1] + 1}"
+        parts = parts[2:]
+        if parts[:1] == ["messages"] and len(parts) > 1 and isinstance(parts[1], int):
+            where += f", message {parts[1] + 1}"
+            parts = parts[2:]
+    rest = protocol.json_path(tuple(parts))
+    return f"{where} {rest}" if rest else where
+
+
+def _params(value: Any, where: str) -> dict[str, Any]:
+    """The conversation's parameters, through the same check as every other way in."""
+    try:
+        params = protocol.parse_params(value if value is not None else {})
+    except protocol.FrameError as exc:
+        raise ImportRefused(f"{where}: {exc.message.rstrip('.')}") from None
+    _require(params.system_prompt is None, where, "must not hold system_prompt")
+    return params.as_json()
+
+
 def _validate(payload: Any) -> list[dict[str, Any]]:
     """Check the whole file before anything is written; returns the conversations."""
     _require(isinstance(payload, dict), "file", "must be a JSON object")
+    # Any string the database would refuse to encode, wherever it is, refuses the file.
+    bad = protocol.lone_surrogate_at(payload)
+    if bad is not None:
+        message = protocol.lone_surrogate_message("").strip().rstrip(".")
+        raise ImportRefused(f"{_place(bad)}: {message}")
     _require(payload.get("format") == FORMAT, "file", f'must have "format": "{FORMAT}"')
     conversations = payload.get("conversations")
     _require(isinstance(conversations, list), "file", "must have a list of conversations")
@@ -163,9 +192,7 @@ def _validate(payload: Any) -> list[dict[str, Any]]:
         _require(isinstance(conversation, dict), where, "must be an object")
         _text(conversation.get("title"), f"{where} title", 200)
         _text(conversation.get("system_prompt"), f"{where} system_prompt", 20_000)
-        _require(
-            isinstance(conversation.get("params", {}), dict), f"{where} params", "must be an object"
-        )
+        conversation["_params"] = _params(conversation.get("params"), f"{where} params")
         _when(conversation.get("created"), f"{where} created")
         messages = conversation.get("messages")
         _require(isinstance(messages, list), where, "must have a list of messages")
@@ -233,7 +260,7 @@ def import_payload(user: AbstractBaseUser, payload: Any) -> list[int]:
                 title=(record.get("title") or "Imported chat")[:200],
                 model=models.get(record.get("model") or ""),
                 system_prompt=record.get("system_prompt") or "",
-                params=record.get("params") or {},
+                params=record["_params"],
             )
             ids: dict[Any, Message] = {}
             for item in record["messages"]:

@@ -7,6 +7,7 @@ Client frames are parsed and validated here into typed objects; server frames ar
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -147,37 +148,104 @@ def _model(data: dict[str, Any], request_id: str) -> str | None:
     return value
 
 
+# Text that JSON can carry but Python cannot encode: a "\ud83d" escape without the other half of
+# its pair decodes to a lone surrogate, and saving or sending such a string raises
+# UnicodeEncodeError. (A pair written as two escapes decodes to one character and is fine.)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_lone_surrogate(text: str) -> bool:
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def lone_surrogate_at(value: object) -> tuple[str | int, ...] | None:
+    """Where a decoded JSON value holds a string (or an object key) with a lone surrogate: the
+    keys and indexes that lead to it, () for the value itself; None when there is none."""
+    # Iterative, so that nesting as deep as the JSON parser allows cannot overflow the stack.
+    stack: list[tuple[object, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if has_lone_surrogate(item):
+                return path
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                if isinstance(key, str) and has_lone_surrogate(key):
+                    return (*path, key)
+                stack.append((child, (*path, key)))
+        elif isinstance(item, list):
+            stack.extend(
+                (child, (*path, index)) for index, child in reversed(list(enumerate(item)))
+            )
+    return None
+
+
+def shown(text: str) -> str:
+    """Text from a client, safe to put in a message: lone surrogates written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def json_path(path: tuple[str | int, ...]) -> str:
+    """`params.system_prompt`, `images[2]`: a place in a JSON value, for messages."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f"{'.' if text else ''}{shown(part)}"
+    return text
+
+
+def lone_surrogate_message(where: str) -> str:
+    return (
+        f"{where} contains half of a surrogate pair (an escape such as \\ud83d without its "
+        "other half), which is not text. Send valid Unicode."
+    )
+
+
+PARAM_KEYS = ("temperature", "top_p", "max_tokens", "system_prompt")
+
+
 def _number(
     raw: dict[str, Any], key: str, low: float, high: float, request_id: str
 ) -> float | None:
     value = raw.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+    # JSON's NaN and Infinity parse to floats that no range check would refuse on its own.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         raise _invalid(f"'params.{key}' must be a number from {low} to {high}.", request_id)
     return float(value)
 
 
 def parse_params(raw: Any, request_id: str = "") -> Params:
-    """Validate generation parameters (from a frame or an HTTP PATCH)."""
+    """Validate generation parameters: the one check for every way they enter the database
+    (a send frame, the conversation and preset API, an import). Refuses with the field named."""
     if raw is None:
         return Params()
     if not isinstance(raw, dict):
         raise _invalid("'params' must be an object.", request_id or None)
-    unknown = set(raw) - {"temperature", "top_p", "max_tokens", "system_prompt"}
+    unknown = [key for key in raw if key not in PARAM_KEYS]
     if unknown:
-        raise _invalid(f"Unknown parameter '{sorted(unknown)[0]}'.", request_id or None)
+        name = shown(str(unknown[0]))[:40]
+        raise _invalid(f"Unknown parameter 'params.{name}'.", request_id or None)
     max_tokens = raw.get("max_tokens")
     if max_tokens is not None and (
         isinstance(max_tokens, bool)
         or not isinstance(max_tokens, int)
         or not 0 < max_tokens < 2**31
     ):
-        raise _invalid("'params.max_tokens' must be a positive integer.", request_id or None)
+        raise _invalid(
+            "'params.max_tokens' must be a whole number from 1 to 2147483647.", request_id or None
+        )
     system_prompt = raw.get("system_prompt")
     if system_prompt is not None:
         if not isinstance(system_prompt, str):
             raise _invalid("'params.system_prompt' must be text.", request_id or None)
+        if has_lone_surrogate(system_prompt):
+            raise _invalid(lone_surrogate_message("'params.system_prompt'"), request_id or None)
         if len(system_prompt) > MAX_SYSTEM_PROMPT_CHARS:
             raise FrameError(
                 CONTENT_TOO_LONG,
@@ -190,6 +258,22 @@ def parse_params(raw: Any, request_id: str = "") -> Params:
         max_tokens=max_tokens,
         system_prompt=system_prompt,
     )
+
+
+def stored_params(raw: object) -> Params:
+    """Parameters saved by an older version, which may not have checked them: each valid key
+    kept, each invalid one dropped. Never raises."""
+    if not isinstance(raw, dict):
+        return Params()
+    kept: dict[str, Any] = {}
+    for key in PARAM_KEYS:
+        if key in raw:
+            try:
+                parse_params({key: raw[key]})
+            except FrameError:
+                continue
+            kept[key] = raw[key]
+    return parse_params(kept)
 
 
 def _content(data: dict[str, Any], request_id: str) -> str:
@@ -236,6 +320,13 @@ def parse_client_frame(text: str | None) -> ClientFrame:
         raise _invalid("The frame is not valid JSON.") from None
     if not isinstance(data, dict):
         raise _invalid("The frame must be a JSON object.")
+    bad = lone_surrogate_at(data)
+    if bad is not None:
+        request_id = data.get("request_id")
+        valid_id = isinstance(request_id, str) and REQUEST_ID_RE.match(request_id)
+        raise _invalid(
+            lone_surrogate_message(f"'{json_path(bad)}'"), request_id if valid_id else None
+        )
     kind = data.get("type")
     if kind == "send":
         request_id = _request_id(data)
