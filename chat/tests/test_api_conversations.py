@@ -195,3 +195,15 @@ def test_anonymous_api_calls_are_401(client: Client, user) -> None:
     assert (
         client.get(f"/api/conversations/{conversation.pk}").status_code == HTTPStatus.UNAUTHORIZED
     )
+
+
+def test_a_body_nested_deeper_than_the_parser_allows_is_refused(user_client: Client, user) -> None:
+    conversation = make_conversation(user)
+    deep = '{"title": ' + "[" * 200_000 + "]" * 200_000 + "}"
+    response = user_client.patch(
+        f"/api/conversations/{conversation.pk}", deep, content_type="application/json"
+    )
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert response.json()["error"]["code"] == "invalid_frame"
+    presets = user_client.post("/api/presets", deep, content_type="application/json")
+    assert presets.status_code == HTTPStatus.BAD_REQUEST
