@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
@@ -206,3 +211,116 @@ def login_cookie(url: str, username: str, password: str) -> str:
 def fake_stats(upstream: Process) -> dict[str, object]:
     with urllib.request.urlopen(f"{upstream.url}/_fake/stats", timeout=5) as response:
         return json.loads(response.read())
+
+
+# nginx with the shipped configuration (deploy/nginx/chutes-chat.conf), for the tests that go
+# through the reverse proxy the way a deployment does.
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NGINX_CONF = ROOT / "deploy/nginx/chutes-chat.conf"
+SITE_HOST = "chat.example.com"
+
+
+def require_nginx() -> None:
+    """Skip the test without nginx; where REQUIRE_SERVICES=1 (CI), fail it instead."""
+    if not os.path.exists(NGINX):
+        if os.getenv("REQUIRE_SERVICES") == "1":
+            pytest.fail("nginx is required (REQUIRE_SERVICES=1) but not installed")
+        pytest.skip("needs nginx (Debian package nginx-light)")
+
+
+def self_signed(folder: Path, host: str = SITE_HOST) -> tuple[Path, Path]:
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", f"/CN={host}", "-addext", f"subjectAltName=DNS:{host}"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def nginx_config(folder: Path, http_port: int, https_port: int, app_ports: Sequence[int]) -> Path:
+    """The shipped config with these ports and a self-signed certificate; nothing else changed.
+
+    Its upstream block names two app processes; with one, both lines point at it.
+    """
+    text = NGINX_CONF.read_text()
+    cert, key = self_signed(folder)
+    first, second = app_ports[0], app_ports[-1]
+    text = re.sub(r"\n\s*listen \[::\]:\d+[^;]*;", "", text)
+    text = text.replace("listen 80;", f"listen 127.0.0.1:{http_port};")
+    text = text.replace("listen 443 ssl", f"listen 127.0.0.1:{https_port} ssl")
+    text = text.replace(f"/etc/ssl/certs/{SITE_HOST}.pem", str(cert))
+    text = text.replace(f"/etc/ssl/private/{SITE_HOST}.key", str(key))
+    text = text.replace("server 127.0.0.1:8001;", f"server 127.0.0.1:{first};")
+    text = text.replace("server 127.0.0.1:8002;", f"server 127.0.0.1:{second};")
+    site = folder / "site.conf"
+    site.write_text(text)
+    main = folder / "nginx.conf"
+    # Started as root, nginx runs its workers as nobody, who may not write request bodies into
+    # the test's private folder: keep them as the user who runs the tests.
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
+    main.write_text(
+        f"daemon off;\n{user}worker_processes 1;\npid {folder}/nginx.pid;\n"
+        f"error_log {folder}/error.log;\n"
+        "events { worker_connections 256; }\n"
+        f"http {{\n  access_log {folder}/access.log;\n"
+        + "".join(
+            f"  {name}_temp_path {folder}/{name};\n"
+            for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        + f"  include {site};\n}}\n"
+    )
+    return main
+
+
+@dataclass
+class Nginx:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    http_port: int
+    https_port: int
+
+    @property
+    def url(self) -> str:
+        """The site as a browser reaches it (the test resolves SITE_HOST to 127.0.0.1)."""
+        return f"https://{SITE_HOST}:{self.https_port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def start_nginx(folder: Path, app_ports: Sequence[int]) -> Nginx:
+    """nginx on free ports in front of the app processes, with the shipped configuration."""
+    folder.mkdir(parents=True, exist_ok=True)
+    http_port, https_port = free_port(), free_port()
+    config = nginx_config(folder, http_port, https_port, app_ports)
+    log = folder / "nginx.log"
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(
+            [NGINX, "-p", str(folder), "-c", str(config)], stdout=handle, stderr=subprocess.STDOUT
+        )
+    nginx = Nginx(proc, log, http_port, https_port)
+    process = Process("nginx", proc, log, https_port)
+    try:
+        process.wait_until(lambda: port_open(https_port), "listening port", timeout=15)
+    except BaseException:
+        nginx.stop()
+        raise
+    return nginx
+
+
+def collectstatic(env: dict[str, str]) -> None:
+    """Static files as a deployment collects them (STATIC_ROOT and the storage from `env`)."""
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )

@@ -1,97 +1,60 @@
 """The documented nginx configuration (deploy/nginx/chutes-chat.conf), run for real: TLS,
-websocket upgrades, unbuffered streaming, in front of two production-mode app processes."""
+websocket upgrades, unbuffered streaming and uploads as large as the app accepts, in front of
+two production-mode app processes."""
 
 from __future__ import annotations
 
+import io
 import json
-import os
+import math
+import random
 import re
-import shutil
 import socket
 import ssl
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from http import HTTPStatus
 
 import httpx
 import pytest
+from django.conf import settings
+from PIL import Image
 from websockets.sync.client import connect
 
 from . import processes
-from .processes import ROOT, Process
+from .processes import NGINX_CONF, SITE_HOST, Nginx, Process
 
-pytestmark = pytest.mark.slow
-
-HOST = "chat.example.com"
+HOST = SITE_HOST
 PASSWORD = "correct horse battery staple"
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+MIB = 1024 * 1024
+# What a multipart body adds to the file it carries (boundaries, part headers, the CSRF field):
+# a few hundred bytes; the configuration allows 1 MiB.
+MULTIPART_ENVELOPE = MIB
 
 
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            f"/CN={HOST}",
-            "-addext",
-            f"subjectAltName=DNS:{HOST}",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+def required_body_size() -> int:
+    """The largest request body the app accepts: its largest upload plus the envelope."""
+    return max(settings.MAX_IMPORT_BYTES, settings.MAX_IMAGE_BYTES) + MULTIPART_ENVELOPE
 
 
-def site_config(tmp: Path, http_port: int, https_port: int, apps: list[Process]) -> Path:
-    """The shipped config with this test's ports and certificate; nothing else changed."""
-    text = (ROOT / "deploy/nginx/chutes-chat.conf").read_text()
-    cert, key = self_signed(tmp)
-    text = re.sub(r"\n\s*listen \[::\]:\d+[^;]*;", "", text)
-    text = text.replace("listen 80;", f"listen 127.0.0.1:{http_port};")
-    text = text.replace("listen 443 ssl", f"listen 127.0.0.1:{https_port} ssl")
-    text = text.replace("/etc/ssl/certs/chat.example.com.pem", str(cert))
-    text = text.replace("/etc/ssl/private/chat.example.com.key", str(key))
-    text = text.replace("server 127.0.0.1:8001;", f"server 127.0.0.1:{apps[0].port};")
-    text = text.replace("server 127.0.0.1:8002;", f"server 127.0.0.1:{apps[1].port};")
-    site = tmp / "site.conf"
-    site.write_text(text)
-    main = tmp / "nginx.conf"
-    main.write_text(
-        f"daemon off;\nworker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log;\n"
-        "events { worker_connections 256; }\n"
-        f"http {{\n  access_log {tmp}/access.log;\n"
-        + "".join(
-            f"  {name}_temp_path {tmp}/{name};\n"
-            for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        + f"  include {site};\n}}\n"
-    )
-    return main
+def configured_body_size() -> int:
+    match = re.search(r"^\s*client_max_body_size\s+(\d+)([km]?);", NGINX_CONF.read_text(), re.M)
+    assert match, "client_max_body_size is not set in the shipped configuration"
+    return int(match.group(1)) * {"": 1, "k": 1024, "m": MIB}[match.group(2)]
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[int, int]]:
-    if not os.path.exists(NGINX):
-        if os.getenv("REQUIRE_SERVICES") == "1":
-            pytest.fail("nginx is required (REQUIRE_SERVICES=1) but not installed")
-        pytest.skip("needs nginx (Debian package nginx-light)")
+def test_the_proxy_s_body_limit_is_the_app_s_largest_upload_plus_its_envelope() -> None:
+    # Rounded up to whole megabytes, as the configuration writes it.
+    assert configured_body_size() == math.ceil(required_body_size() / MIB) * MIB
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    processes.require_nginx()
+    tmp_path = tmp_path_factory.mktemp("nginx-stack")
     started: list[Process] = []
-    nginx: subprocess.Popen[bytes] | None = None
+    nginx: Nginx | None = None
     try:
         upstream = processes.start_upstream(tmp_path, "--any-model")
         started.append(upstream)
@@ -105,48 +68,25 @@ def stack(tmp_path: Path) -> Iterator[tuple[int, int]]:
             BEHIND_TLS_PROXY="true",
             STATIC_ROOT=str(tmp_path / "static"),
         )
-        subprocess.run(
-            [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-        )
+        processes.collectstatic(env)
         processes.migrate(env)
         processes.create_user(env, "sam", PASSWORD)
         apps = [processes.start_app(f"app{i}", tmp_path, env) for i in (1, 2)]
         started += apps
-        http_port, https_port = processes.free_port(), processes.free_port()
-        config = site_config(tmp_path, http_port, https_port, apps)
-        nginx = subprocess.Popen(
-            [NGINX, "-p", str(tmp_path), "-c", str(config)], stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + 15
-        while not processes.port_open(https_port):
-            assert nginx.poll() is None, nginx.stderr.read().decode() if nginx.stderr else ""
-            assert time.monotonic() < deadline, "nginx did not start"
-            time.sleep(0.05)
-        yield http_port, https_port
+        nginx = processes.start_nginx(tmp_path / "nginx", [app.port for app in apps])
+        yield nginx
     finally:
         if nginx is not None:
-            nginx.terminate()
-            nginx.wait(10)
+            nginx.stop()
         for process in started:
             process.stop()
 
 
-def test_a_reply_streams_through_nginx_over_tls(stack: tuple[int, int]) -> None:
-    http_port, https_port = stack
-    # Plain HTTP: users are sent to HTTPS; health checks are answered.
-    plain = httpx.get(f"http://127.0.0.1:{http_port}/", headers={"Host": HOST})
-    assert plain.status_code == 301
-    assert plain.headers["location"] == f"https://{HOST}/"
-    assert (
-        httpx.get(f"http://127.0.0.1:{http_port}/healthz", headers={"Host": HOST}).json()["status"]
-        == "ok"
-    )
-
-    base = f"https://127.0.0.1:{https_port}"
-    with httpx.Client(base_url=base, verify=False, headers={"Host": HOST}) as client:
+@pytest.fixture
+def client(stack: Nginx) -> Iterator[httpx.Client]:
+    """Logged in as sam, over TLS through nginx."""
+    base = f"https://127.0.0.1:{stack.https_port}"
+    with httpx.Client(base_url=base, verify=False, headers={"Host": HOST}, timeout=60) as client:
         client.get("/accounts/login/")
         response = client.post(
             "/accounts/login/",
@@ -157,16 +97,27 @@ def test_a_reply_streams_through_nginx_over_tls(stack: tuple[int, int]) -> None:
             },
             headers={"Referer": f"https://{HOST}/accounts/login/"},
         )
-        assert response.status_code == 302, response.text[:500]
+        assert response.status_code == HTTPStatus.FOUND, response.text[:500]
         assert response.headers.get("strict-transport-security")
-        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+        yield client
+
+
+@pytest.mark.slow
+def test_a_reply_streams_through_nginx_over_tls(stack: Nginx, client: httpx.Client) -> None:
+    # Plain HTTP: users are sent to HTTPS; health checks are answered.
+    plain = httpx.get(f"http://127.0.0.1:{stack.http_port}/", headers={"Host": HOST})
+    assert plain.status_code == HTTPStatus.MOVED_PERMANENTLY
+    assert plain.headers["location"] == f"https://{HOST}/"
+    health = httpx.get(f"http://127.0.0.1:{stack.http_port}/healthz", headers={"Host": HOST})
+    assert health.json()["status"] == "ok"
+    cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
 
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    sock = socket.create_connection(("127.0.0.1", https_port))
+    sock = socket.create_connection(("127.0.0.1", stack.https_port))
     with connect(
-        f"wss://{HOST}:{https_port}/ws/chat/",
+        f"wss://{HOST}:{stack.https_port}/ws/chat/",
         sock=sock,
         ssl=context,
         server_hostname=HOST,
@@ -196,3 +147,70 @@ def test_a_reply_streams_through_nginx_over_tls(stack: tuple[int, int]) -> None:
     # Unbuffered: the deltas arrived spread over the reply's ~1 s, not in one burst at the end.
     assert len(arrivals) >= 10
     assert arrivals[-1] - arrivals[0] > 0.5
+
+
+def post_file(
+    client: httpx.Client, path: str, field: str, name: str, data: bytes
+) -> httpx.Response:
+    """A multipart upload as the page sends it: the CSRF token from the cookie, same origin."""
+    return client.post(
+        path,
+        files={field: (name, data)},
+        headers={
+            "X-CSRFToken": client.cookies["csrftoken"],
+            "Origin": f"https://{HOST}",
+            "Referer": f"https://{HOST}/",
+        },
+    )
+
+
+def random_png(size: int) -> bytes:
+    """A PNG of random pixels (which do not compress) of about `size` bytes."""
+    side = int(math.sqrt(size / 3))
+    pixels = random.Random(size).randbytes(side * side * 3)
+    out = io.BytesIO()
+    Image.frombytes("RGB", (side, side), pixels).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+@pytest.mark.slow
+def test_an_image_just_under_the_app_s_limit_uploads_through_nginx(client: httpx.Client) -> None:
+    image = random_png(4_900_000)
+    assert 4_800_000 < len(image) <= settings.MAX_IMAGE_BYTES
+
+    response = post_file(client, "/api/images", "image", "photo.png", image)
+
+    assert response.status_code == HTTPStatus.CREATED, response.text[:500]
+    uploaded = response.json()
+    assert client.get(f"/api/images/{uploaded['id']}").content == image
+
+
+def export_file(size: int) -> bytes:
+    """A valid export (chat/exports.py) of about `size` bytes: one long conversation."""
+    content_chars = settings.MAX_MESSAGE_CHARS  # well under the import's per-message limit
+    count = math.ceil(size / content_chars)
+    messages = [
+        {
+            "id": index,
+            "parent": index - 1 if index else None,
+            "role": "user" if index % 2 == 0 else "assistant",
+            "content": f"{index:06d} " + "lorem ipsum " * (content_chars // 12 - 1),
+        }
+        for index in range(count)
+    ]
+    payload = {
+        "format": "chutes-chat/1",
+        "conversations": [{"title": "A long one", "messages": messages}],
+    }
+    return json.dumps(payload).encode()
+
+
+@pytest.mark.slow
+def test_a_ten_megabyte_import_goes_through_nginx(client: httpx.Client) -> None:
+    export = export_file(10 * 1_000_000)
+    assert len(export) >= 10 * 1_000_000
+
+    response = post_file(client, "/api/import", "file", "chats.json", export)
+
+    assert response.status_code == HTTPStatus.CREATED, response.text[:500]
+    assert response.json()["imported"] == 1
