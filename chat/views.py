@@ -27,10 +27,11 @@ logger = logging.getLogger(__name__)
 
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
-    # The page checks attachments against the server's limits before uploading them.
+    # The page checks attachments and messages against the server's limits before sending.
     limits = {
         "max_image_bytes": settings.MAX_IMAGE_BYTES,
         "max_images": settings.MAX_IMAGES_PER_MESSAGE,
+        "max_message_chars": settings.MAX_MESSAGE_CHARS,
     }
     return render(request, "chat/index.html", limits)
 

@@ -233,6 +233,43 @@ def test_a_refused_message_is_explained_beside_the_composer_and_the_draft_kept(
     expect(page.get_by_role("button", name="Send")).to_be_enabled()
 
 
+def test_a_message_over_the_limit_is_refused_by_the_page_and_never_sent(page: Page) -> None:
+    sent: list[str] = []
+
+    def route(socket: WebSocketRoute) -> None:
+        server = socket.connect_to_server()
+
+        def to_server(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("type") == "send":
+                sent.append(frame["content"])
+            server.send(message)
+
+        socket.on_message(to_server)
+
+    page.route_web_socket(SOCKET_URL, route)
+    chat = ChatPage(page)
+    chat.sign_up()
+    draft = "é" * (MAX_MESSAGE_CHARS + 1)
+
+    chat.send(draft)
+
+    expect(chat.composer_error).to_have_text(
+        "The message is 5,001 characters long; the limit is 5,000."
+    )
+    expect(chat.prompt).to_have_value(draft)
+    expect(chat.questions).to_have_count(0)
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    # Characters as the server counts them: at the limit in emoji (twice as many UTF-16 units),
+    # the message goes. It is the first frame the server sees: the refused one never went.
+    directive = fake(text="Fine.")
+    at_limit = "🙂" * (MAX_MESSAGE_CHARS - len(directive)) + directive
+    chat.ask(at_limit)
+    expect(chat.composer_error).to_be_hidden()
+    assert len(sent) == 1, "the refused message was sent"
+    assert sent[0] == at_limit
+
+
 def test_a_failed_reply_says_why_and_retry_asks_again(page: Page) -> None:
     chat = ChatPage(page)
     chat.sign_up()

@@ -3,6 +3,15 @@
 
 const MAX_HEIGHT_PX = 240;
 
+// Characters as the server counts them (code points): an emoji is one, not two UTF-16 units.
+function characters(text) {
+  let count = 0;
+  for (const _ of text) count += 1;
+  return count;
+}
+
+const number = (value) => value.toLocaleString("en-US");
+
 export class Composer {
   // refusal(content): why this message cannot be sent now ("" when it can); the draft stays.
   constructor({ onSend, onStop, refusal = () => "" }) {
@@ -16,6 +25,8 @@ export class Composer {
     this.errorEl = document.getElementById("composer-error");
     this.streaming = false;
     this.blockedReason = "";
+    // The server's MAX_MESSAGE_CHARS: a longer message is refused here, before it is sent.
+    this.maxChars = Number(document.getElementById("app")?.dataset.maxMessageChars) || 0;
     this.bind();
   }
 
@@ -38,7 +49,7 @@ export class Composer {
   submit() {
     const content = this.input.value;
     if (!content.trim() || this.streaming || this.blockedReason) return;
-    const refusal = this.refusal(content);
+    const refusal = this.lengthRefusal(content) || this.refusal(content);
     if (refusal) {
       this.showError(refusal);
       return;
@@ -47,6 +58,16 @@ export class Composer {
     this.input.value = "";
     this.fit();
     this.onSend(content);
+  }
+
+  // Worded as the server's own refusal (content_too_long).
+  lengthRefusal(content) {
+    // Never more characters than UTF-16 units: most messages need no counting.
+    if (!this.maxChars || content.length <= this.maxChars) return "";
+    const length = characters(content);
+    if (length <= this.maxChars) return "";
+    const limit = number(this.maxChars);
+    return `The message is ${number(length)} characters long; the limit is ${limit}.`;
   }
 
   // Grow with the text up to a limit. Setting element.style from script is allowed by the CSP.
