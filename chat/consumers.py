@@ -16,7 +16,7 @@ from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from django.utils import timezone
 
-from . import daphnetuning, protocol, services
+from . import daphnetuning, protocol, services, transport
 from .generation import Snapshot, conversation_group, done_frame_for, get_manager
 from .models import Message
 from .protocol import FrameError
@@ -54,7 +54,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user = user
         # Conversations this socket watches; frames of this process's generations are
         # delivered to it directly, and (with Redis) other processes' through the layer.
-        self.watching: set[int] = set()
+        # In the order they were first watched: past the limit, the oldest is let go.
+        self.watching: dict[int, None] = {}
         self.remote_groups: set[int] = set()
         # Per reply: the last sequence number this socket delivered.
         self.delivered: dict[int, int] = {}
@@ -67,10 +68,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.acked_chars = 0
         self.closing = False
         self.max_unacked = settings.MAX_UNACKED_CHARS
+        self.max_buffered = settings.MAX_SOCKET_BUFFER_BYTES
         self.bucket = FrameBucket(settings.FRAMES_PER_SECOND, settings.FRAME_BURST)
         self.frame_send = _frame_sender(self.base_send)
         # Under daphne, text frames go straight to the connection (chat/daphnetuning.py).
         self.write_text = daphnetuning.text_writer(self.frame_send)
+        # What the connection holds unsent, where the server lets it be known (chat/transport.py).
+        self.buffered = transport.write_buffer_probe(self.frame_send)
         self.manager = get_manager()
         await self.manager.ensure_started()
         await self.accept()
@@ -114,6 +118,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.handle_watch(frame.conversation)
             elif isinstance(frame, protocol.Unwatch):
                 await self.handle_unwatch(frame.conversation)
+            elif isinstance(frame, protocol.Resync):
+                await self.handle_resync(frame.conversation)
+            elif isinstance(frame, protocol.Retitle):
+                await self.handle_retitle(frame.conversation)
         except FrameError as exc:
             await self.send_frame(
                 protocol.error_frame(exc.code, exc.message, exc.request_id or request_id)
@@ -132,7 +140,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._accepted(plan)
 
     async def _accepted(self, plan: services.GenerationPlan) -> None:
-        # Watch before the generation starts so the sender misses no frame of it.
+        # Watch before the generation starts so the sender misses no frame of it. Past the
+        # watch limit the conversation watched longest is let go (the page is told), so that
+        # sends, replayed ones included, never take a socket past the limit.
+        await self._make_room(plan.conversation_id)
         await self._join_remote(plan.conversation_id)
         self._join_local(plan.conversation_id)
         await self.send_frame(
@@ -161,10 +172,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.manager.interrupt_orphans([reply.pk])
 
     async def handle_watch(self, conversation_id: int) -> None:
-        if (
-            conversation_id not in self.watching
-            and len(self.watching) >= settings.MAX_WATCHED_CONVERSATIONS
-        ):
+        if conversation_id in self.watching:
+            # Already watched: the socket has the snapshots and gets every frame since. Sending
+            # them again would let a client make the server write a long reply over and over.
+            streaming = await database_sync_to_async(services.streaming_ids)(
+                self.user, conversation_id
+            )
+            await self.send_frame(protocol.watching_frame(conversation_id, streaming))
+            return
+        if len(self.watching) >= settings.MAX_WATCHED_CONVERSATIONS:
             raise FrameError(
                 protocol.INVALID_FRAME,
                 f"A connection can watch at most {settings.MAX_WATCHED_CONVERSATIONS} "
@@ -174,6 +190,34 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await database_sync_to_async(services.owned_conversation)(self.user, conversation_id)
         streaming = await self._send_snapshots(conversation_id)
         await self.send_frame(protocol.watching_frame(conversation_id, streaming))
+
+    async def handle_resync(self, conversation_id: int) -> None:
+        """The page saw a gap: exact snapshots of the watched conversation's replies in flight.
+        (What it costs the server is bounded by the socket's buffer limit, like every frame.)"""
+        if conversation_id not in self.watching:
+            await self.handle_watch(conversation_id)
+            return
+        streaming = await self._send_snapshots(conversation_id)
+        await self.send_frame(protocol.watching_frame(conversation_id, streaming))
+
+    async def handle_retitle(self, conversation_id: int) -> None:
+        reply_id = await database_sync_to_async(services.first_exchange_reply)(
+            self.user, conversation_id
+        )
+        # The title frame goes to the conversation's watchers: this socket is one.
+        await self._make_room(conversation_id)
+        await self._join_remote(conversation_id)
+        self._join_local(conversation_id)
+        self.manager.spawn(self.manager.write_title(reply_id, again=True))
+
+    async def _make_room(self, conversation_id: int) -> None:
+        while (
+            conversation_id not in self.watching
+            and len(self.watching) >= settings.MAX_WATCHED_CONVERSATIONS
+        ):
+            oldest = next(iter(self.watching))
+            await self._leave(oldest)
+            await self.send_frame({"type": "unwatched", "conversation": oldest})
 
     async def handle_unwatch(self, conversation_id: int) -> None:
         if conversation_id in self.watching:
@@ -189,11 +233,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.remote_groups.add(conversation_id)
 
     def _join_local(self, conversation_id: int) -> None:
-        self.watching.add(conversation_id)
+        self.watching[conversation_id] = None
         self.manager.watch(conversation_id, self)
 
     async def _leave(self, conversation_id: int) -> None:
-        self.watching.discard(conversation_id)
+        self.watching.pop(conversation_id, None)
         self.manager.unwatch(conversation_id, self)
         if conversation_id in self.remote_groups:
             self.remote_groups.discard(conversation_id)
@@ -220,6 +264,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         }
         for snap in snapshots.values():
             self.delivered[snap.message_id] = snap.seq
+            # Frames of the reply that come while its snapshot goes out wait for it.
+            self.held.setdefault(snap.message_id, [])
         streaming = list(snapshots)
         orphans: list[int] = []
         remote: list[services.InFlight] = []
@@ -234,7 +280,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 remote.append(row)
                 streaming.append(row.message_id)
         for snap in snapshots.values():
-            await self.send_frame(snapshot_frame(snap))
+            await self._deliver_snapshot(snap)
         for row in remote:
             await self.manager.request_snapshot(row.message_id, self.channel_name)
             asyncio.get_running_loop().call_later(SNAPSHOT_TIMEOUT, self._snapshot_timeout, row)
@@ -279,9 +325,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             }
         )
 
-    async def _deliver_snapshot(self, frame: dict[str, Any]) -> None:
-        self.delivered[frame["message"]] = frame["seq"]
-        await self.send_frame(frame)
+    async def _deliver_snapshot(self, snap: Snapshot) -> None:
+        """Send a snapshot, in pieces when it is long; the reply's frames that arrive
+        meanwhile (and any held for it before) follow it, in order."""
+        self.delivered[snap.message_id] = snap.seq
+        self.held.setdefault(snap.message_id, [])
+        for frame in snapshot_frames(snap):
+            await self.send_frame(frame)
+        for later in self.held.pop(snap.message_id, []):
+            await self.deliver(later)
 
     async def _deliver_done(self, message_id: int, frame: dict[str, Any] | str) -> None:
         if message_id in self.finished:
@@ -346,7 +398,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _resync(self, message_id: int) -> None:
         local = self.manager.local_snapshot(message_id)
         if local is not None:
-            await self._deliver_snapshot(snapshot_frame(local))
+            await self._deliver_snapshot(local)
         else:
             self.held.setdefault(message_id, [])
             await self.manager.request_snapshot(message_id, self.channel_name)
@@ -354,33 +406,43 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def chat_snapshot(self, event: dict[str, Any]) -> None:
         """An exact snapshot from the process running a generation."""
         message_id: int = event["message"]
-        held = self.held.pop(message_id, None)
-        if held is None:
+        if message_id not in self.held:
             return  # a late answer: this socket already has one
         await self._deliver_snapshot(
-            protocol.snapshot_frame(
-                event["conversation"],
+            Snapshot(
                 message_id,
+                event["conversation"],
                 event["seq"],
                 event["content"],
                 event["reasoning"],
                 event["status"],
             )
         )
-        for later in held:
-            await self.deliver(later)
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
         await self.send_text(protocol.encode(frame))
 
     async def send_text(self, text: str) -> None:
         """Send a frame unless the client has fallen too far behind: a socket that does not
-        read (or acknowledge) is dropped, not the generation and not the other watchers."""
+        read (or acknowledge) is dropped, not the generation and not the other watchers.
+
+        Behind means: its connection holds more than MAX_SOCKET_BUFFER_BYTES that the kernel
+        has not taken (what the server really buffers for it, whatever the client says), or
+        it has acknowledged less than what was sent minus MAX_UNACKED_CHARS.
+        """
         if self.closing:
             return
         self.sent_chars += len(text)
         if self.sent_chars - self.acked_chars > self.max_unacked:
             logger.warning("closing a socket of user %s: the client is not reading", self.user.pk)
+            await self._close(CLOSE_TOO_SLOW)
+            return
+        if self.buffered is not None and self.buffered() > self.max_buffered:
+            logger.warning(
+                "closing a socket of user %s: its connection holds %d unsent bytes",
+                self.user.pk,
+                self.buffered(),
+            )
             await self._close(CLOSE_TOO_SLOW)
             return
         if self.write_text is None or not self.write_text(text):
@@ -408,8 +470,8 @@ def _frame_sender(send: Any) -> Any:
     return send
 
 
-def snapshot_frame(snap: Snapshot) -> dict[str, Any]:
-    return protocol.snapshot_frame(
+def snapshot_frames(snap: Snapshot) -> list[dict[str, Any]]:
+    return protocol.snapshot_frames(
         snap.conversation_id, snap.message_id, snap.seq, snap.content, snap.reasoning, snap.status
     )
 

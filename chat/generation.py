@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from . import protocol, services, upstream
+from . import pricing, protocol, services, upstream
 from .models import Message
 from .services import GenerationPlan, Outcome
 
@@ -44,6 +44,9 @@ TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError)
 MAX_SAVE_FAILURES = 3
 SAVE_FAILED = "save_failed"
 SAVE_FAILED_MESSAGE = "This reply could not be saved; the text saved so far is kept."
+# Tokens beyond max_tokens x pricing.MAX_OVERCOUNT (by estimate) before a reply is cut: room
+# for a short reply whose few tokens the estimate over-counts.
+CUT_SLACK_TOKENS = 16
 
 
 def conversation_group(conversation_id: int) -> str:
@@ -109,6 +112,16 @@ class Generation:
         self.lava_request_id = ""
         self.chutes_invocation_id = ""
         self.error: upstream.UpstreamError | None = None
+        # The estimated tokens received, and the estimate past which the reply has certainly
+        # gone beyond the max_tokens it was reserved for (a provider that ignores it).
+        self._tokens = 0.0
+        max_tokens = plan.body.get("max_tokens")
+        self._cut_at = (
+            max_tokens * pricing.MAX_OVERCOUNT + CUT_SLACK_TOKENS
+            if isinstance(max_tokens, int) and max_tokens > 0
+            else None
+        )
+        self.cut_at_limit = False
         # The reply's own saves that failed in a row (see GenerationManager.flush_once).
         self.save_failures = 0
         self.save_failed = False
@@ -223,12 +236,16 @@ class Generation:
                             ):
                                 self._reasoning_ended = time.monotonic()
                             self._pending_content.append(event.text)
+                            if self._past_limit(event.text):
+                                break
                             await self._queued()
                     elif isinstance(event, upstream.ReasoningDelta):
                         if event.text:
                             if self._reasoning_started is None:
                                 self._reasoning_started = time.monotonic()
                             self._pending_reasoning.append(event.text)
+                            if self._past_limit(event.text):
+                                break
                             await self._queued()
                     elif isinstance(event, upstream.Usage):
                         self.usage = event
@@ -247,6 +264,21 @@ class Generation:
             self.error = upstream.UpstreamError(
                 "upstream_error", "Something went wrong while generating this reply."
             )
+
+    def _past_limit(self, text: str) -> bool:
+        """Whether the reply has gone past its max_tokens: then reading stops, which closes
+        the upstream request (nothing more is produced, or billed to us)."""
+        self._tokens += pricing.text_weight(text)
+        if self._cut_at is None or self._tokens <= self._cut_at:
+            return False
+        logger.warning(
+            "reply %s went past its max_tokens (%s); the upstream request is closed",
+            self.message_id,
+            self.plan.body.get("max_tokens"),
+        )
+        self.cut_at_limit = True
+        self.finish_reason = "length"
+        return True
 
     async def _queued(self) -> None:
         """New text is pending: a token after a quiet window goes out at once, from here
@@ -497,6 +529,10 @@ class GenerationManager:
         if ended:
             logger.info("settled %d replies an earlier run left streaming", len(ended))
         await self._announce(ended)
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run `coro` as a task of this manager (cancelled at shutdown, kept referenced)."""
+        return self._spawn(coro)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)

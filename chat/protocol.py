@@ -111,13 +111,27 @@ class Unwatch:
 
 
 @dataclass(frozen=True)
+class Resync:
+    """The client lost a frame: send exact snapshots of the conversation's replies in flight."""
+
+    conversation: int
+
+
+@dataclass(frozen=True)
+class Retitle:
+    """The user asks for a new title of a conversation (written from its first exchange)."""
+
+    conversation: int
+
+
+@dataclass(frozen=True)
 class Ack:
     """Flow control: the client has received this many characters of frames in all."""
 
     received: int
 
 
-ClientFrame = Send | Regenerate | Edit | Stop | Watch | Unwatch | Ack
+ClientFrame = Send | Regenerate | Edit | Stop | Watch | Unwatch | Resync | Retitle | Ack
 
 
 def _invalid(message: str, request_id: str | None = None) -> FrameError:
@@ -361,6 +375,10 @@ def parse_client_frame(text: str | None) -> ClientFrame:
         return Watch(conversation=_id(data, "conversation"))
     if kind == "unwatch":
         return Unwatch(conversation=_id(data, "conversation"))
+    if kind == "resync":
+        return Resync(conversation=_id(data, "conversation"))
+    if kind == "retitle":
+        return Retitle(conversation=_id(data, "conversation"))
     if kind == "ack":
         received = data.get("received")
         if isinstance(received, bool) or not isinstance(received, int) or received < 0:
@@ -428,6 +446,49 @@ def snapshot_frame(
         "reasoning": reasoning,
         "status": status,
     }
+
+
+# A snapshot's text goes out in frames of at most this many characters: a websocket message has
+# a size limit (daphne's is 1 MiB), and JSON writes a control character in six bytes.
+SNAPSHOT_PIECE_CHARS = 100_000
+
+
+def snapshot_frames(
+    conversation: int,
+    message: int,
+    seq: int,
+    content: str,
+    reasoning: str,
+    status: str,
+    piece: int = SNAPSHOT_PIECE_CHARS,
+) -> list[dict[str, Any]]:
+    """A snapshot as frames of at most `piece` characters of text: a `snapshot` with the first
+    piece and, when there is more, `"more": true`, then `snapshot_part` frames adding to its
+    content and reasoning, the last with `"more": false`. The client applies the snapshot
+    once it is whole."""
+    if len(content) + len(reasoning) <= piece:
+        return [snapshot_frame(conversation, message, seq, content, reasoning, status)]
+    parts: list[tuple[str, str]] = []
+    for field_name, text in (("content", content), ("reasoning", reasoning)):
+        for start in range(0, len(text), piece):
+            parts.append((field_name, text[start : start + piece]))
+    frames: list[dict[str, Any]] = []
+    for index, (field_name, text) in enumerate(parts):
+        if index == 0:
+            frame = snapshot_frame(conversation, message, seq, "", "", status)
+        else:
+            frame = {
+                "type": "snapshot_part",
+                "conversation": conversation,
+                "message": message,
+                "seq": seq,
+                "content": "",
+                "reasoning": "",
+            }
+        frame[field_name] = text
+        frame["more"] = index < len(parts) - 1
+        frames.append(frame)
+    return frames
 
 
 def delta_frame(conversation: int, message: int, seq: int, content: str, reasoning: str) -> str:

@@ -735,6 +735,20 @@ def in_flight(user: AbstractBaseUser, conversation_id: int) -> list[InFlight]:
     ]
 
 
+def streaming_ids(user: AbstractBaseUser, conversation_id: int) -> list[int]:
+    """The ids of the user's conversation's replies still streaming, or not_found."""
+    owned_conversation(user, conversation_id)
+    return list(
+        Message.objects.filter(
+            conversation_id=conversation_id,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+        )
+        .order_by("id")
+        .values_list("pk", flat=True)
+    )
+
+
 def owned_reply(user: AbstractBaseUser, message_id: int) -> Message:
     reply = (
         Message.objects.filter(pk=message_id, user=user, role=Message.Role.ASSISTANT)

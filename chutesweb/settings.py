@@ -316,6 +316,9 @@ MAX_WATCHED_CONVERSATIONS = envint("MAX_WATCHED_CONVERSATIONS", "20")
 FRAMES_PER_SECOND = envfloat("FRAMES_PER_SECOND", "20")
 FRAME_BURST = envint("FRAME_BURST", "60")
 MAX_UNACKED_CHARS = envint("MAX_UNACKED_CHARS", "2000000")
+# What a socket's connection may hold unsent (bytes the client has not read) before the socket
+# is closed: the bound on what a client can make the server buffer, whatever it acknowledges.
+MAX_SOCKET_BUFFER_BYTES = envint("MAX_SOCKET_BUFFER_BYTES", str(8 * 1024 * 1024))
 DEFAULT_MAX_TOKENS = envint("DEFAULT_MAX_TOKENS", "8192")
 # Money. A monthly limit per user in USD (blank: no limit; admins override per user), and the
 # markup that turns Chutes' catalogue prices into the prices charged when syncing the catalogue

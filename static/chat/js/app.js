@@ -75,6 +75,8 @@ class ChatApp {
     this.refreshing = null;
     this.refreshAgain = false;
     this.resyncing = false;
+    // Snapshots still arriving in pieces, by reply.
+    this.partialSnapshots = new Map();
     this.siteName = document.title;
   }
 
@@ -297,6 +299,7 @@ class ChatApp {
   resubscribe() {
     this.watched = [];
     this.resyncing = false;
+    this.partialSnapshots.clear();
     if (this.conversationId !== null) this.watch(this.conversationId);
   }
 
@@ -311,10 +314,12 @@ class ChatApp {
       accepted: this.onAccepted,
       started: this.onStarted,
       snapshot: this.onSnapshot,
+      snapshot_part: this.onSnapshotPart,
       delta: this.onDelta,
       done: this.onDone,
       title: this.onTitle,
       watching: this.onWatching,
+      unwatched: this.onUnwatched,
       error: this.onError,
     };
     handlers[frame.type]?.call(this, frame);
@@ -397,7 +402,27 @@ class ChatApp {
     this.refresh();
   }
 
+  // A long snapshot comes in pieces: a `snapshot` with `more`, then `snapshot_part` frames.
+  // It is shown once whole (the server sends nothing else of that reply in between).
   onSnapshot(frame) {
+    if (frame.more) {
+      this.partialSnapshots.set(frame.message, { ...frame });
+      return;
+    }
+    this.applySnapshot(frame);
+  }
+
+  onSnapshotPart(frame) {
+    const partial = this.partialSnapshots.get(frame.message);
+    if (!partial || partial.seq !== frame.seq) return;
+    partial.content += frame.content ?? "";
+    partial.reasoning += frame.reasoning ?? "";
+    if (frame.more) return;
+    this.partialSnapshots.delete(frame.message);
+    this.applySnapshot({ ...partial, more: false });
+  }
+
+  applySnapshot(frame) {
     if (!this.isHere(frame)) return;
     this.resyncing = false;
     const shown = this.thread.snapshot(frame);
@@ -411,11 +436,16 @@ class ChatApp {
     else if (result === "new" && !this.refreshing) this.refresh();
   }
 
-  // A frame went missing: a new watch answers with an exact snapshot of each reply in flight.
+  // A frame went missing: the server answers with an exact snapshot of each reply in flight.
   resync() {
     if (this.resyncing || this.conversationId === null || !this.socket.isOpen) return;
     this.resyncing = true;
-    this.socket.send({ type: "watch", conversation: this.conversationId });
+    this.socket.send({ type: "resync", conversation: this.conversationId });
+  }
+
+  // The server let go of a conversation this socket watched longest (its watch limit).
+  onUnwatched(frame) {
+    this.watched = this.watched.filter((other) => other !== frame.conversation);
   }
 
   onDone(frame) {
