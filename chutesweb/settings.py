@@ -7,6 +7,7 @@ on SQLite and the in-memory channel layer with no configuration at all. `DATABAS
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -206,6 +207,22 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 LOGIN_ATTEMPTS = envint("LOGIN_ATTEMPTS", "5")
 LOGIN_LOCKOUT_SECONDS = envint("LOGIN_LOCKOUT_SECONDS", "900")
+# Every password check is counted by the throttling backend (chat/accounts.py). ModelBackend
+# stays listed only so that sessions logged in before it still load; it never sees a password.
+AUTHENTICATION_BACKENDS = [
+    "chat.accounts.ThrottledModelBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# The reverse proxies in front of the app (addresses or networks, e.g. 127.0.0.1): from them,
+# the client's address is read from X-Forwarded-For. Empty: the connection's own address.
+TRUSTED_PROXIES = envlist("TRUSTED_PROXIES", "")
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"TRUSTED_PROXIES must list addresses or networks, not {_proxy!r}"
+        ) from None
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -3,9 +3,13 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from chat import views as chat_views
-from chat.accounts import ThrottledLoginView
+from chat.accounts import AdminLoginForm, ThrottledLoginView, admin_login
+
+admin.site.login_form = AdminLoginForm
 
 urlpatterns = [
+    # Before the admin's own routes: the same page, saying when log-ins are throttled.
+    path("admin/login/", admin_login),
     path("admin/", admin.site.urls),
     path("accounts/signup/", chat_views.signup, name="signup"),
     path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
