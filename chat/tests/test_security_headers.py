@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from http import HTTPStatus
 
 import pytest
-from django.test import Client
+from django.http import HttpRequest, HttpResponse
+from django.test import AsyncClient, Client, RequestFactory
 
-from chat.middleware import HEADER
+from chat.middleware import HEADER, content_security_policy
 
 pytestmark = pytest.mark.django_db
 
@@ -75,3 +77,21 @@ def test_a_relaxation_applies_only_under_its_prefix(user_client: Client, setting
     assert directives(user_client.get("/")[HEADER])["style-src"] == ["'self'"]
     admin = user_client.get("/admin/login/")
     assert directives(admin[HEADER])["style-src"] == ["'self'", "'unsafe-inline'"]
+
+
+async def test_the_policy_is_set_when_the_middleware_runs_asynchronously() -> None:
+    """Under an ASGI server the middleware chain runs asynchronously: the policy's async path
+    (not only the sync one the test Client takes) sets the header."""
+    calls: list[str] = []
+
+    async def view(request: HttpRequest) -> HttpResponse:
+        calls.append("async")
+        return HttpResponse("ok")
+
+    middleware = content_security_policy(view)
+    assert asyncio.iscoroutinefunction(middleware)
+    response = await middleware(RequestFactory().get("/", HTTP_HOST="localhost"))
+    assert calls == ["async"]
+    assert directives(response[HEADER])["connect-src"] == ["'self'", "ws://localhost"]
+    through_the_stack = await AsyncClient().get("/accounts/login/")
+    assert directives(through_the_stack[HEADER])["script-src"] == ["'self'"]
