@@ -2,25 +2,34 @@
 // half-streamed reply included), then code blocks highlighted and given a copy button.
 //
 // Model output is untrusted: a prompt injection can make a model write HTML or markdown meant
-// to run script or to leak data through an image URL. DOMPurify removes script and event
-// handlers; the hook below keeps images to this site and data: URLs (the page's CSP says the
-// same), and makes links open in a new tab without the opener or a referrer.
+// to run script, imitate the page (forms, buttons) or leak data through a URL. DOMPurify keeps
+// only what marked itself writes, an allow-list: any other element (input, form, iframe, svg,
+// style, ...) and attribute is removed; the hooks below keep images to this site and data: URLs
+// (the page's CSP says the same), and make links open in a new tab without opener or referrer.
 
 import { Marked } from "../../vendor/marked-18.2.1/marked.esm.js";
 import DOMPurify from "../../vendor/dompurify-3.4.18/purify.es.mjs";
 import hljs from "../../vendor/highlight.js-11.12.0/highlight.min.js";
 
 const markdown = new Marked({ gfm: true, breaks: false });
+// A task list item's box as text: marked writes it as an <input>, which the allow-list refuses.
+markdown.use({ renderer: { checkbox: ({ checked }) => (checked ? "☑ " : "☐ ") } });
 hljs.configure({ ignoreUnescapedHTML: true });
 
 const BLOCKED_SRC = "data-blocked-src";
+// Code blocks name their language for the highlighter; no other class is model-chosen, so a
+// reply cannot pass for one of the page's own elements (.reply, .code-block, ...).
+const CODE_CLASS = /^language-[\w+#.-]+$/;
 
+// Everything marked's renderer writes with GFM, and nothing else. Highlighting, copy buttons
+// and blocked-image notes are added after sanitising, by this page.
 const PURIFY = {
-  USE_PROFILES: { html: true },
-  // Forms and media could imitate the page or fetch from elsewhere; style is refused by CSP.
-  FORBID_TAGS: ["style", "form", "button", "textarea", "select", "option", "video", "audio",
-    "source", "picture", "track"],
-  FORBID_ATTR: ["style", "srcset", "background", "poster", "ping", "action", "formaction"],
+  ALLOWED_TAGS: ["p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "ul", "ol",
+    "li", "pre", "code", "em", "strong", "del", "a", "img", "table", "thead", "tbody", "tr", "th",
+    "td"],
+  ALLOWED_ATTR: ["href", "title", "src", "alt", "class", "start", "align"],
+  ALLOW_DATA_ATTR: false,
+  ALLOW_ARIA_ATTR: false,
   // Model HTML must not take over ids the page uses (<div id="prompt">).
   SANITIZE_NAMED_PROPS: true,
 };
@@ -36,8 +45,14 @@ function isLocalImage(src) {
   }
 }
 
+DOMPurify.addHook("uponSanitizeAttribute", (node, data) => {
+  if (data.attrName === "class" && !(node.tagName === "CODE" && CODE_CLASS.test(data.attrValue))) {
+    data.keepAttr = false;
+  }
+});
+
 DOMPurify.addHook("afterSanitizeAttributes", (node) => {
-  if ((node.tagName === "A" || node.tagName === "AREA") && node.hasAttribute("href")) {
+  if (node.tagName === "A" && node.hasAttribute("href")) {
     node.setAttribute("target", "_blank");
     node.setAttribute("rel", "noopener noreferrer");
   }
