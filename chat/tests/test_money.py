@@ -57,12 +57,16 @@ def test_cost_is_exact_to_the_last_decimal(
     assert pricing.plain(cost) == expected
 
 
-def test_token_estimates_are_generous_for_non_latin_text() -> None:
+def test_token_estimates_round_the_character_weights_up() -> None:
+    # Measured against real tokenizers in test_token_estimate.py; here, the arithmetic.
     assert pricing.estimate_tokens("") == 0
-    assert pricing.estimate_tokens("abcd") == 1
-    assert pricing.estimate_tokens("abcde") == 2
-    # Three bytes per CJK character: 4 characters are 12 bytes, 3 tokens.
+    # Lowercase letters weigh 0.26: four are 1.04 tokens, billed as 2, never rounded down.
+    assert pricing.estimate_tokens("abc") == 1
+    assert pricing.estimate_tokens("abcd") == 2
+    # Common ideographs weigh 0.62: 2.48 tokens, 3 (four bytes a token said 3 too).
     assert pricing.estimate_tokens("漢字漢字") == 3
+    # Cyrillic weighs 0.35: five letters are 1.75 tokens, 2, where four bytes a token said 3.
+    assert pricing.estimate_tokens("слово") == 2
 
 
 # Costs of real replies ---------------------------------------------------------------------
