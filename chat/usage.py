@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -32,17 +33,32 @@ class Period:
         return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
+# Reports cover these years: the page links to the month before and after the one shown, and
+# Python's dates end at 9999-12-31 (a month of 9999-12 has no end to compute).
+FIRST_YEAR = 1970
+LAST_YEAR = 9998
+MONTH_RE = re.compile(r"^([0-9]{4})-([0-9]{2})$")
+
+
+class PeriodRefused(ValueError):
+    """A month the reports cannot show; the message says why, for the user."""
+
+
 def month_period(month: str | None) -> Period:
-    """The calendar month `YYYY-MM` (server time zone); the current month when absent or bad."""
+    """The calendar month `YYYY-MM` (server time zone); the current month when absent.
+    PeriodRefused when it is not such a month from FIRST_YEAR to LAST_YEAR."""
     from .budgets import month_start, next_month_start
 
     start = month_start()
     if month:
-        try:
-            year, number = (int(part) for part in month.split("-", 1))
-            start = timezone.make_aware(datetime(year, number, 1))
-        except ValueError:
-            pass
+        match = MONTH_RE.match(month)
+        year, number = (int(match[1]), int(match[2])) if match else (0, 0)
+        if not (FIRST_YEAR <= year <= LAST_YEAR and 1 <= number <= 12):
+            raise PeriodRefused(
+                f"There is no usage report for \u201c{month[:20]}\u201d. Months are written "
+                f"YYYY-MM, from {FIRST_YEAR}-01 to {LAST_YEAR}-12."
+            )
+        start = timezone.make_aware(datetime(year, number, 1))
     return Period(start, next_month_start(start))
 
 
@@ -52,6 +68,8 @@ def day_period(first: str | None, last: str | None) -> Period:
         start_day = date.fromisoformat(first or "")
         end_day = date.fromisoformat(last or "")
     except ValueError:
+        return month_period(None)
+    if not all(FIRST_YEAR <= day.year <= LAST_YEAR for day in (start_day, end_day)):
         return month_period(None)
     if end_day < start_day:
         start_day, end_day = end_day, start_day

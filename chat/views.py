@@ -14,6 +14,7 @@ from django.contrib.auth.forms import UserCreationForm
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.template import engines
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -113,10 +114,28 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     )
 
 
+# A refused month gets a page of its own, in the site's frame.
+_PERIOD_REFUSED = engines["django"].from_string(
+    '{% extends "base.html" %}{% block title %}Usage \u00b7 {{ SITE_NAME }}{% endblock %}'
+    '{% block content %}<h1>Usage</h1><p role="alert">{{ message }}</p>'
+    "<p><a href=\"{% url 'chat:usage' %}\">This month</a></p>{% endblock %}"
+)
+
+
+def _period_refused(request: HttpRequest, refused: usage.PeriodRefused) -> HttpResponse:
+    return HttpResponse(
+        _PERIOD_REFUSED.render({"message": str(refused)}, request),
+        status=HTTPStatus.BAD_REQUEST,
+    )
+
+
 @login_required
 def usage_page(request: HttpRequest) -> HttpResponse:
     """The user's spending: this month against their limit, per model and per day."""
-    period = usage.month_period(request.GET.get("month"))
+    try:
+        period = usage.month_period(request.GET.get("month"))
+    except usage.PeriodRefused as refused:
+        return _period_refused(request, refused)
     charges = usage.charges_in(period, user=request.user)
     standing = budgets.standing(request.user, period.start)
     current = period.start == budgets.month_start()
@@ -142,7 +161,12 @@ def usage_page(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def usage_csv(request: HttpRequest) -> HttpResponse:
-    period = usage.month_period(request.GET.get("month"))
+    try:
+        period = usage.month_period(request.GET.get("month"))
+    except usage.PeriodRefused as refused:
+        return HttpResponse(
+            f"{refused}\n", content_type="text/plain; charset=utf-8", status=HTTPStatus.BAD_REQUEST
+        )
     month = timezone.localtime(period.start).strftime("%Y-%m")
     response = HttpResponse(
         usage.csv_of(usage.charges_in(period, user=request.user)),
