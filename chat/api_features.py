@@ -51,6 +51,8 @@ def upload_image(request: HttpRequest) -> JsonResponse:
         return json_error("invalid_frame", "Send the image as the 'image' field.", 400)
     try:
         image = attachments.store(request.user, upload)
+    except attachments.StorageFull as exc:
+        return json_error("storage_full", str(exc), HTTPStatus.BAD_REQUEST)
     except attachments.ImageRefused as exc:
         return json_error("invalid_image", str(exc), HTTPStatus.BAD_REQUEST)
     return JsonResponse(attachments.as_json(image), status=HTTPStatus.CREATED)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import base64
 import io
 import math
+from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.uploadedfile import UploadedFile
+from django.db import connection, transaction
+from django.db.models import Sum
+from django.utils import timezone
 from PIL import Image, UnidentifiedImageError
 
 from .models import Attachment
@@ -23,6 +28,37 @@ MAX_PIXELS = 40_000_000
 
 class ImageRefused(ValueError):
     """An upload that is not an acceptable image; the message says why, for the user."""
+
+
+class StorageFull(ImageRefused):
+    """Images that would take the user past MAX_IMAGE_STORAGE_BYTES."""
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def used_storage(owner: AbstractBaseUser) -> int:
+    """Bytes the user's images take, sent or not."""
+    return Attachment.objects.filter(owner=owner).aggregate(used=Sum("size"))["used"] or 0
+
+
+def reserve_storage(owner: AbstractBaseUser, adding: int, what: str) -> None:
+    """Refuse `adding` bytes of images that would not fit in the user's storage.
+
+    Call inside the transaction that stores them: the user's row is locked (SQLite's
+    IMMEDIATE transactions serialise writers already), so two uploads at once cannot both fit
+    in the room left for one."""
+    if connection.vendor != "sqlite":
+        get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+    used = used_storage(owner)
+    limit = settings.MAX_IMAGE_STORAGE_BYTES
+    if used + adding > limit:
+        raise StorageFull(
+            f"Your images already take {_mb(used)} of your {_mb(limit)}; {what} "
+            f"({_mb(adding)}) would not fit. Delete conversations with images you no longer "
+            "need to make room."
+        )
 
 
 def inspect(data: bytes) -> tuple[str, int, int]:
@@ -58,14 +94,28 @@ def store(owner: AbstractBaseUser, upload: UploadedFile) -> Attachment:
         )
     data = upload.read()
     content_type, width, height = inspect(data)
-    return Attachment.objects.create(
-        owner=owner,
-        content_type=content_type,
-        data=data,
-        size=len(data),
-        width=width,
-        height=height,
-    )
+    with transaction.atomic():
+        reserve_storage(owner, len(data), "this image")
+        return Attachment.objects.create(
+            owner=owner,
+            content_type=content_type,
+            data=data,
+            size=len(data),
+            width=width,
+            height=height,
+        )
+
+
+def unattached_cutoff(now: datetime | None = None) -> datetime:
+    """Images uploaded before this and still not sent are removed."""
+    return (now or timezone.now()) - timedelta(seconds=settings.UNATTACHED_IMAGE_SECONDS)
+
+
+def remove_unattached(older_than: datetime) -> int:
+    """Remove images uploaded before `older_than` that were never sent with a question (a
+    closed tab, a removed image); returns how many. Sent images go with their conversation."""
+    removed, _ = Attachment.objects.filter(message__isnull=True, created_at__lt=older_than).delete()
+    return removed
 
 
 def data_uri(attachment: Attachment) -> str:

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import pricing, protocol
-from .attachments import ImageRefused, inspect
+from .attachments import ImageRefused, StorageFull, inspect, reserve_storage
 from .models import Attachment, ChatModel, Conversation, Message
 
 FORMAT = "chutes-chat/1"
@@ -234,7 +234,9 @@ def _validate(payload: Any) -> list[dict[str, Any]]:
                     "must have base64 data",
                 )
                 try:
-                    image["_checked"] = inspect(base64.b64decode(image["data"], validate=True))
+                    data = base64.b64decode(image["data"], validate=True)
+                    image["_checked"] = inspect(data)
+                    image["_size"] = len(data)
                 except (binascii.Error, ValueError) as exc:
                     reason = str(exc) if isinstance(exc, ImageRefused) else "not base64"
                     raise ImportRefused(f"{at} images: {reason}") from None
@@ -253,7 +255,18 @@ def import_payload(user: AbstractBaseUser, payload: Any) -> list[int]:
     conversations = _validate(payload)
     models = {m.model_id: m for m in ChatModel.objects.all()}
     created: list[int] = []
+    image_bytes = sum(
+        image["_size"]
+        for record in conversations
+        for item in record["messages"]
+        for image in item.get("images", [])
+    )
     with transaction.atomic():
+        if image_bytes:
+            try:
+                reserve_storage(user, image_bytes, "the images in this file")
+            except StorageFull as exc:
+                raise ImportRefused(str(exc).rstrip(".")) from None
         for record in conversations:
             conversation = Conversation.objects.create(
                 owner=user,

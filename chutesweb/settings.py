@@ -323,6 +323,10 @@ if GC_FULL_PASS_EVERY < 1:
 MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", "100000")
 MAX_IMAGE_BYTES = envint("MAX_IMAGE_BYTES", str(5 * 1024 * 1024))
 MAX_IMAGES_PER_MESSAGE = envint("MAX_IMAGES_PER_MESSAGE", "4")
+# What one user's images may take in all (uploads and imports); deleting conversations frees it.
+MAX_IMAGE_STORAGE_BYTES = envint("MAX_IMAGE_STORAGE_BYTES", str(200 * 1024 * 1024))
+# Images uploaded but never sent with a question are removed after this long.
+UNATTACHED_IMAGE_SECONDS = envint("UNATTACHED_IMAGE_SECONDS", str(24 * 60 * 60))
 MAX_IMPORT_BYTES = envint("MAX_IMPORT_BYTES", str(50 * 1024 * 1024))
 MAX_FRAME_CHARS = envint("MAX_FRAME_CHARS", "1000000")
 MAX_CONCURRENT_GENERATIONS = envint("MAX_CONCURRENT_GENERATIONS", "3")
