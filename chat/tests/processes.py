@@ -296,10 +296,13 @@ class Nginx:
             self.proc.wait(10)
 
 
-def start_nginx(folder: Path, app_ports: Sequence[int]) -> Nginx:
-    """nginx on free ports in front of the app processes, with the shipped configuration."""
+def start_nginx(
+    folder: Path, app_ports: Sequence[int], *, http_port: int = 0, https_port: int = 0
+) -> Nginx:
+    """nginx in front of the app processes, with the shipped configuration, on the given ports
+    (free ones by default)."""
     folder.mkdir(parents=True, exist_ok=True)
-    http_port, https_port = free_port(), free_port()
+    http_port, https_port = http_port or free_port(), https_port or free_port()
     config = nginx_config(folder, http_port, https_port, app_ports)
     log = folder / "nginx.log"
     with log.open("wb") as handle:

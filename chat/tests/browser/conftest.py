@@ -24,6 +24,7 @@ from chat.tests.browser.live import (
     hit_recorder,
     start_live_server,
 )
+from chat.tests.processes import SITE_HOST
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Playwright
@@ -36,6 +37,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # The production tests reach nginx by the site's name, as a browser would (test_production).
+    f"--host-resolver-rules=MAP {SITE_HOST} 127.0.0.1",
 ]
 DEFAULT_TIMEOUT_MS = 15_000
 # Small on purpose, so the tests can show refused sends; the limit has its own tests.
