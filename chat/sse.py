@@ -10,6 +10,9 @@ It follows the parsing rules of the reference OpenAI client (see
 
 Lines are found on bytes and only then decoded, so a multi-byte UTF-8 character split across
 network reads is never mangled, and any way of splitting the input yields the same events.
+
+A line or an event longer than `max_event_bytes` ends the decoding with `error` set: the events
+before it are kept, and memory stays bounded whatever the other end sends.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ import re
 from dataclasses import dataclass
 
 DONE_MARKER = "[DONE]"
+
+# Far beyond any chunk of a chat completion (a whole reply is a few hundred kilobytes even as
+# JSON escapes), and small enough that an endless line cannot exhaust memory.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 # A legal SSE field name looks like a word; anything else (a `{` or spaces) is not SSE at all.
@@ -41,15 +48,20 @@ class SSEEvent:
 class SSEDecoder:
     """Feed raw bytes with `feed()`, call `close()` at end of stream; both return new events."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
         self._buffer = bytearray()
         self._data: list[str] = []
+        # Bytes of the lines of the event being read (each line counted with one line end).
+        self._event_size = 0
         self._event = ""
         self._last_id: str | None = None
         self._retry: int | None = None
         self._first_line = True
         self.done = False
         self.closed = False
+        # Why decoding stopped before the end, if it did (the stream is not SSE any more).
+        self.error: str | None = None
 
     @property
     def truncated(self) -> bool:
@@ -57,21 +69,40 @@ class SSEDecoder:
         return self.closed and not self.done
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        if self.done or self.closed or not chunk:
+        if self.done or self.closed or self.error is not None or not chunk:
             return []
-        self._buffer += chunk
+        buffer = self._buffer
+        # A CR at the end of the buffer waits to see whether an LF follows.
+        waiting = buffer.endswith(b"\r")
+        buffer += chunk
+        if not waiting and b"\n" not in chunk and b"\r" not in chunk:
+            # No line ends: only the current line grew. Looking at the new bytes alone keeps a
+            # long line arriving in many reads linear.
+            self._check_partial_line()
+            return []
         return self._drain(final=False)
 
     def close(self) -> list[SSEEvent]:
         """Signal end of stream: surfaces a trailing bare line and a pending complete event."""
         if self.closed:
             return []
-        events = [] if self.done else self._drain(final=True)
-        if not self.done:
+        events = [] if self.done or self.error is not None else self._drain(final=True)
+        if not self.done and self.error is None:
             self._dispatch(events)
         self.closed = True
         self._buffer.clear()
         return events
+
+    def _check_partial_line(self) -> None:
+        # The unfinished line counts as it is so far: never more than it will once finished,
+        # so any way of splitting the input stops at the same line.
+        if self._event_size + len(self._buffer) > self.max_event_bytes:
+            self._overflow()
+
+    def _overflow(self) -> None:
+        self.error = f"an event longer than {self.max_event_bytes} bytes"
+        self._buffer.clear()
+        self._data = []
 
     def _drain(self, *, final: bool) -> list[SSEEvent]:
         events: list[SSEEvent] = []
@@ -85,17 +116,21 @@ class SSEDecoder:
                 end = buffer.find(b"\n", pos)
                 if end < 0:
                     break
-                self._line(self._decode(buffer[pos:end]), events)
-                pos = end + 1
-                continue
-            match = _LINE_END.search(buffer, pos)
-            if match is None:
-                break
-            # A lone CR at the very end may be the first half of CRLF: wait for the next byte.
-            if match.group() == b"\r" and match.end() == size and not final:
-                break
-            self._line(self._decode(buffer[pos : match.start()]), events)
-            pos = match.end()
+                after = end + 1
+            else:
+                match = _LINE_END.search(buffer, pos)
+                if match is None:
+                    break
+                # A lone CR at the very end may be the first half of CRLF: wait for the next byte.
+                if match.group() == b"\r" and match.end() == size and not final:
+                    break
+                end, after = match.start(), match.end()
+            self._event_size += end - pos + 1
+            if self._event_size > self.max_event_bytes:
+                self._overflow()
+                return events
+            self._line(self._decode(buffer[pos:end]), events)
+            pos = after
         if final and not self.done and pos < size:
             # An unterminated last line: only a bare line or [DONE] is worth keeping, a partial
             # `data:` line is a truncated JSON document.
@@ -107,6 +142,7 @@ class SSEDecoder:
             ):
                 self._line(text, events)
         del buffer[:pos]
+        self._check_partial_line()
         return events
 
     def _decode(self, raw: bytes | bytearray) -> str:
@@ -145,13 +181,15 @@ class SSEDecoder:
             self._event = value
         elif name == "id" and "\0" not in value:
             self._last_id = value
-        elif name == "retry" and value.isdigit():
+        elif name == "retry" and value.isascii() and value.isdigit() and len(value) <= 10:
+            # ASCII only: str.isdigit() also accepts digits int() refuses, such as "²".
             self._retry = int(value)
         # Other well-formed field names are ignored, as the SSE specification requires.
 
     def _dispatch(self, events: list[SSEEvent]) -> None:
         data, event = self._data, self._event
         self._data = []
+        self._event_size = 0
         self._event = ""
         if not data:
             return

@@ -191,3 +191,29 @@ def test_feeding_after_close_yields_nothing() -> None:
     decoder.close()
     assert decoder.feed(b"data: x\n\n") == []
     assert decoder.close() == []
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "9" * 5000])
+def test_a_retry_field_that_is_not_ascii_digits_is_ignored(value: str) -> None:
+    # str.isdigit() accepts "²", which int() refuses; the spec allows ASCII digits only.
+    events, _done, _truncated = decode(f"retry: {value}\ndata: x\n\n".encode())
+    assert events == [SSEEvent(data="x")]
+
+
+def test_a_line_longer_than_the_limit_stops_the_decoding_keeping_what_came_before() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    events = decoder.feed(b"data: first\n\n" + b"data: " + b"x" * 40)
+    assert [event.data for event in events] == ["first"]
+    assert decoder.error is None
+    assert decoder.feed(b"x" * 40) == []
+    assert decoder.error is not None
+    assert decoder.feed(b"\n\ndata: later\n\n") == []
+    assert decoder.close() == []
+
+
+def test_an_event_of_many_lines_counts_all_of_them_against_the_limit() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    assert decoder.feed(b"data: 0123456789\n" * 3) == []
+    assert decoder.error is None
+    decoder.feed(b"data: 0123456789\n" * 2)
+    assert decoder.error is not None
