@@ -70,6 +70,11 @@ USER_AGENT = "chutes-chat/0.1"
 # Error bodies are read only this far: they are small, and an endless one must not hang us.
 _ERROR_BODY_LIMIT = 64 * 1024
 _DETAIL_LIMIT = 200
+_REASON_LIMIT = 64
+# Token counts beyond this are not counts (and no database integer column holds them).
+_MAX_TOKENS = 2**31 - 1
+# Lengths in the catalogue (context, output) beyond this are not lengths.
+_MAX_CATALOGUE_NUMBER = 2**31 - 1
 # After [DONE] the rest of the body (the chunked terminator) is read so the connection can be
 # reused; a server that keeps the body open after [DONE] only costs this much.
 _DRAIN_SECONDS = 2.0
@@ -523,7 +528,7 @@ def _body_detail(raw: bytes) -> tuple[str | None, str | None]:
     """(plain `detail` string, any message found) from an error body of unknown shape."""
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, None
     if not isinstance(body, dict):
         return None, None
@@ -672,18 +677,48 @@ def _streaming_body(body: Mapping[str, Any]) -> bytes:
 def _as_int(value: Any) -> int:
     try:
         return max(0, int(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0
 
 
-def _parse_usage(usage: Mapping[str, Any]) -> Usage:
+def _token_count(value: Any) -> int | None:
+    """A count of tokens as the upstream wrote it (a number, or digits in a string), if it is
+    one: whole, not negative, and below what a database integer holds."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit() and len(value) <= 10):
+            return None
+        value = int(value)
+    elif isinstance(value, float):
+        if not value.is_integer():  # NaN and infinities included
+            return None
+        value = int(value)
+    if isinstance(value, int) and 0 <= value <= _MAX_TOKENS:
+        return value
+    return None
+
+
+def _parse_usage(usage: Mapping[str, Any]) -> Usage | None:
+    """The usage the upstream reported, or None when its counts are not counts: the reply is
+    then billed from an estimate, as without usage, rather than from a made-up number."""
+    prompt = _token_count(usage.get("prompt_tokens"))
+    completion = _token_count(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
+        return None
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
-    return Usage(
-        prompt_tokens=_as_int(usage.get("prompt_tokens")),
-        completion_tokens=_as_int(usage.get("completion_tokens")),
-        cached_tokens=_as_int(cached),
-    )
+    return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                 cached_tokens=min(_token_count(cached) or 0, prompt))  # fmt: skip
+
+
+def _finish_reason(value: Any) -> str | None:
+    """The finish_reason of a choice, if the choice has one: non-empty text, kept short and
+    clean (it is logged and stored)."""
+    if not isinstance(value, str):
+        return None
+    reason = _CONTROL_CHARS.sub(" ", clean_text(value[: _REASON_LIMIT * 2])).strip()
+    return reason[:_REASON_LIMIT] or None
 
 
 class _Reply:
@@ -709,6 +744,8 @@ class _Reply:
     def feed(self, data: bytes) -> list[Event]:
         out: list[Event] = []
         self._handle_all(self.decoder.feed(data), out)
+        if self.error is None and self.decoder.error is not None:
+            self._fail("protocol", "The model service sent a malformed stream.", self.decoder.error)
         if self.error is not None:
             self._end_text(out)
         return out
@@ -757,7 +794,8 @@ class _Reply:
             return
         try:
             chunk = json.loads(event.data)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: JSON nested deeper than the decoder goes.
             self._fail("protocol", "The model service sent a malformed stream.", event.data)
             return
         if not isinstance(chunk, dict):
@@ -771,7 +809,11 @@ class _Reply:
         # check runs Python for every token.
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            self.usage = _parse_usage(usage)
+            parsed = _parse_usage(usage)
+            if parsed is not None:
+                self.usage = parsed
+            elif usage:
+                logger.warning("upstream usage ignored: %s", _short(json.dumps(usage), self.config))
         if not isinstance(choices, list):
             return
         for choice in choices:
@@ -781,10 +823,10 @@ class _Reply:
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 self._delta(delta, out)
-            reason = choice.get("finish_reason")
+            reason = _finish_reason(choice.get("finish_reason"))
             if reason is not None:
                 self.finished = True
-                self.finish_reason = str(reason)
+                self.finish_reason = reason
 
     def _delta(self, delta: dict[str, Any], out: list[Event]) -> None:
         reasoning, content = delta_texts(delta)
@@ -1042,13 +1084,13 @@ def _optional_int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     try:
-        number = int(str(value).strip())
-    except (TypeError, ValueError):
-        try:
-            number = int(Decimal(str(value)))
-        except (InvalidOperation, ValueError):
-            return None
-    return number if number > 0 else None
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        return None
+    # Checked before int(): an infinity has no int, and 1e999999999 would take minutes.
+    if not number.is_finite() or not 1 <= number <= _MAX_CATALOGUE_NUMBER:
+        return None
+    return int(number)
 
 
 def _strings(value: Any) -> list[str]:
@@ -1114,7 +1156,7 @@ async def _get_json(
     logger.info("upstream %s status=200 duration_ms=%.0f", what, duration)
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UpstreamError(
             "protocol", "The model service sent a malformed response.", status=HTTPStatus.OK
         ) from None
