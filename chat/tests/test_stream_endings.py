@@ -14,6 +14,7 @@ import pytest
 from chat.fakeupstream import FakeUpstream, delta_chunk, sse_event, usage_numbers
 from chat.tests.fixtures_upstream import (
     MODEL,
+    REASONING_MODEL,
     chat_body,
     collect,
     config_fixture,  # noqa: F401 - fixture
@@ -101,3 +102,15 @@ async def test_a_reply_cut_after_its_finish_reason_is_logged_as_such(
     assert (await collect(chat_body(model=MODEL), config)).error is None
     warnings = [r.getMessage() for r in caplog.records if r.name == "chat.upstream"]
     assert any("after its finish_reason" in text and "upstream_error" in text for text in warnings)
+
+
+@pytest.mark.parametrize("ending", ["drop", "reset", "torn", "stall"])
+async def test_text_held_back_is_released_when_the_body_breaks_off(
+    fake: FakeUpstream, ending: str
+) -> None:
+    # A reasoning model's text waits for a </think> that may come; half a surrogate pair
+    # waits for its other half. When the connection breaks, both still reach the user.
+    fake.push_script(raw=[sse_event(delta_chunk({"content": "A plain answer \ud83d"}))], mid=ending)
+    result = await collect(chat_body(model=REASONING_MODEL), config_with_short_idle(fake))
+    assert result.error is not None and result.error.after_tokens
+    assert result.text(TextDelta) == "A plain answer \ufffd"
