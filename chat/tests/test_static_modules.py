@@ -229,6 +229,18 @@ def test_the_scanner_finds_exactly_the_real_specifiers(
         )
 
 
+def test_paths_under_static_url_are_rewritten_and_other_specifiers_left_alone(
+    tmp_path: Path,
+) -> None:
+    source = (
+        'import "/static/chat/js/mod1.js";\nimport "lit";\n'
+        'import "https://example.com/x.js";\nimport("/elsewhere/y.js");\n'
+    )
+    assert rewrite_as_collectstatic_does(source, tmp_path) == source.replace(
+        "/static/chat/js/mod1.js", "/static/chat/js/mod1.111111111111.js"
+    )
+
+
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
