@@ -708,8 +708,9 @@ def _parse_usage(usage: Mapping[str, Any]) -> Usage | None:
         return None
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
-    return Usage(prompt_tokens=prompt, completion_tokens=completion,
-                 cached_tokens=min(_token_count(cached) or 0, prompt))  # fmt: skip
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, cached_tokens=_token_count(cached) or 0
+    )
 
 
 def _finish_reason(value: Any) -> str | None:
