@@ -96,7 +96,7 @@ class SSEDecoder:
     def _check_partial_line(self) -> None:
         # The unfinished line counts as it is so far: never more than it will once finished,
         # so any way of splitting the input stops at the same line.
-        if self._event_size + len(self._buffer) > self.max_event_bytes:
+        if self._event_size + len(self._buffer) > self.max_event_bytes and not self.done:
             self._overflow()
 
     def _overflow(self) -> None:

@@ -217,3 +217,9 @@ def test_an_event_of_many_lines_counts_all_of_them_against_the_limit() -> None:
     assert decoder.error is None
     decoder.feed(b"data: 0123456789\n" * 2)
     assert decoder.error is not None
+
+
+def test_whatever_follows_done_in_the_same_read_is_not_measured() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    assert decoder.feed(b"data: [DONE]\n\n" + b"x" * 100) == []
+    assert decoder.done and decoder.error is None
