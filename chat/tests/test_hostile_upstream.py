@@ -24,10 +24,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chat import upstream
-from chat.fakeupstream import DONE_EVENT, delta_chunk, sse_event
+from chat.fakeupstream import DONE_EVENT, FakeUpstream, delta_chunk, sse_event
 from chat.reasoning import Piece, ReasoningSplitter
 from chat.sse import MAX_EVENT_BYTES, SSEDecoder, SSEEvent
-from chat.tests.fixtures_upstream import read_body
+from chat.tests.fixtures_upstream import (
+    MODEL,
+    chat_body,
+    collect,
+    config_for,
+    fake_fixture,  # noqa: F401 - fixture
+    read_body,
+)
 from chat.upstream import (
     Finish,
     ReasoningDelta,
@@ -442,3 +449,19 @@ def test_catalogue_lengths_that_are_not_lengths_are_left_unknown() -> None:
     )
     lengths = [(m.id, m.context_length, m.max_output_length) for m in models]
     assert lengths == [("a", None, None), ("b", None, None), ("c", 131072, 8192)]
+
+
+# Over loopback
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=STREAM, points=POINTS)
+async def test_whatever_the_stand_in_sends_stream_chat_raises_only_upstream_error(
+    fake: FakeUpstream, body: bytes, points: list[int]
+) -> None:
+    fake.push_script(raw=split_at(body, points))
+    result = await collect(chat_body(model=MODEL), config_for(fake, max_retries=0))
+    assert_well_formed(result)
+    assert isinstance(result.events[0], RequestIds)
