@@ -133,7 +133,9 @@ async def test_the_reservation_covers_the_prompt_at_its_upper_bound(fake, alice)
     await socket.done(accepted["message"])
     await socket.close()
     [charge] = await charges_of(accepted["message"])
-    estimate = charge.prompt_tokens
+    estimate = pricing.estimate_prompt_tokens(
+        [{"role": "user", "content": "how big is my prompt? " * 50}]
+    )
     max_tokens = fake.log[-1].body["max_tokens"]
     assert charge.reserved == pricing.cost(
         pricing.upper_prompt_tokens(estimate), max_tokens, PRICE, PRICE

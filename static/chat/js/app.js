@@ -154,6 +154,12 @@ class ChatApp {
     $("save-preset").addEventListener("click", (event) =>
       this.presets.open({ returnTo: event.currentTarget, forSaving: true }),
     );
+    // Titles are written once per conversation; a new one (billed like any) only when asked.
+    $("retitle").addEventListener("click", () => {
+      if (this.conversationId === null) return;
+      this.conversationMenu.close(false);
+      this.socket.send({ type: "retitle", conversation: this.conversationId });
+    });
     $("share-open").addEventListener("click", () => {
       if (this.conversationId !== null) {
         this.shareDialog.open(this.conversationId, $("conv-menu-button"));
