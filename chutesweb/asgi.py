@@ -19,6 +19,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 
 from chat import daphnetuning  # noqa: E402
+from chat.bodylimit import BodyLimit  # noqa: E402
 from chat.generation import start_with_server  # noqa: E402
 from chat.lifespan import lifespan  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
@@ -33,7 +34,8 @@ start_with_server()
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Oversized request bodies are refused before they are read (chat/bodylimit.py).
+        "http": BodyLimit(django_asgi_app),
         "lifespan": lifespan,
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))

@@ -460,3 +460,38 @@ def test_without_it_each_closed_connection_waits_for_a_full_collection() -> None
     # The protocol objects of every connection are left in reference cycles.
     assert result["protocols"] == 40
     assert result["garbage"] >= 20 * 40
+
+
+# Body limits: the shape checks that keep a changed daphne or Twisted on its stock path.
+
+
+def test_body_limits_leave_a_changed_daphne_request_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from daphne.http_protocol import WebRequest
+
+    def own_got_length(self: Any, length: int | None) -> None:
+        pass
+
+    monkeypatch.setattr(WebRequest, "gotLength", own_got_length, raising=False)
+    chunk = WebRequest.handleContentChunk
+    assert daphnetuning._body_limits() is False
+    assert WebRequest.gotLength is own_got_length
+    assert WebRequest.handleContentChunk is chunk
+    assert "WebRequest.gotLength is not Twisted's" in caplog.text
+
+
+def test_body_limits_leave_a_changed_twisted_request_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from daphne.http_protocol import WebRequest
+    from twisted.web import http
+
+    def received(self: Any, command: bytes, path: bytes, version: bytes, extra: Any) -> None:
+        pass
+
+    monkeypatch.setattr(http.Request, "requestReceived", received)
+    got_length = WebRequest.gotLength
+    assert daphnetuning._body_limits() is False
+    assert WebRequest.gotLength is got_length
+    assert "Request.requestReceived takes" in caplog.text
