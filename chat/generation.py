@@ -112,16 +112,14 @@ class Generation:
         self.lava_request_id = ""
         self.chutes_invocation_id = ""
         self.error: upstream.UpstreamError | None = None
-        # The estimated tokens received, and the estimate past which the reply has certainly
-        # gone beyond the max_tokens it was reserved for (a provider that ignores it).
-        self._tokens = 0.0
+        # The estimate past which the reply has certainly gone beyond the max_tokens it was
+        # reserved for (a provider that ignores it): there the upstream request is closed.
         max_tokens = plan.body.get("max_tokens")
-        self._cut_at = (
+        self._token_limit = (
             max_tokens * pricing.MAX_OVERCOUNT + CUT_SLACK_TOKENS
             if isinstance(max_tokens, int) and max_tokens > 0
             else None
         )
-        self.cut_at_limit = False
         # The reply's own saves that failed in a row (see GenerationManager.flush_once).
         self.save_failures = 0
         self.save_failed = False
@@ -223,7 +221,10 @@ class Generation:
     async def _read(self) -> None:
         config = upstream.UpstreamConfig.from_settings()
         events = upstream.stream_chat(
-            self.plan.body, config=config, reasoning_model=self.plan.reasoning_model
+            self.plan.body,
+            config=config,
+            reasoning_model=self.plan.reasoning_model,
+            token_limit=self._token_limit,
         )
         try:
             async with contextlib.aclosing(events):
@@ -236,16 +237,12 @@ class Generation:
                             ):
                                 self._reasoning_ended = time.monotonic()
                             self._pending_content.append(event.text)
-                            if self._past_limit(event.text):
-                                break
                             await self._queued()
                     elif isinstance(event, upstream.ReasoningDelta):
                         if event.text:
                             if self._reasoning_started is None:
                                 self._reasoning_started = time.monotonic()
                             self._pending_reasoning.append(event.text)
-                            if self._past_limit(event.text):
-                                break
                             await self._queued()
                     elif isinstance(event, upstream.Usage):
                         self.usage = event
@@ -264,21 +261,6 @@ class Generation:
             self.error = upstream.UpstreamError(
                 "upstream_error", "Something went wrong while generating this reply."
             )
-
-    def _past_limit(self, text: str) -> bool:
-        """Whether the reply has gone past its max_tokens: then reading stops, which closes
-        the upstream request (nothing more is produced, or billed to us)."""
-        self._tokens += pricing.text_weight(text)
-        if self._cut_at is None or self._tokens <= self._cut_at:
-            return False
-        logger.warning(
-            "reply %s went past its max_tokens (%s); the upstream request is closed",
-            self.message_id,
-            self.plan.body.get("max_tokens"),
-        )
-        self.cut_at_limit = True
-        self.finish_reason = "length"
-        return True
 
     async def _queued(self) -> None:
         """New text is pending: a token after a quiet window goes out at once, from here

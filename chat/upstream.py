@@ -45,6 +45,7 @@ import httpx
 from httpcore import AsyncConnectionInterface
 
 from chat import netio
+from chat.pricing import text_weight
 from chat.reasoning import Piece, ReasoningSplitter, delta_texts, infer_reasoning_model
 from chat.sse import SSEDecoder, SSEEvent
 
@@ -725,8 +726,20 @@ def _finish_reason(value: Any) -> str | None:
 class _Reply:
     """Turns the bytes of one streamed reply into events; holds the error to raise, if any."""
 
-    def __init__(self, config: UpstreamConfig, *, split_think: bool, hold: bool) -> None:
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        *,
+        split_think: bool,
+        hold: bool,
+        token_limit: float | None = None,
+    ) -> None:
         self.config = config
+        # The reply's text, weighed as it arrives (pricing.text_weight), before anything is
+        # held back; past `token_limit` the reply is over (see stream_chat).
+        self.token_limit = token_limit
+        self.weight = 0.0
+        self.cut = False
         self.decoder = SSEDecoder()
         self.splitter = ReasoningSplitter(split_think=split_think, hold_for_close=hold)
         # Each field is made clean before the splitter sees it.
@@ -740,7 +753,7 @@ class _Reply:
 
     @property
     def over(self) -> bool:
-        return self.decoder.done or self.error is not None
+        return self.decoder.done or self.error is not None or self.cut
 
     def feed(self, data: bytes) -> list[Event]:
         out: list[Event] = []
@@ -831,6 +844,13 @@ class _Reply:
 
     def _delta(self, delta: dict[str, Any], out: list[Event]) -> None:
         reasoning, content = delta_texts(delta)
+        if self.token_limit is not None and not self.cut:
+            self.weight += text_weight(reasoning) + text_weight(content)
+            if self.weight > self.token_limit:
+                # Past what the reply may be: nothing more is read, and what came is kept.
+                self.cut = True
+                self.finished = True
+                self.finish_reason = "length"
         if reasoning:
             # Told even when all of it waits: reasoning in its own field means a reasoning
             # model's content is not held for a lone </think>.
@@ -919,11 +939,17 @@ async def stream_chat(
     config: UpstreamConfig | None = None,
     split_think: bool = True,
     reasoning_model: bool | None = None,
+    token_limit: float | None = None,
 ) -> AsyncIterator[Event]:
     """Stream one chat completion; see the module docstring for the contract.
 
     `reasoning_model` says whether text before a lone `</think>` is reasoning (see
     `chat.reasoning`); None guesses from the model id and `chat_template_kwargs`.
+
+    `token_limit`: once the reply's text (reasoning included, held-back text included) weighs
+    more tokens than this by estimate, the reply ends there, as if its finish_reason were
+    `length`: the request is closed, so a provider that ignores max_tokens neither produces
+    more nor makes this process hold more.
     """
     cfg = config if config is not None else UpstreamConfig.from_settings()
     headers = {
@@ -962,7 +988,7 @@ async def stream_chat(
                     error = error_for_status(response.status_code, raw, cfg, model=model)
                     retry_after = _retry_after(response)
                 else:
-                    reply = _Reply(cfg, split_think=split_think, hold=hold)
+                    reply = _Reply(cfg, split_think=split_think, hold=hold, token_limit=token_limit)
                     ttfb = loop.time() - started
                     yield RequestIds(
                         lava_request_id=response.headers.get("x-lava-request-id"),
@@ -990,7 +1016,14 @@ async def stream_chat(
                             break
                         for event in reply.feed(data):
                             yield event
-                    if reply.error is None and broken is None:
+                    if reply.cut:
+                        logger.warning(
+                            "upstream chat went past its token limit model=%s limit=%.0f; "
+                            "the request is closed",
+                            model,
+                            token_limit or 0,
+                        )
+                    elif reply.error is None and broken is None:
                         await _drain(chunks)
                     final = reply.close(broken)
                     if reply.error is None:

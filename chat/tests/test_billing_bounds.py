@@ -232,3 +232,25 @@ async def test_an_import_does_not_count_against_the_sends_per_minute(fake, alice
     frames = await socket.done(accepted["message"])
     await socket.close()
     assert frames[-1]["status"] == "complete"
+
+
+async def test_text_held_for_a_closing_think_tag_counts_towards_the_cut(fake, alice) -> None:
+    """A reasoning model's answer is held back until its lone </think> (chat.reasoning); a
+    provider that never sends one nor stops is cut all the same, and what it sent is kept."""
+    model = "deepseek-ai/DeepSeek-R1-0528"
+    fake.push_script(tokens=2000, text="word " * 2000, interval_ms=1, usage=False, reasoning=None)
+    socket = await open_socket(alice)
+    accepted = await send_and_accept(
+        socket, "go on forever", model=model, params={"max_tokens": 20}
+    )
+    frames = await socket.done(accepted["message"])
+    await socket.close()
+    entry = fake.log[-1]
+    await fake.wait_until(lambda: entry.finished is not None)
+    assert entry.client_gone and entry.tokens_sent < 200
+    reply = await message(accepted["message"])
+    assert (reply.status, reply.finish_reason) == ("complete", "length")
+    # Without a </think>, the held text is the answer.
+    assert reply.content == text_of(frames, accepted["message"])
+    assert reply.content.startswith("word word") and reply.reasoning == ""
+    assert pricing.text_weight(reply.content) > 20 * pricing.MAX_OVERCOUNT
