@@ -424,17 +424,13 @@ class Generation:
 
 
 def _storable(outcome: Outcome) -> Outcome:
-    """The outcome with text no database can store (lone UTF-16 surrogates) replaced by U+FFFD,
-    pairs joined."""
+    """The outcome with text no database can store (lone UTF-16 surrogates, NUL) replaced by
+    U+FFFD, pairs joined."""
     return dataclasses.replace(
         outcome,
-        content=_storable_text(outcome.content),
-        reasoning=_storable_text(outcome.reasoning),
+        content=upstream.clean_text(outcome.content),
+        reasoning=upstream.clean_text(outcome.reasoning),
     )
-
-
-def _storable_text(text: str) -> str:
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def done_frame_for(message: Message) -> dict[str, Any]:
