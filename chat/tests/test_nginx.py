@@ -22,20 +22,22 @@ from django.conf import settings
 from PIL import Image
 from websockets.sync.client import connect
 
+from chat import bodylimit
+
 from . import processes
 from .processes import NGINX_CONF, SITE_HOST, Nginx, Process
 
 HOST = SITE_HOST
+UPLOAD_PATHS = ("/api/import", "/api/images")
 PASSWORD = "correct horse battery staple"
 MIB = 1024 * 1024
-# What a multipart body adds to the file it carries (boundaries, part headers, the CSRF field):
-# a few hundred bytes; the configuration allows 1 MiB.
-MULTIPART_ENVELOPE = MIB
 
 
-def required_body_size() -> int:
-    """The largest request body the app accepts: its largest upload plus the envelope."""
-    return max(settings.MAX_IMPORT_BYTES, settings.MAX_IMAGE_BYTES) + MULTIPART_ENVELOPE
+def largest_accepted_body() -> int:
+    """The most a logged-in request may send to the app (chat/bodylimit.py, from MAX_IMPORT_BYTES
+    and MAX_IMAGE_BYTES): an import or an image upload with its multipart wrapping."""
+    cookie = [(b"cookie", f"{settings.SESSION_COOKIE_NAME}=anything".encode())]
+    return max(bodylimit.rule_for("POST", path, cookie).limit for path in UPLOAD_PATHS)
 
 
 def configured_body_size() -> int:
@@ -44,9 +46,10 @@ def configured_body_size() -> int:
     return int(match.group(1)) * {"": 1, "k": 1024, "m": MIB}[match.group(2)]
 
 
-def test_the_proxy_s_body_limit_is_the_app_s_largest_upload_plus_its_envelope() -> None:
-    # Rounded up to whole megabytes, as the configuration writes it.
-    assert configured_body_size() == math.ceil(required_body_size() / MIB) * MIB
+def test_the_proxy_s_body_limit_is_the_app_s_largest_accepted_body() -> None:
+    # Rounded up to whole megabytes, as the configuration writes it: never less than the app
+    # accepts, and not more than it would read.
+    assert configured_body_size() == math.ceil(largest_accepted_body() / MIB) * MIB
 
 
 @pytest.fixture(scope="module")
