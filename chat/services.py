@@ -336,7 +336,10 @@ def build_prompt(
             turn, size = _turn(message, model)
             turns.append(turn)
             sizes.append(size)
-    requested = params.max_tokens or conversation.params.get("max_tokens")
+    # Stored parameters go through the same check as a frame's: a row written before it
+    # existed (or by hand) cannot take a negative or textual max_tokens into a reservation.
+    stored = protocol.stored_params(conversation.params)
+    requested = params.max_tokens or stored.max_tokens
     max_tokens = min(requested or settings.DEFAULT_MAX_TOKENS, model.max_output_tokens)
     fixed = pricing.estimate_prompt_tokens(system)
     total = fixed + sum(sizes)
@@ -363,10 +366,10 @@ def build_prompt(
     }
     temperature = params.temperature
     if temperature is None:
-        temperature = conversation.params.get("temperature")
+        temperature = stored.temperature
     if temperature is not None:
         body["temperature"] = temperature
-    top_p = params.top_p if params.top_p is not None else conversation.params.get("top_p")
+    top_p = params.top_p if params.top_p is not None else stored.top_p
     if top_p is not None:
         body["top_p"] = top_p
     return body, total
@@ -517,12 +520,20 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
                     title=default_title(frame.content),
                     model=model,
                     system_prompt=preset.system_prompt if preset else "",
-                    params=dict(preset.params) if preset else {},
+                    params=(
+                        {
+                            k: v
+                            for k, v in protocol.stored_params(preset.params).as_json().items()
+                            if k != "system_prompt"
+                        }
+                        if preset
+                        else {}
+                    ),
                 )
             params = frame.params
             if params.as_json():
                 conversation.params = {
-                    **conversation.params,
+                    **protocol.stored_params(conversation.params).as_json(),
                     **{k: v for k, v in params.as_json().items() if k != "system_prompt"},
                 }
                 if params.system_prompt is not None:

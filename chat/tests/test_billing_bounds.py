@@ -11,7 +11,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from chat import budgets, pricing, services
-from chat.models import Charge
+from chat.models import Charge, Conversation
 
 from .wsclient import MODEL, message, open_socket, request_id, send_and_accept, text_of
 
@@ -254,3 +254,32 @@ async def test_text_held_for_a_closing_think_tag_counts_towards_the_cut(fake, al
     assert reply.content == text_of(frames, accepted["message"])
     assert reply.content.startswith("word word") and reply.reasoning == ""
     assert pricing.text_weight(reply.content) > 20 * pricing.MAX_OVERCOUNT
+
+
+@pytest.mark.parametrize("bad", [-1_000_000_000, "8192", 1e9, None, [], True])
+async def test_stored_params_that_break_the_rules_cannot_move_the_reservation(
+    fake, alice, bad: Any
+) -> None:
+    """A conversation saved before params were checked (or by hand): its bad max_tokens is
+    ignored, the reservation is the usual one, and the socket stays open."""
+    fake.set_default_script(tokens=2, usage={"completion_tokens": 2})
+    socket = await open_socket(alice)
+    accepted = await send_and_accept(socket, "first")
+    await socket.done(accepted["message"])
+
+    @database_sync_to_async
+    def spoil() -> None:
+        Conversation.objects.filter(pk=accepted["conversation"]).update(
+            params={"max_tokens": bad, "temperature": "hot"}
+        )
+
+    await spoil()
+    second = await send_and_accept(socket, "second", conversation=accepted["conversation"])
+    await socket.done(second["message"])
+    await socket.close()
+    [charge] = await charges_of(second["message"])
+    first, body = fake.chat_log()[-2].body, fake.chat_log()[-1].body
+    # The defaults, as for the first reply; the bad temperature is not sent at all.
+    assert body["max_tokens"] == first["max_tokens"] > 0
+    assert "temperature" not in body
+    assert charge.reserved > 0
