@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     from daphne.cli import CommandLineInterface
 
     cli = CommandLineInterface()
-    cli.server_class = server_class()
+    try:
+        cli.server_class = server_class()
+    except RuntimeError as exc:
+        sys.exit(f"chutesweb.serve: {exc}")
     cli.run(sys.argv[1:] if argv is None else argv)
     if getattr(cli.server, "startup_error", None) is not None:
         sys.exit("chutesweb.serve: the server could not be set up (see the log above)")

@@ -172,3 +172,16 @@ def test_uvicorn_closes_on_a_frame_over_its_limit_with_1009(server: Process) -> 
 
 def test_the_byte_limit_lets_through_any_frame_within_the_character_limit() -> None:
     assert serve.websocket_byte_limit(1000) == len(("\U0010ffff" * 1000).encode())
+
+
+def test_an_autobahn_without_the_close_option_stops_the_server_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from daphne.ws_protocol import WebSocketFactory
+
+    def options(self: object, *, maxMessagePayloadSize: int = 0) -> None:
+        pass
+
+    monkeypatch.setattr(WebSocketFactory, "setProtocolOptions", options)
+    with pytest.raises(RuntimeError, match="failByDrop"):
+        serve.server_class()
