@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from . import pricing, protocol, services, upstream
+from . import attachments, pricing, protocol, services, upstream
 from .models import Message
 from .services import GenerationPlan, Outcome
 
@@ -821,7 +821,23 @@ class GenerationManager:
                 raise
             except Exception:
                 logger.exception("reaper failed")
+            try:
+                await self.remove_unsent_images()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("removing images never sent failed")
             await asyncio.sleep(settings.REAPER_INTERVAL_SECONDS)
+
+    async def remove_unsent_images(self) -> int:
+        """Remove images uploaded and never sent (a closed tab) once UNATTACHED_IMAGE_SECONDS
+        old: they count against the user's image storage and nobody can see them."""
+        removed = await database_sync_to_async(attachments.remove_unattached)(
+            attachments.unattached_cutoff()
+        )
+        if removed:
+            logger.info("removed %d images never sent", removed)
+        return removed
 
     async def reap(self) -> list[int]:
         """Mark replies whose heartbeat went stale `interrupted` and tell their watchers."""

@@ -234,3 +234,33 @@ async def test_a_bad_control_request_does_not_end_the_control_channel(fake, alic
     frames = await socket.done(accepted["message"])
     await socket.close()
     assert frames[-1]["status"] == "stopped"
+
+
+async def test_the_process_removes_images_never_sent_as_part_of_its_periodic_work(
+    fake, alice, settings
+) -> None:
+    from chat.models import Attachment
+
+    settings.UNATTACHED_IMAGE_SECONDS = 3600
+
+    @database_sync_to_async
+    def upload_long_ago() -> int:
+        image = Attachment.objects.create(
+            owner=alice, content_type="image/png", data=b"x", size=1, width=1, height=1
+        )
+        Attachment.objects.filter(pk=image.pk).update(
+            created_at=timezone.now() - timezone.timedelta(hours=2)
+        )
+        return image.pk
+
+    @database_sync_to_async
+    def exists(pk: int) -> bool:
+        return Attachment.objects.filter(pk=pk).exists()
+
+    image = await upload_long_ago()
+    # The first round of the periodic work runs when the process's background work starts.
+    socket = await open_socket(alice)
+    async with asyncio.timeout(10):
+        while await exists(image):
+            await asyncio.sleep(0.02)
+    await socket.close()
