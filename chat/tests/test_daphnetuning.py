@@ -465,10 +465,22 @@ def test_without_it_each_closed_connection_waits_for_a_full_collection() -> None
 # Body limits: the shape checks that keep a changed daphne or Twisted on its stock path.
 
 
-def test_body_limits_leave_a_changed_daphne_request_alone(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.fixture
+def stock_web_request(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """daphne's WebRequest as shipped, even when this process imported the app with a reactor
+    loaded (and so ran install()): the wrapped methods removed for the test."""
     from daphne.http_protocol import WebRequest
+
+    for name in ("gotLength", "handleContentChunk", "requestReceived"):
+        if name in vars(WebRequest):
+            monkeypatch.delattr(WebRequest, name)
+    return WebRequest
+
+
+def test_body_limits_leave_a_changed_daphne_request_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, stock_web_request: Any
+) -> None:
+    WebRequest = stock_web_request
 
     def own_got_length(self: Any, length: int | None) -> None:
         pass
@@ -482,10 +494,11 @@ def test_body_limits_leave_a_changed_daphne_request_alone(
 
 
 def test_body_limits_leave_a_changed_twisted_request_alone(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, stock_web_request: Any
 ) -> None:
-    from daphne.http_protocol import WebRequest
     from twisted.web import http
+
+    WebRequest = stock_web_request
 
     def received(self: Any, command: bytes, path: bytes, version: bytes, extra: Any) -> None:
         pass

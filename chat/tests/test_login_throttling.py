@@ -98,7 +98,7 @@ def password_checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[PasswordChecks]
     yield checks
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_parallel_burst_of_wrong_passwords_gets_at_most_login_attempts_checks(
     user, password_checks: PasswordChecks
 ) -> None:
