@@ -8,7 +8,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -16,7 +16,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 
-from . import budgets, sync, upstream, usage
+from . import budgets, protocol, sync, upstream, usage
 from .models import (
     Charge,
     ChatModel,
@@ -375,9 +375,29 @@ class UsageDashboardAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 # Presets and share links -----------------------------------------------------------------------
 
 
+class PresetForm(ModelForm):
+    class Meta:
+        model = Preset
+        fields = ("name", "owner", "model", "system_prompt", "params")
+
+    def clean_params(self) -> dict[str, Any]:
+        """The one check every way params enter the database goes through (a preset's params
+        become a conversation's)."""
+        raw = self.cleaned_data.get("params")
+        try:
+            params = protocol.parse_params(raw)
+        except protocol.FrameError as exc:
+            raise ValidationError(exc.message) from None
+        if params.system_prompt is not None:
+            raise ValidationError("Set the system prompt in its own field.")
+        return params.as_json()
+
+
 @admin.register(Preset)
 class PresetAdmin(admin.ModelAdmin):
     """Admins publish presets for everyone by leaving the owner empty."""
+
+    form = PresetForm
 
     list_display = ("name", "model", "owner", "published_for_everyone", "updated_at")
     list_filter = (("owner", admin.EmptyFieldListFilter), "model")

@@ -551,7 +551,16 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
                 parent=parent,
             )
             if images:
-                Attachment.objects.filter(pk__in=[a.pk for a in images]).update(message=question)
+                attached = Attachment.objects.filter(
+                    pk__in=[a.pk for a in images], message__isnull=True
+                ).update(message=question)
+                if attached != len(images):
+                    # Removed meanwhile (never-sent images are swept after a while).
+                    raise FrameError(
+                        protocol.NOT_FOUND,
+                        "An image was not found; upload it again.",
+                        frame.request_id,
+                    )
                 if not conversation.has_images:
                     conversation.has_images = True
                     conversation.save(update_fields=["has_images"])

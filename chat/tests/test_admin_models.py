@@ -270,3 +270,27 @@ def test_conversations_and_messages_are_read_only_for_staff(admin_client: Client
     assert admin_client.get("/admin/chat/conversation/").status_code == HTTPStatus.OK
     assert admin_client.get("/admin/chat/message/").status_code == HTTPStatus.OK
     assert admin_client.get("/admin/chat/message/add/").status_code == HTTPStatus.FORBIDDEN
+
+
+@pytest.mark.parametrize(
+    "params",
+    ['{"max_tokens": -1000000000}', '{"max_tokens": "8192"}', '{"temperature": 9}', '{"x": 1}'],
+)
+def test_a_preset_saved_in_the_admin_goes_through_the_params_check(
+    admin_client: Client, params: str
+) -> None:
+    from chat.models import Preset
+
+    response = admin_client.post(
+        "/admin/chat/preset/add/",
+        {"name": "Bad", "owner": "", "model": "", "system_prompt": "", "params": params},
+    )
+    assert response.status_code == HTTPStatus.OK  # the form again, with the error
+    assert "params." in response.content.decode()
+    assert not Preset.objects.filter(name="Bad").exists()
+    good = admin_client.post(
+        "/admin/chat/preset/add/",
+        {"name": "Good", "owner": "", "model": "", "system_prompt": "", "params": '{"top_p": 1}'},
+    )
+    assert good.status_code == HTTPStatus.FOUND
+    assert Preset.objects.get(name="Good").params == {"top_p": 1.0}
