@@ -19,6 +19,31 @@ from chat.fakeupstream import FakeUpstream
 from chat.generation import get_manager
 
 _counter = itertools.count(1)
+
+
+def _database_order(item: pytest.Item) -> int:
+    """Django's order: tests in a rolled-back transaction, then tests that commit (and flush the
+    database after them, restoring the migrations' rows at their start), then the others."""
+    marker = item.get_closest_marker("django_db")
+    fixtures = getattr(item, "fixturenames", ())
+    committing = bool(marker and marker.kwargs.get("transaction")) or any(
+        name in fixtures for name in ("transactional_db", "live_server")
+    )
+    if committing:
+        return 1
+    return 0 if marker is not None or "db" in fixtures else 2
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Any:
+    """Keep Django's grouping after a random order (pytest-randomly shuffles last): a test that
+    restores the migrations' rows must not run while a rolled-back test's copy of them is
+    there. Within each group the random order stays (the sort is stable)."""
+    result = yield
+    items.sort(key=_database_order)
+    return result
+
+
 PASSWORD = "correct horse battery staple"
 
 
