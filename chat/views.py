@@ -88,7 +88,11 @@ async def _channel_layer_ok() -> bool:
     if layer is None:
         return False
     try:
-        channel = await asyncio.wait_for(layer.new_channel("healthz."), 2)
+        # The default prefix: channels_redis receives all of a process's channels of one
+        # prefix through one list, and one receive at a time; under another prefix this
+        # receive would wait behind the process's own (the generation control channel's),
+        # which runs from start-up, and time out.
+        channel = await asyncio.wait_for(layer.new_channel(), 2)
         token = uuid.uuid4().hex
         await asyncio.wait_for(layer.send(channel, {"type": "healthz", "token": token}), 2)
         message = await asyncio.wait_for(layer.receive(channel), 2)
