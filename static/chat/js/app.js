@@ -116,6 +116,15 @@ class ChatApp {
       onFrame: (frame) => this.onFrame(frame),
       onState: (state) => this.showConnection(state),
       onOpen: () => this.resubscribe(),
+      // The server closed the socket on a frame larger than it takes (1009): that request is
+      // refused, with the server's reason, and its text given back.
+      onRefused: (frame, reason) =>
+        this.onError({
+          type: "error",
+          code: "content_too_long",
+          message: reason || "This message is too large to send.",
+          request_id: frame.request_id,
+        }),
       onUnauthorized: () => api.goToLogin(),
     });
     this.bindPage();
@@ -593,6 +602,12 @@ class ChatApp {
   edit(message) {
     const request = { message: message.id, images: message.images ?? [] };
     request.editor = openEditor(message.el, message.content, `edit-${message.id}`, (content) => {
+      // The same check as the message box: a text over the limit is never sent.
+      const tooLong = this.composer.lengthRefusal(content);
+      if (tooLong) {
+        request.editor.fail(tooLong);
+        return;
+      }
       request.content = content;
       this.request("edit", { type: "edit", message: message.id, content }, request);
     });

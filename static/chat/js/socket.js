@@ -9,6 +9,9 @@ const OFFLINE_AFTER = 5;
 // Close code the server uses for "not logged in" (docs/protocol.md). Any other close (4408: we
 // fell behind on acks, 4429: too many frames, or a network failure) is answered by reconnecting.
 const UNAUTHORIZED = 4401;
+// A frame larger than the server takes (RFC 6455 "message too big"): the server closes the
+// socket with its limit as the reason. That frame is never sent again.
+const TOO_BIG = 1009;
 // Flow control: tell the server how much we have read, at least every 64 KiB and every second
 // while frames arrive, or it closes a socket it thinks stopped reading.
 const ACK_EVERY_CHARS = 32 * 1024;
@@ -26,12 +29,15 @@ function characters(text) {
 }
 
 export class ChatSocket {
-  constructor({ path, onFrame, onState, onOpen, onUnauthorized }) {
+  constructor({ path, onFrame, onState, onOpen, onUnauthorized, onRefused = () => {} }) {
     this.path = path;
     this.onFrame = onFrame;
     this.onState = onState;
     this.onOpen = onOpen;
     this.onUnauthorized = onUnauthorized;
+    this.onRefused = onRefused;
+    // The last frame written: the one a 1009 close refers to.
+    this.lastSent = null;
     this.ws = null;
     this.state = "connecting";
     this.failures = 0;
@@ -89,8 +95,10 @@ export class ChatSocket {
       this.failures = 0;
       this.setState("open");
       this.onOpen();
-      for (const frame of this.unacked.values()) ws.send(JSON.stringify(frame));
-      for (const frame of this.queue.splice(0)) ws.send(JSON.stringify(frame));
+      for (const frame of [...this.unacked.values(), ...this.queue.splice(0)]) {
+        this.lastSent = frame;
+        ws.send(JSON.stringify(frame));
+      }
     });
     ws.addEventListener("message", (event) => {
       if (ws !== this.ws) return;
@@ -115,6 +123,13 @@ export class ChatSocket {
         this.onUnauthorized();
         return;
       }
+      if (event.code === TOO_BIG && this.lastSent !== null) {
+        const refused = this.lastSent;
+        if (refused.request_id) this.unacked.delete(refused.request_id);
+        this.queue = this.queue.filter((frame) => frame !== refused);
+        this.onRefused(refused, event.reason);
+      }
+      this.lastSent = null;
       if (!this.closing) this.scheduleReconnect();
     });
   }
@@ -155,6 +170,7 @@ export class ChatSocket {
   send(frame) {
     if (frame.request_id) this.unacked.set(frame.request_id, frame);
     if (this.isOpen) {
+      this.lastSent = frame;
       this.ws.send(JSON.stringify(frame));
     } else if (!frame.request_id) {
       this.queue.push(frame);
