@@ -1,7 +1,7 @@
 """ASGI entry point: HTTP goes to Django, websockets to the chat consumer.
 
-Websockets check the Origin against ALLOWED_HOSTS (a foreign or missing Origin is refused at the
-handshake) and carry the Django session user.
+Websockets must come from this site's own pages (chat/origins.py: a foreign or missing Origin,
+or one of another scheme or port, is refused at the handshake) and carry the Django session user.
 """
 
 import gc
@@ -15,13 +15,13 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from chat import daphnetuning  # noqa: E402
 from chat.bodylimit import BodyLimit  # noqa: E402
 from chat.generation import start_with_server  # noqa: E402
 from chat.lifespan import lifespan  # noqa: E402
+from chat.origins import SameOriginValidator  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 
 # Daphne imports this module with its reactor running; under uvicorn this does nothing.
@@ -37,9 +37,7 @@ application = ProtocolTypeRouter(
         # Oversized request bodies are refused before they are read (chat/bodylimit.py).
         "http": BodyLimit(django_asgi_app),
         "lifespan": lifespan,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
 

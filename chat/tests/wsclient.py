@@ -76,7 +76,8 @@ class Socket:
 
 
 async def connect(user: Any | None, *, origin: str | None = ORIGIN) -> tuple[bool, Any, Socket]:
-    headers: list[tuple[bytes, bytes]] = []
+    # The handshake goes to the site the Origin names (the browser's case).
+    headers: list[tuple[bytes, bytes]] = [(b"host", b"127.0.0.1:8000")]
     if origin is not None:
         headers.append((b"origin", origin.encode()))
     if user is not None:
