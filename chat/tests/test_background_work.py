@@ -237,11 +237,22 @@ async def test_a_bad_control_request_does_not_end_the_control_channel(fake, alic
 
 
 async def test_the_process_removes_images_never_sent_as_part_of_its_periodic_work(
-    fake, alice, settings
+    fake, alice, settings, monkeypatch
 ) -> None:
+    from chat import attachments
     from chat.models import Attachment
 
     settings.UNATTACHED_IMAGE_SECONDS = 3600
+    loop = asyncio.get_running_loop()
+    swept = asyncio.Event()
+    remove = attachments.remove_unattached
+
+    def removing(older_than: Any) -> int:
+        removed = remove(older_than)
+        loop.call_soon_threadsafe(swept.set)
+        return removed
+
+    monkeypatch.setattr(attachments, "remove_unattached", removing)
 
     @database_sync_to_async
     def upload_long_ago() -> int:
@@ -253,14 +264,10 @@ async def test_the_process_removes_images_never_sent_as_part_of_its_periodic_wor
         )
         return image.pk
 
-    @database_sync_to_async
-    def exists(pk: int) -> bool:
-        return Attachment.objects.filter(pk=pk).exists()
-
     image = await upload_long_ago()
     # The first round of the periodic work runs when the process's background work starts.
     socket = await open_socket(alice)
-    async with asyncio.timeout(10):
-        while await exists(image):
-            await asyncio.sleep(0.02)
+    await asyncio.wait_for(swept.wait(), 10)
     await socket.close()
+    gone = not await database_sync_to_async(Attachment.objects.filter(pk=image).exists)()
+    assert gone
