@@ -23,15 +23,20 @@ _counter = itertools.count(1)
 
 def _database_order(item: pytest.Item) -> int:
     """Django's order: tests in a rolled-back transaction, then tests that commit (and flush the
-    database after them, restoring the migrations' rows at their start), then the others."""
+    database after them), those that restore the migrations' rows first, then the others.
+
+    A flush without that restore lets the migrations' rows be written again under new ids
+    (PostgreSQL does not restart its sequences), which a later restore then collides with.
+    """
     marker = item.get_closest_marker("django_db")
     fixtures = getattr(item, "fixturenames", ())
     committing = bool(marker and marker.kwargs.get("transaction")) or any(
         name in fixtures for name in ("transactional_db", "live_server")
     )
     if committing:
-        return 1
-    return 0 if marker is not None or "db" in fixtures else 2
+        restoring = bool(marker and marker.kwargs.get("serialized_rollback"))
+        return 1 if restoring else 2
+    return 0 if marker is not None or "db" in fixtures else 3
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
