@@ -1,0 +1,561 @@
+"""The money rules one boundary at a time: character weights, prompt estimates, amounts as
+text, budgets, reservations and settlements. Each test pins a rule a mutation of the code
+showed unprotected (docs/reliability.md, "Mutation testing")."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractUser
+from django.utils import timezone
+
+from chat import budgets, pricing, protocol, services
+from chat.models import Charge, ChatModel, Conversation, Message, Profile
+from chat.protocol import FrameError, Params, Send
+
+from .wsclient import MODEL, request_id
+
+# Character weights -------------------------------------------------------------------------
+
+
+def _expected_class(code_point: int) -> int:
+    """The class a code point falls in, read from the declarations: the last class that lists
+    it (later classes are carved out of earlier ones), else the first ("other")."""
+    found = 0
+    for index, cls in enumerate(pricing.CHAR_CLASSES):
+        if any(first <= code_point <= last for first, last in cls.ranges):
+            found = index
+    return found
+
+
+def _boundaries() -> list[int]:
+    points = {0, 0x7F, 0x80, 0xFF, 0x10FFFF}
+    for cls in pricing.CHAR_CLASSES:
+        for first, last in cls.ranges:
+            points |= {first - 1, first, last, last + 1}
+    return sorted(p for p in points if 0 <= p <= 0x10FFFF)
+
+
+def test_the_weight_tables_give_every_range_boundary_its_class_weight() -> None:
+    # The tables are built once at import; building them again here is what runs the code.
+    classes, units, ascii_units = pricing._tables()
+    assert len(classes) == len(units) == 0x110000
+    # A bytes.translate table is 256 entries long; ASCII text only reads the first 128.
+    assert len(ascii_units) == 256
+    for code_point in _boundaries():
+        expected = _expected_class(code_point)
+        weight = pricing.CHAR_CLASSES[expected].units
+        assert classes[code_point] == expected, hex(code_point)
+        assert ord(units[code_point]) == weight, hex(code_point)
+        if code_point < 0x80:
+            assert ascii_units[code_point] == weight, hex(code_point)
+
+
+@pytest.mark.parametrize("units", [0, 256])
+def test_a_class_that_weighs_nothing_or_more_than_a_byte_holds_is_refused(
+    monkeypatch: pytest.MonkeyPatch, units: int
+) -> None:
+    broken = pricing.CharClass("broken", units, ((0x41, 0x41),))
+    monkeypatch.setattr(pricing, "CHAR_CLASSES", (*pricing.CHAR_CLASSES, broken))
+    with pytest.raises(ValueError, match="broken"):
+        pricing._tables()
+
+
+@pytest.mark.parametrize("units", [1, 255])
+def test_the_lightest_and_heaviest_weights_a_byte_holds_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, units: int
+) -> None:
+    edge = pricing.CharClass("edge", units, ((0x41, 0x41),))
+    monkeypatch.setattr(pricing, "CHAR_CLASSES", (*pricing.CHAR_CLASSES, edge))
+    _, weights, _ = pricing._tables()
+    assert ord(weights[0x41]) == units
+
+
+# Prompt estimates --------------------------------------------------------------------------
+
+
+def test_a_message_without_text_counts_its_overhead_only() -> None:
+    assert pricing.estimate_prompt_tokens([{"role": "assistant"}]) == (
+        pricing.MESSAGE_OVERHEAD_TOKENS
+    )
+    assert pricing.estimate_prompt_tokens([{"role": "user", "content": []}]) == (
+        pricing.MESSAGE_OVERHEAD_TOKENS
+    )
+
+
+def test_the_text_parts_of_a_message_count_and_its_image_parts_add_no_text() -> None:
+    text = {"type": "text", "text": "hello world"}
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    alone = pricing.estimate_prompt_tokens([{"role": "user", "content": [text]}])
+    assert alone == pricing.estimate_tokens("hello world") + pricing.MESSAGE_OVERHEAD_TOKENS
+    assert pricing.estimate_prompt_tokens([{"role": "user", "content": [text, image]}]) == alone
+
+
+# The reply's room: max_tokens and the context ------------------------------------------------
+
+LETTERS = "a" * 100  # 26 tokens by estimate, and 4 of overhead a message: 30
+TURN = pricing.estimate_tokens(LETTERS) + pricing.MESSAGE_OVERHEAD_TOKENS
+
+
+def _model(context: int = 100_000, max_output: int = 8192) -> ChatModel:
+    return ChatModel(
+        model_id="org/model", name="Model", context_length=context, max_output_tokens=max_output
+    )
+
+
+def _exchange(conversation: Conversation, *roles: str) -> list[Message]:
+    return [Message(conversation=conversation, role=role, content=LETTERS) for role in roles]
+
+
+def _prompt(
+    conversation: Conversation,
+    history: list[Message],
+    model: ChatModel,
+    params: Params | None = None,
+) -> tuple[dict[str, Any], int]:
+    return services.build_prompt(conversation, history, model, params or Params(), "rid")
+
+
+def test_a_reply_gets_the_max_tokens_asked_for_when_it_fits() -> None:
+    conversation = Conversation(params={"max_tokens": 300})
+    body, estimate = _prompt(
+        conversation, _exchange(conversation, "user"), _model(), Params(max_tokens=100)
+    )
+    assert (body["max_tokens"], estimate) == (100, TURN)
+
+
+def test_without_a_max_tokens_the_conversations_then_the_sites_default_applies(
+    settings: Any,
+) -> None:
+    settings.DEFAULT_MAX_TOKENS = 500
+    stored = Conversation(params={"max_tokens": 300})
+    body, _ = _prompt(stored, _exchange(stored, "user"), _model())
+    assert body["max_tokens"] == 300
+    plain = Conversation(params={})
+    body, _ = _prompt(plain, _exchange(plain, "user"), _model())
+    assert body["max_tokens"] == 500
+
+
+def test_max_tokens_is_capped_at_the_models_maximum_output() -> None:
+    conversation = Conversation()
+    history = _exchange(conversation, "user")
+    body, _ = _prompt(conversation, history, _model(max_output=400), Params(max_tokens=401))
+    assert body["max_tokens"] == 400
+    body, _ = _prompt(conversation, history, _model(max_output=400), Params(max_tokens=399))
+    assert body["max_tokens"] == 399
+
+
+def test_a_conversation_that_exactly_fits_with_its_reply_keeps_every_turn() -> None:
+    conversation = Conversation()
+    history = _exchange(conversation, "user", "assistant", "user")
+    body, estimate = _prompt(
+        conversation, history, _model(context=3 * TURN + 10), Params(max_tokens=10)
+    )
+    assert len(body["messages"]) == 3
+    assert (body["max_tokens"], estimate) == (10, 3 * TURN)
+
+
+def test_one_token_too_many_drops_the_oldest_exchange_and_starts_with_a_question() -> None:
+    conversation = Conversation()
+    history = _exchange(conversation, "user", "assistant", "user")
+    body, estimate = _prompt(
+        conversation, history, _model(context=3 * TURN + 9), Params(max_tokens=10)
+    )
+    assert [m["role"] for m in body["messages"]] == ["user"]
+    assert (body["max_tokens"], estimate) == (10, TURN)
+
+
+def test_the_reply_gets_the_room_left_in_the_context_down_to_its_minimum() -> None:
+    conversation = Conversation()
+    history = _exchange(conversation, "user")
+    room = services.MIN_REPLY_TOKENS
+    body, _ = _prompt(conversation, history, _model(context=TURN + room), Params(max_tokens=5000))
+    assert body["max_tokens"] == room
+    with pytest.raises(FrameError) as refused:
+        _prompt(conversation, history, _model(context=TURN + room - 1), Params(max_tokens=5000))
+    assert refused.value.code == protocol.CONTENT_TOO_LONG
+
+
+def test_a_small_max_tokens_needs_only_its_own_room() -> None:
+    conversation = Conversation()
+    history = _exchange(conversation, "user")
+    body, _ = _prompt(conversation, history, _model(context=TURN + 10), Params(max_tokens=10))
+    assert body["max_tokens"] == 10
+    with pytest.raises(FrameError) as refused:
+        _prompt(conversation, history, _model(context=TURN + 9), Params(max_tokens=10))
+    assert refused.value.code == protocol.CONTENT_TOO_LONG
+
+
+# Limits on sends -----------------------------------------------------------------------------
+
+
+def _state(streaming: int = 0, recent: int = 0) -> services.SenderState:
+    return services.SenderState(replayed=None, streaming=streaming, recent=recent)
+
+
+def test_replies_in_progress_are_limited_at_exactly_the_setting(settings: Any) -> None:
+    settings.MAX_CONCURRENT_GENERATIONS = 3
+    services._check_limits(_state(streaming=2), "rid")
+    with pytest.raises(FrameError) as refused:
+        services._check_limits(_state(streaming=3), "rid")
+    assert (refused.value.code, refused.value.request_id) == (
+        protocol.TOO_MANY_GENERATIONS,
+        "rid",
+    )
+    assert refused.value.message == (
+        "You already have 3 replies in progress. Wait for one to finish or stop it."
+    )
+
+
+def test_sends_a_minute_are_limited_at_exactly_the_setting(settings: Any) -> None:
+    settings.MESSAGES_PER_MINUTE = 5
+    services._check_limits(_state(recent=4), "rid")
+    with pytest.raises(FrameError) as refused:
+        services._check_limits(_state(recent=5), "rid")
+    assert (refused.value.code, refused.value.request_id) == (protocol.RATE_LIMITED, "rid")
+    assert refused.value.message == "You can send 5 messages a minute. Try again shortly."
+
+
+# Settling a reply ----------------------------------------------------------------------------
+
+PRICE = Decimal("0.27216")
+
+
+@pytest.fixture
+def user(db: None) -> AbstractUser:
+    """A user without a password: hashing one takes most of a test's second."""
+    return get_user_model().objects.create(username="member")
+
+
+@pytest.fixture
+def configured(settings: Any) -> None:
+    settings.LAVA_FORWARD_URL = "http://127.0.0.1:9/v1/forward"
+    settings.CHUTES_API_BASE = "http://127.0.0.1:9/v1"
+    settings.LAVA_FORWARD_TOKEN = "test-token"
+
+
+@pytest.fixture
+def accept(configured: None, user: AbstractUser) -> Callable[..., services.GenerationPlan]:
+    def accepted(content: str = "a question", max_tokens: int = 100) -> services.GenerationPlan:
+        frame = Send(
+            request_id=request_id(),
+            conversation=None,
+            model=MODEL,
+            content=content,
+            params=Params(max_tokens=max_tokens),
+        )
+        return services.accept_send(user, frame)
+
+    return accepted
+
+
+def _outcome(plan: services.GenerationPlan, **changes: Any) -> services.Outcome:
+    fields: dict[str, Any] = {
+        "plan": plan,
+        "status": "complete",
+        "content": "the answer",
+        "reasoning": "",
+        "seq": 3,
+        "prompt_tokens": 40,
+        "completion_tokens": 7,
+        "cached_tokens": 2,
+        "finish_reason": "stop",
+        "error_code": "",
+        "error_message": "",
+        "lava_request_id": "lava-1",
+        "chutes_invocation_id": "inv-1",
+        "reasoning_ms": None,
+    }
+    return services.Outcome(**{**fields, **changes})
+
+
+def _charge(plan: services.GenerationPlan) -> Charge:
+    return Charge.objects.get(pk=plan.charge_id)
+
+
+def test_a_reply_with_usage_is_billed_its_usage_on_the_reply_and_its_charge(
+    accept: Callable[..., services.GenerationPlan],
+) -> None:
+    plan = accept()
+    reply = services.finish_generation(_outcome(plan))
+    assert reply is not None
+    stored = Message.objects.get(pk=plan.message_id)
+    charge = _charge(plan)
+    cost = pricing.cost(40, 7, PRICE, PRICE)
+    assert (stored.prompt_tokens, stored.completion_tokens, stored.cached_tokens) == (40, 7, 2)
+    assert (stored.usage_estimated, stored.cost, stored.status) == (False, cost, "complete")
+    assert (charge.state, charge.prompt_tokens, charge.completion_tokens) == ("settled", 40, 7)
+    assert (charge.cached_tokens, charge.estimated, charge.lava_request_id) == (2, False, "lava-1")
+    assert charge.cost == charge.usage_cost == cost
+    assert charge.settled_at is not None and stored.finished_at is not None
+    conversation = Conversation.objects.get(pk=plan.conversation_id)
+    assert conversation.updated_at == stored.finished_at
+
+
+@pytest.mark.parametrize(("prompt", "completion"), [(None, 7), (40, None), (None, None)])
+def test_a_reply_missing_either_count_is_billed_from_estimates(
+    accept: Callable[..., services.GenerationPlan], prompt: int | None, completion: int | None
+) -> None:
+    plan = accept()
+    services.finish_generation(
+        _outcome(
+            plan,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            content="the answer",
+            reasoning="the thought",
+        )
+    )
+    stored = Message.objects.get(pk=plan.message_id)
+    completion_estimate = pricing.estimate_tokens("the answer" + "the thought")
+    assert (stored.prompt_tokens, stored.completion_tokens) == (
+        plan.prompt_estimate,
+        completion_estimate,
+    )
+    assert stored.usage_estimated is True and stored.cached_tokens == 0
+    cost = pricing.cost(plan.prompt_estimate, completion_estimate, PRICE, PRICE)
+    charge = _charge(plan)
+    assert stored.cost == charge.cost == charge.usage_cost == cost
+    assert charge.estimated is True
+
+
+def test_usage_above_the_reservation_is_billed_the_reservation_and_kept_whole(
+    accept: Callable[..., services.GenerationPlan],
+) -> None:
+    plan = accept()
+    services.finish_generation(_outcome(plan, completion_tokens=1_000_000))
+    charge = _charge(plan)
+    assert charge.usage_cost == pricing.cost(40, 1_000_000, PRICE, PRICE)
+    assert charge.cost == plan.reserved == Message.objects.get(pk=plan.message_id).cost
+
+
+def test_usage_exactly_at_the_reservation_is_billed_whole(
+    accept: Callable[..., services.GenerationPlan],
+) -> None:
+    plan = accept()
+    at = dataclasses.replace(plan, reserved=pricing.cost(40, 7, PRICE, PRICE))
+    services.finish_generation(_outcome(at))
+    charge = _charge(plan)
+    assert charge.cost == charge.usage_cost == at.reserved
+
+
+def test_a_call_that_reserved_nothing_is_billed_its_usage(
+    accept: Callable[..., services.GenerationPlan],
+) -> None:
+    plan = dataclasses.replace(accept(), reserved=Decimal(0))
+    services.finish_generation(_outcome(plan))
+    assert _charge(plan).cost == pricing.cost(40, 7, PRICE, PRICE)
+
+
+def test_usage_at_an_unknown_price_is_not_given_a_cost() -> None:
+    for input_price, output_price in ((None, PRICE), (PRICE, None)):
+        reply = Message(
+            content="x", input_price=input_price, output_price=output_price, usage_estimated=False
+        )
+        assert services._price(reply) is None and reply.cost is None
+
+
+def test_the_end_written_over_the_saved_text_is_billed_for_that_text(
+    accept: Callable[..., services.GenerationPlan],
+) -> None:
+    plan = accept()
+    Message.objects.filter(pk=plan.message_id).update(content="saved so far", reasoning="hmm")
+    services.finish_generation(
+        _outcome(
+            plan,
+            content="text no database stores",
+            prompt_tokens=None,
+            completion_tokens=None,
+            keep_saved_text=True,
+        )
+    )
+    stored = Message.objects.get(pk=plan.message_id)
+    assert (stored.content, stored.reasoning) == ("saved so far", "hmm")
+    estimate = pricing.estimate_tokens("saved so far" + "hmm")
+    assert stored.completion_tokens == estimate
+    assert _charge(plan).cost == pricing.cost(plan.prompt_estimate, estimate, PRICE, PRICE)
+
+
+def test_a_reply_deleted_meanwhile_is_still_settled(
+    accept: Callable[..., services.GenerationPlan],
+) -> None:
+    plan = accept()
+    Message.objects.filter(pk=plan.message_id).delete()
+    assert services.finish_generation(_outcome(plan)) is None
+    charge = _charge(plan)
+    assert (charge.state, charge.cost) == ("settled", pricing.cost(40, 7, PRICE, PRICE))
+
+
+def test_long_upstream_strings_are_stored_cut_to_their_columns(
+    accept: Callable[..., services.GenerationPlan],
+) -> None:
+    plan = accept()
+    services.finish_generation(
+        _outcome(
+            plan,
+            finish_reason="f" * 40,
+            error_message="e" * 600,
+            lava_request_id="l" * 150,
+            chutes_invocation_id="c" * 150,
+        )
+    )
+    stored = Message.objects.get(pk=plan.message_id)
+    assert [
+        len(stored.finish_reason),
+        len(stored.error_message),
+        len(stored.lava_request_id),
+        len(stored.chutes_invocation_id),
+    ] == [30, 500, 100, 100]
+
+
+# Settling a title ----------------------------------------------------------------------------
+
+
+def _title_plan(user: AbstractUser, reserved: Decimal = Decimal("1")) -> services.TitlePlan:
+    conversation = Conversation.objects.create(owner=user, title="first line")
+    charge = Charge.objects.create(
+        user=user,
+        conversation=conversation,
+        model_id=MODEL,
+        kind=Charge.Kind.TITLE,
+        input_price=PRICE,
+        output_price=PRICE,
+        reserved=reserved,
+        prompt_tokens=50,
+        estimated=True,
+    )
+    return services.TitlePlan(
+        conversation_id=conversation.pk,
+        charge_id=charge.pk,
+        reserved=reserved,
+        body={},
+        model_id=MODEL,
+        reasoning_model=False,
+        prompt_estimate=50,
+    )
+
+
+@pytest.mark.django_db
+def test_a_title_with_usage_is_billed_its_usage(user: AbstractUser) -> None:
+    plan = _title_plan(user)
+    assert services.finish_title(plan, "A Title", "", 60, 5, "lava-t") == "A Title"
+    charge = Charge.objects.get(pk=plan.charge_id)
+    assert (charge.prompt_tokens, charge.completion_tokens, charge.estimated) == (60, 5, False)
+    assert charge.cost == charge.usage_cost == pricing.cost(60, 5, PRICE, PRICE)
+    assert (charge.state, charge.lava_request_id) == ("settled", "lava-t")
+    assert charge.settled_at is not None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("prompt", "completion"), [(None, 5), (60, None), (None, None)])
+def test_a_title_missing_either_count_is_billed_from_estimates(
+    user: AbstractUser, prompt: int | None, completion: int | None
+) -> None:
+    plan = _title_plan(user)
+    services.finish_title(plan, "A Title", "some thought", prompt, completion, "")
+    charge = Charge.objects.get(pk=plan.charge_id)
+    estimate = pricing.estimate_tokens("A Title" + "some thought")
+    assert (charge.prompt_tokens, charge.completion_tokens, charge.estimated) == (
+        50,
+        estimate,
+        True,
+    )
+    assert charge.cost == charge.usage_cost == pricing.cost(50, estimate, PRICE, PRICE)
+
+
+@pytest.mark.django_db
+def test_a_title_is_billed_at_most_its_reservation(user: AbstractUser) -> None:
+    plan = _title_plan(user, reserved=Decimal("0.000001"))
+    services.finish_title(plan, "A Title", "", 60, 100_000, "")
+    charge = Charge.objects.get(pk=plan.charge_id)
+    assert charge.cost == Decimal("0.000001") < charge.usage_cost
+
+
+# Budgets -------------------------------------------------------------------------------------
+
+
+def test_a_month_starts_at_midnight_of_its_first_day_in_the_servers_time_zone(
+    settings: Any,
+) -> None:
+    settings.TIME_ZONE = "America/New_York"
+    # 03:00 on 1 March in UTC is still 28 February in New York.
+    moment = datetime.datetime(2026, 3, 1, 3, 0, tzinfo=datetime.UTC)
+    start = budgets.month_start(moment)
+    assert start == datetime.datetime(2026, 2, 1, tzinfo=ZoneInfo("America/New_York"))
+    assert budgets.month_start() == budgets.month_start(timezone.now())
+
+
+def test_the_month_after_december_is_january_of_the_next_year() -> None:
+    december = timezone.make_aware(datetime.datetime(2026, 12, 1))
+    assert budgets.next_month_start(december) == timezone.make_aware(datetime.datetime(2027, 1, 1))
+    january = timezone.make_aware(datetime.datetime(2027, 1, 1))
+    assert budgets.next_month_start(january) == timezone.make_aware(datetime.datetime(2027, 2, 1))
+
+
+@pytest.mark.django_db
+def test_each_budget_mode_gives_its_limit(user: AbstractUser, settings: Any) -> None:
+    settings.MONTHLY_BUDGET_USD = Decimal("7")
+    assert budgets.limit_for(user) == Decimal("7")
+    Profile.objects.filter(user=user).update(budget_mode="custom", monthly_limit=Decimal("3"))
+    assert budgets.limit_for(user) == Decimal("3")
+    Profile.objects.filter(user=user).update(budget_mode="unlimited")
+    assert budgets.limit_for(user) is None
+    Profile.objects.filter(user=user).delete()
+    assert budgets.limit_for(user) == Decimal("7")
+
+
+@pytest.mark.django_db
+def test_what_was_spent_counts_from_the_first_instant_of_the_month(user: AbstractUser) -> None:
+    start = budgets.month_start()
+    for cost, at in (("0.25", start), ("5", start - datetime.timedelta(microseconds=1))):
+        charge = Charge.objects.create(user=user, model_id=MODEL, state="settled", cost=cost)
+        Charge.objects.filter(pk=charge.pk).update(created_at=at)
+    assert budgets.standing(user).spent == Decimal("0.25")
+    earlier = budgets.standing(user, start - datetime.timedelta(days=1))
+    assert (earlier.spent, earlier.reserved) == (Decimal("5.25"), Decimal(0))
+
+
+@pytest.mark.django_db
+def test_a_worst_case_exactly_equal_to_what_is_left_passes_the_check(
+    user: AbstractUser, settings: Any
+) -> None:
+    settings.MONTHLY_BUDGET_USD = Decimal("1")
+    Charge.objects.create(user=user, model_id=MODEL, state="settled", cost=Decimal("0.25"))
+    Charge.objects.create(user=user, model_id=MODEL, state="reserved", reserved=Decimal("0.5"))
+    budgets.check_budget(user, Decimal("0.25"), "rid")
+    with pytest.raises(FrameError) as refused:
+        budgets.check_budget(user, Decimal("0.25") + pricing.COST_QUANTUM, "rid")
+    assert (refused.value.code, refused.value.request_id) == (protocol.BUDGET_EXCEEDED, "rid")
+    assert refused.value.message == (
+        "This reply could cost up to $0.250000000001, and $0.25 is left of your $1.00 "
+        "monthly limit ($0.50 is held for replies still being written). Pick a cheaper "
+        "model, lower the maximum reply length, or ask an admin to raise your limit."
+    )
+
+
+@pytest.mark.django_db
+def test_a_refusal_with_nothing_running_and_nothing_left_says_so(
+    user: AbstractUser, settings: Any
+) -> None:
+    settings.MONTHLY_BUDGET_USD = Decimal("1")
+    Charge.objects.create(user=user, model_id=MODEL, state="settled", cost=Decimal("1.5"))
+    with pytest.raises(FrameError) as refused:
+        budgets.check_budget(user, Decimal("0.01"), "")
+    assert refused.value.request_id is None
+    assert refused.value.message.startswith(
+        "This reply could cost up to $0.01, and $0.00 is left of your $1.00 monthly limit. "
+    )
+
+
+@pytest.mark.django_db
+def test_without_a_limit_any_worst_case_passes(user: AbstractUser) -> None:
+    Profile.objects.filter(user=user).update(budget_mode="unlimited")
+    Charge.objects.create(user=user, model_id=MODEL, state="settled", cost=Decimal("1000"))
+    budgets.check_budget(user, Decimal("1000000"), "rid")
