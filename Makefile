@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_UPSTREAM_PORT ?= 8765
 
-.PHONY: run demo test lint format migrate superuser bench clean
+.PHONY: run demo test lint format migrate superuser bench clean mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,29 @@ lint: $(VENV)/.dev
 format: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The functions mutated (mutmut's names; `?` stands for the separator in a method's name): the
+# money rules, the stream reader and the delivery rule. docs/reliability.md, "Mutation testing".
+MUTANTS := 'chat.pricing.*' 'chat.budgets.*' 'chat.sse.*' 'chat.reasoning.*' \
+	'chat.services.x__price__*' 'chat.services.x__bounded__*' 'chat.services.x__settlement__*' \
+	'chat.services.x_finish_generation__*' 'chat.services.x_finish_title__*' \
+	'chat.services.x__check_limits__*' 'chat.services.x_build_prompt__*' \
+	'chat.consumers.x?ChatConsumer?deliver__*' 'chat.consumers.x?ChatConsumer?_deliver_delta__*' \
+	'chat.consumers.x?ChatConsumer?_deliver_snapshot__*' \
+	'chat.consumers.x?ChatConsumer?_deliver_done__*' 'chat.consumers.x?ChatConsumer?_resync__*' \
+	'chat.consumers.x?ChatConsumer?chat_snapshot__*' 'chat.consumers.x?ChatConsumer?send_text__*' \
+	'chat.consumers.x?ChatConsumer?_orphaned__*' 'chat.consumers.x_snapshot_frames__*' \
+	'chat.protocol.x_snapshot_frames__*' 'chat.generation.x?GenerationManager?reap__*' \
+	'chat.middleware.x_content_security_policy__*'
+
+## mutation: mutation testing of those functions (one worker, over an hour; not part of CI)
+mutation: $(VENV)/.dev
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 1 $(MUTANTS)
+	@$(BIN)/mutmut results --all true | awk '$$2 != "not" { split($$1, name, "."); \
+	  total[name[2]]++; if ($$2 == "killed" || $$2 == "timeout") caught[name[2]]++ } \
+	  END { for (m in total) printf "%-12s %4d / %4d caught\n", m, caught[m], total[m] }' | sort
+	@$(BIN)/mutmut results | grep -v "not checked" || true
 
 superuser: migrate
 	$(BIN)/python manage.py createsuperuser
