@@ -471,6 +471,29 @@ def test_a_title_missing_either_count_is_billed_from_estimates(
 
 
 @pytest.mark.django_db
+def test_a_title_is_written_on_its_own_conversation_only(user: AbstractUser) -> None:
+    other = Conversation.objects.create(owner=user, title="another chat")
+    plan = _title_plan(user)
+    services.finish_title(plan, "A Title", "", 60, 5, "l" * 150)
+    assert Conversation.objects.get(pk=plan.conversation_id).title == "A Title"
+    assert Conversation.objects.get(pk=other.pk).title == "another chat"
+    assert len(Charge.objects.get(pk=plan.charge_id).lava_request_id) == 100
+
+
+@pytest.mark.django_db
+def test_a_title_never_replaces_one_the_user_set_meanwhile_and_is_still_billed(
+    user: AbstractUser,
+) -> None:
+    plan = _title_plan(user)
+    Conversation.objects.filter(pk=plan.conversation_id).update(
+        title="my name", title_is_custom=True
+    )
+    assert services.finish_title(plan, "A Title", "", 60, 5, "") is None
+    assert Conversation.objects.get(pk=plan.conversation_id).title == "my name"
+    assert Charge.objects.get(pk=plan.charge_id).state == "settled"
+
+
+@pytest.mark.django_db
 def test_a_title_is_billed_at_most_its_reservation(user: AbstractUser) -> None:
     plan = _title_plan(user, reserved=Decimal("0.000001"))
     services.finish_title(plan, "A Title", "", 60, 100_000, "")
@@ -520,6 +543,27 @@ def test_what_was_spent_counts_from_the_first_instant_of_the_month(user: Abstrac
     assert budgets.standing(user).spent == Decimal("0.25")
     earlier = budgets.standing(user, start - datetime.timedelta(days=1))
     assert (earlier.spent, earlier.reserved) == (Decimal("5.25"), Decimal(0))
+
+
+@pytest.mark.django_db
+def test_a_standing_counts_the_users_own_settled_costs_and_open_reservations(
+    user: AbstractUser, settings: Any
+) -> None:
+    settings.MONTHLY_BUDGET_USD = Decimal("9")
+    # A settled charge keeps the reservation it was accepted with: only its cost counts.
+    Charge.objects.create(
+        user=user, model_id=MODEL, state="settled", cost=Decimal("0.25"), reserved=Decimal("2")
+    )
+    Charge.objects.create(user=user, model_id=MODEL, state="reserved", reserved=Decimal("0.5"))
+    other = get_user_model().objects.create(username="other")
+    Charge.objects.create(user=other, model_id=MODEL, state="settled", cost=Decimal("3"))
+    Charge.objects.create(user=other, model_id=MODEL, state="reserved", reserved=Decimal("4"))
+    current = budgets.standing(user)
+    assert (current.limit, current.spent, current.reserved) == (
+        Decimal("9"),
+        Decimal("0.25"),
+        Decimal("0.5"),
+    )
 
 
 @pytest.mark.django_db

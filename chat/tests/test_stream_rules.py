@@ -1,7 +1,8 @@
 """The upstream stream's reading rules one boundary at a time (test_sse.py and
 test_reasoning.py have the forms; test_hostile_upstream.py the arbitrary input): what ends a
-stream, what counts as a bare error line, and how reasoning is told from the answer. Each test
-pins a rule a mutation of the code showed unprotected (docs/reliability.md, "Mutation testing").
+stream, what counts as a bare error line, and how reasoning is told from the answer: rules a
+mutation of the code showed unprotected, and their neighbours (docs/reliability.md, "Mutation
+testing").
 """
 
 from __future__ import annotations
@@ -110,3 +111,8 @@ def test_a_held_reply_keeps_the_spaces_around_its_reasoning_and_drops_line_ends(
     splitter = ReasoningSplitter(hold_for_close=True)
     pieces = splitter.feed_content("thought  \n</think>answer") + splitter.finish()
     assert _texts(pieces) == ("thought  ", "answer")
+
+
+def test_reasoning_keeps_its_leading_spaces_and_drops_its_leading_line_ends() -> None:
+    splitter = ReasoningSplitter()
+    assert splitter.feed_reasoning("\n  indented step") == [Piece("reasoning", "  indented step")]
