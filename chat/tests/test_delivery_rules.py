@@ -100,6 +100,41 @@ async def test_a_finished_reply_leaves_nothing_behind_on_the_socket() -> None:
     assert [frame["type"] for frame in socket.sent] == ["snapshot", "delta", "done"]
 
 
+async def test_a_snapshot_answered_after_the_end_of_its_reply_is_dropped() -> None:
+    socket = Socket()
+    # Waiting for another process's snapshot when the reply's end is delivered (a stop).
+    socket.held[MESSAGE] = []
+    await socket._deliver_done(MESSAGE, done_event(MESSAGE, 4)["frame"])
+    await socket.chat_snapshot(
+        {
+            "type": "chat.snapshot",
+            "message": MESSAGE,
+            "conversation": CONVERSATION,
+            "seq": 4,
+            "content": "late",
+            "reasoning": "",
+            "status": "streaming",
+        }
+    )
+    assert [frame["type"] for frame in socket.sent] == ["done"]
+
+
+async def test_deltas_after_a_delivered_delta_are_checked_against_it() -> None:
+    socket = Socket()
+    await socket._deliver_snapshot(snap(5))
+    for seq in (6, 6, 7, 5):
+        await socket.deliver(delta(seq))
+    assert [(f["type"], f["seq"]) for f in socket.sent] == [
+        ("snapshot", 5),
+        ("delta", 6),
+        ("delta", 7),
+    ]
+    # A gap after a delivered delta is noticed too.
+    socket.manager.snapshots[MESSAGE] = snap(9)
+    await socket.deliver(delta(9))
+    assert [(f["type"], f["seq"]) for f in socket.sent][-1] == ("snapshot", 9)
+
+
 async def test_a_socket_remembers_the_ends_of_its_latest_replies_and_forgets_older_ones() -> None:
     socket = Socket()
     newest = FINISHED_MEMORY + 1
