@@ -116,3 +116,36 @@ def test_a_held_reply_keeps_the_spaces_around_its_reasoning_and_drops_line_ends(
 def test_reasoning_keeps_its_leading_spaces_and_drops_its_leading_line_ends() -> None:
     splitter = ReasoningSplitter()
     assert splitter.feed_reasoning("\n  indented step") == [Piece("reasoning", "  indented step")]
+
+
+def test_the_answer_keeps_its_leading_spaces_and_drops_its_leading_line_ends() -> None:
+    splitter = ReasoningSplitter()
+    pieces = splitter.feed_content("<think>r</think>\n\n  Answer") + splitter.finish()
+    assert _texts(pieces) == ("r", "  Answer")
+
+
+def test_two_texts_of_one_kind_from_one_delta_come_as_one_piece() -> None:
+    splitter = ReasoningSplitter()
+    # Reasoning in its own field and inside <think> in the content of the same delta.
+    pieces = splitter.feed_delta({"reasoning_content": "first, ", "content": "<think>second"})
+    assert pieces == [Piece("reasoning", "first, second")]
+
+
+def test_a_reasoning_field_that_is_not_text_gives_way_to_the_other_name() -> None:
+    splitter = ReasoningSplitter()
+    assert splitter.feed_delta({"reasoning_content": 5, "reasoning": "thought"}) == [
+        Piece("reasoning", "thought")
+    ]
+
+
+def test_line_ends_before_the_opening_tag_wait_for_it() -> None:
+    splitter = ReasoningSplitter()
+    assert splitter.feed_content("\n") == []
+    pieces = splitter.feed_content("<think>x</think>y") + splitter.finish()
+    assert _texts(pieces) == ("x", "y")
+
+
+def test_a_reply_ending_inside_its_reasoning_keeps_a_partial_closing_tag_as_reasoning() -> None:
+    splitter = ReasoningSplitter()
+    pieces = splitter.feed_content("<think>abc\n</th") + splitter.finish()
+    assert _texts(pieces) == ("abc\n</th", "")
