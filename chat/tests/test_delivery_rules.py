@@ -164,7 +164,9 @@ async def test_a_client_exactly_at_the_unacknowledged_limit_still_gets_frames() 
     assert socket.closed_with == [] and len(socket.sent) == 2
 
 
-async def test_one_character_past_the_unacknowledged_limit_closes_the_socket() -> None:
+async def test_one_character_past_the_unacknowledged_limit_closes_the_socket(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     socket = Socket()
     socket.max_unacked = 40
     socket.acked_chars = 10
@@ -174,6 +176,9 @@ async def test_one_character_past_the_unacknowledged_limit_closes_the_socket() -
     socket.acked_chars = 10**6
     await socket.send_text('"late"')
     assert socket.sent == [] and socket.closed_with == [CLOSE_TOO_SLOW]
+    assert [r.getMessage() for r in caplog.records] == [
+        "closing a socket of user 1: the client is not reading"
+    ]
 
 
 async def test_acknowledgements_let_the_same_client_receive_on() -> None:
@@ -193,12 +198,17 @@ async def test_a_connection_holding_exactly_its_buffer_limit_still_gets_frames()
     assert len(socket.sent) == 1 and socket.closed_with == []
 
 
-async def test_a_connection_holding_more_than_its_buffer_limit_is_closed() -> None:
+async def test_a_connection_holding_more_than_its_buffer_limit_is_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     socket = Socket()
     socket.max_buffered = 1000
     socket.buffered = lambda: 1001
     await socket.send_text('"too much"')
     assert socket.sent == [] and socket.closed_with == [CLOSE_TOO_SLOW]
+    assert [r.getMessage() for r in caplog.records] == [
+        "closing a socket of user 1: its connection holds 1001 unsent bytes"
+    ]
 
 
 async def test_a_frame_written_directly_to_the_connection_is_not_sent_again() -> None:

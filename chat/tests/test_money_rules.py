@@ -193,6 +193,35 @@ def test_a_small_max_tokens_needs_only_its_own_room() -> None:
     assert refused.value.code == protocol.CONTENT_TOO_LONG
 
 
+def test_the_system_prompt_sent_is_the_sends_own_then_the_conversations() -> None:
+    conversation = Conversation(system_prompt="Be brief.")
+    history = _exchange(conversation, "user")
+    body, estimate = _prompt(conversation, history, _model())
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    system = pricing.estimate_prompt_tokens([{"content": "Be brief."}])
+    assert estimate == system + TURN
+    body, _ = _prompt(conversation, history, _model(), Params(system_prompt="Be long."))
+    assert body["messages"][0] == {"role": "system", "content": "Be long."}
+    # A blank one is none at all, even over the conversation's.
+    body, estimate = _prompt(conversation, history, _model(), Params(system_prompt="  \n"))
+    assert [m["role"] for m in body["messages"]] == ["user"] and estimate == TURN
+
+
+def test_empty_messages_and_replies_still_being_written_are_not_sent() -> None:
+    conversation = Conversation()
+    question, empty, streaming, last = _exchange(
+        conversation, "user", "assistant", "assistant", "user"
+    )
+    empty.content = ""
+    streaming.status = Message.Status.STREAMING
+    body, estimate = _prompt(conversation, [question, empty, streaming, last], _model())
+    assert body["messages"] == [
+        {"role": "user", "content": LETTERS},
+        {"role": "user", "content": LETTERS},
+    ]
+    assert estimate == 2 * TURN
+
+
 # Limits on sends -----------------------------------------------------------------------------
 
 
@@ -391,6 +420,52 @@ def test_a_reply_deleted_meanwhile_is_still_settled(
     assert services.finish_generation(_outcome(plan)) is None
     charge = _charge(plan)
     assert (charge.state, charge.cost) == ("settled", pricing.cost(40, 7, PRICE, PRICE))
+
+
+def test_the_end_of_a_reply_is_stored_field_for_field(
+    accept: Callable[..., services.GenerationPlan],
+) -> None:
+    plan = accept()
+    services.finish_generation(
+        _outcome(
+            plan,
+            status="error",
+            content="partial",
+            reasoning="why",
+            seq=17,
+            finish_reason="",
+            error_code="timeout",
+            error_message="The model did not answer in time.",
+            reasoning_ms=1234,
+        )
+    )
+    stored = Message.objects.get(pk=plan.message_id)
+    assert (stored.status, stored.content, stored.reasoning, stored.seq) == (
+        "error",
+        "partial",
+        "why",
+        17,
+    )
+    assert (stored.error_code, stored.error_message, stored.reasoning_ms) == (
+        "timeout",
+        "The model did not answer in time.",
+        1234,
+    )
+    assert (stored.lava_request_id, stored.chutes_invocation_id) == ("lava-1", "inv-1")
+
+
+def test_an_end_over_the_saved_text_of_a_reply_deleted_meanwhile_is_billed_for_no_text(
+    accept: Callable[..., services.GenerationPlan],
+) -> None:
+    plan = accept()
+    Message.objects.filter(pk=plan.message_id).delete()
+    ended = services.finish_generation(
+        _outcome(plan, prompt_tokens=None, completion_tokens=None, keep_saved_text=True)
+    )
+    assert ended is None
+    charge = _charge(plan)
+    assert (charge.state, charge.completion_tokens) == ("settled", 0)
+    assert charge.cost == pricing.cost(plan.prompt_estimate, 0, PRICE, PRICE)
 
 
 def test_long_upstream_strings_are_stored_cut_to_their_columns(
