@@ -375,6 +375,16 @@ def test_usage_exactly_at_the_reservation_is_billed_whole(
     assert charge.cost == charge.usage_cost == at.reserved
 
 
+def test_an_end_over_the_saved_text_is_billed_at_most_the_reservation_too(
+    accept: Callable[..., services.GenerationPlan],
+) -> None:
+    plan = accept()
+    services.finish_generation(_outcome(plan, completion_tokens=1_000_000, keep_saved_text=True))
+    charge = _charge(plan)
+    assert charge.cost == plan.reserved == Message.objects.get(pk=plan.message_id).cost
+    assert charge.usage_cost == pricing.cost(40, 1_000_000, PRICE, PRICE)
+
+
 def test_a_call_that_reserved_nothing_is_billed_its_usage(
     accept: Callable[..., services.GenerationPlan],
 ) -> None:
