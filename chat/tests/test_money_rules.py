@@ -193,6 +193,70 @@ def test_a_small_max_tokens_needs_only_its_own_room() -> None:
     assert refused.value.code == protocol.CONTENT_TOO_LONG
 
 
+def _turns(conversation: Conversation, *turns: tuple[str, int]) -> list[Message]:
+    return [
+        Message(conversation=conversation, role=role, content="a" * length)
+        for role, length in turns
+    ]
+
+
+def _size(length: int) -> int:
+    return pricing.estimate_tokens("a" * length) + pricing.MESSAGE_OVERHEAD_TOKENS
+
+
+def test_only_the_oldest_exchange_is_dropped_when_that_makes_room() -> None:
+    conversation = Conversation()
+    lengths = [("user", 100), ("assistant", 300), ("user", 200), ("assistant", 400), ("user", 50)]
+    kept = sum(_size(n) for _, n in lengths[2:])
+    context = kept + 10
+    body, estimate = _prompt(
+        conversation, _turns(conversation, *lengths), _model(context=context), Params(max_tokens=10)
+    )
+    assert [(m["role"], len(m["content"])) for m in body["messages"]] == lengths[2:]
+    assert estimate == kept
+
+
+def test_a_question_after_a_question_is_dropped_alone_when_that_makes_room() -> None:
+    conversation = Conversation()
+    # A question whose reply failed without text, then the question asked again.
+    lengths = [("user", 300), ("user", 100)]
+    body, estimate = _prompt(
+        conversation,
+        _turns(conversation, *lengths),
+        _model(context=_size(100) + 10),
+        Params(max_tokens=10),
+    )
+    assert [len(m["content"]) for m in body["messages"]] == [100]
+    assert estimate == _size(100)
+
+
+def test_a_question_too_long_for_the_context_is_refused_saying_so() -> None:
+    conversation = Conversation()
+    model = _model(context=2000)
+    model.name = "Tiny"
+    with pytest.raises(FrameError) as refused:
+        _prompt(conversation, _turns(conversation, ("user", 10_000)), model)
+    assert (refused.value.code, refused.value.request_id) == (protocol.CONTENT_TOO_LONG, "rid")
+    assert refused.value.message == (
+        "The message is too long for Tiny's context of 2,000 tokens. "
+        "Shorten it or pick a model with a longer context."
+    )
+
+
+def test_sampling_settings_come_from_the_send_then_the_conversation_or_are_left_out() -> None:
+    stored = Conversation(params={"temperature": 0.3, "top_p": 0.5})
+    history = _exchange(stored, "user")
+    body, _ = _prompt(stored, history, _model())
+    assert (body["temperature"], body["top_p"]) == (0.3, 0.5)
+    body, _ = _prompt(stored, history, _model(), Params(temperature=1.2, top_p=0.9))
+    assert (body["temperature"], body["top_p"]) == (1.2, 0.9)
+    plain = Conversation(params={})
+    body, _ = _prompt(plain, _exchange(plain, "user"), _model())
+    assert "temperature" not in body and "top_p" not in body
+    body, _ = _prompt(plain, _exchange(plain, "user"), _model(), Params(temperature=0.0))
+    assert body["temperature"] == 0.0
+
+
 def test_the_system_prompt_sent_is_the_sends_own_then_the_conversations() -> None:
     conversation = Conversation(system_prompt="Be brief.")
     history = _exchange(conversation, "user")
