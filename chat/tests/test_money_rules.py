@@ -78,6 +78,36 @@ def test_the_lightest_and_heaviest_weights_a_byte_holds_are_accepted(
     assert ord(weights[0x41]) == units
 
 
+# Costs ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompt", "completion", "input_price", "output_price", "expected"),
+    [
+        # 123 * 0.5 + 456 * 1.5 = 745.5, per million
+        (123, 456, "0.5", "1.5", "0.0007455"),
+        # 1000 * 0.27216 + 500 * 0.27216 = 408.24, per million
+        (1000, 500, "0.27216", "0.27216", "0.00040824"),
+        # each side alone
+        (2_000_000, 0, "0.25", "4", "0.5"),
+        (0, 2_000_000, "0.25", "4", "8"),
+    ],
+)
+def test_a_call_costs_its_tokens_times_the_prices_per_million(
+    prompt: int, completion: int, input_price: str, output_price: str, expected: str
+) -> None:
+    # Hand-computed: a comparison with pricing.cost itself would follow any change to it.
+    assert pricing.cost(prompt, completion, Decimal(input_price), Decimal(output_price)) == (
+        Decimal(expected)
+    )
+
+
+def test_usage_that_could_not_be_priced_stays_unpriced_whatever_was_reserved() -> None:
+    assert services._bounded(None, Decimal("1")) is None
+    assert services._bounded(None, None) is None
+    assert services._bounded(Decimal("2"), None) == Decimal("2")
+
+
 # Prompt estimates --------------------------------------------------------------------------
 
 
