@@ -48,6 +48,67 @@ def test_a_bare_line_left_unterminated_at_the_end_is_an_error() -> None:
     ]
 
 
+def test_an_events_id_and_retry_are_read_and_the_id_is_kept_for_later_events() -> None:
+    events, _ = _read(b"id: 7\nretry: 3000\ndata: a\n\ndata: b\n\n")
+    assert events == [
+        SSEEvent(data="a", id="7", retry=3000),
+        SSEEvent(data="b", id="7", retry=3000),
+    ]
+
+
+def test_an_id_with_a_nul_and_a_retry_of_more_than_ten_digits_are_ignored() -> None:
+    events, _ = _read(b"id: a\0b\nretry: 12345678901\ndata: a\n\nretry: 1234567890\ndata: b\n\n")
+    assert events == [SSEEvent(data="a"), SSEEvent(data="b", retry=1234567890)]
+
+
+def test_an_event_name_applies_to_its_own_event_only() -> None:
+    events, _ = _read(b"event: ping\ndata: a\n\ndata: b\n\n")
+    assert [event.event for event in events] == ["ping", "message"]
+
+
+def test_bytes_that_are_not_utf8_are_read_as_replacement_characters() -> None:
+    events, decoder = _read(b"data: caf\xe9 \xff\n\n")
+    assert events == [SSEEvent(data="caf\ufffd \ufffd")] and decoder.error is None
+
+
+def test_a_byte_order_mark_is_dropped_from_the_start_of_the_stream_only() -> None:
+    events, _ = _read("\ufeffdata: a\n\n\ufeffdata: b\n\n".encode())
+    assert events == [
+        SSEEvent(data="a"),
+        SSEEvent(data="\ufeffdata: b", event="error", bare=True),
+    ]
+
+
+def test_events_exactly_at_the_size_limit_all_arrive() -> None:
+    # Each line counts with one line end: 10 + 1, then the blank line's 1.
+    decoder = SSEDecoder(max_event_bytes=12)
+    events = decoder.feed(b"data: 1234\n\ndata: 5678\n\n") + decoder.close()
+    assert events == [SSEEvent(data="1234"), SSEEvent(data="5678")]
+    assert decoder.error is None
+
+
+def test_done_without_a_line_end_exactly_at_the_size_limit_still_ends_the_stream() -> None:
+    decoder = SSEDecoder(max_event_bytes=12)
+    assert decoder.feed(b"data: [DONE]") == []
+    assert decoder.close() == []
+    assert decoder.error is None and decoder.done
+
+
+def test_an_event_ended_by_a_carriage_return_arrives_with_the_read_that_ends_it() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r\rdata: b") == [SSEEvent(data="a")]
+    assert decoder.feed(b"\r\r") == []
+    # A carriage return at the end of a read may be the first half of CRLF: the next read,
+    # whatever it holds, settles it.
+    assert decoder.feed(b"x") == [SSEEvent(data="b")]
+
+
+def test_before_its_end_a_stream_is_neither_done_nor_truncated() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"data: a\n\n")
+    assert decoder.done is False and decoder.truncated is False
+
+
 # Reasoning models ----------------------------------------------------------------------------
 
 
