@@ -64,10 +64,9 @@ MUTANTS := 'chat.pricing.*' 'chat.budgets.*' 'chat.sse.*' 'chat.reasoning.*' \
 	'chat.consumers.x?ChatConsumer?_deliver_done__*' 'chat.consumers.x?ChatConsumer?_resync__*' \
 	'chat.consumers.x?ChatConsumer?chat_snapshot__*' 'chat.consumers.x?ChatConsumer?send_text__*' \
 	'chat.consumers.x?ChatConsumer?_orphaned__*' 'chat.consumers.x_snapshot_frames__*' \
-	'chat.protocol.x_snapshot_frames__*' 'chat.generation.x?GenerationManager?reap__*' \
-	'chat.middleware.x_content_security_policy__*'
+	'chat.protocol.x_snapshot_frames__*' 'chat.generation.x?GenerationManager?reap__*'
 
-## mutation: mutation testing of those functions (one worker, over an hour; not part of CI)
+## mutation: mutation testing of those functions (one worker, about an hour; not part of CI)
 mutation: $(VENV)/.dev
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children 1 $(MUTANTS)
