@@ -6,19 +6,35 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_UPSTREAM_PORT ?= 8765
 
-.PHONY: run demo test lint format migrate superuser bench clean mutation
+.PHONY: run demo test lint format migrate superuser clean mutation lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.runtime: requirements.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements.txt
+# What is installed comes from the lock files: every package, direct and indirect, at an exact
+# version with the hashes of its files. requirements*.txt name what we depend on directly; `make
+# lock` compiles them into the lock files (README, "Dependencies").
+$(VENV)/.runtime: requirements.lock | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
 	touch $@
 
-$(VENV)/.dev: requirements.txt requirements-dev.txt $(VENV)/.runtime
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+$(VENV)/.dev: requirements-dev.lock $(VENV)/.runtime
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $@
+
+# The development lock is compiled first; the runtime lock starts from its versions, so both
+# files agree on every package they share (chat/tests/test_lock.py checks it). pip-compile keeps
+# the versions already locked unless told otherwise: `make lock LOCK_ARGS=--upgrade` takes the
+# newest of everything, `make lock LOCK_ARGS="-P autobahn"` of one package.
+LOCK_FLAGS := --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+	--no-emit-find-links $(LOCK_ARGS)
+
+## lock: compile requirements*.txt into the lock files (needs the package index)
+lock: $(VENV)/.dev
+	$(BIN)/pip-compile $(LOCK_FLAGS) -o requirements-dev.lock requirements-dev.txt
+	cp requirements-dev.lock requirements.lock
+	$(BIN)/pip-compile $(LOCK_FLAGS) -o requirements.lock requirements.txt
 
 migrate: $(VENV)/.runtime
 	$(BIN)/python manage.py migrate --noinput
