@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
 from . import attachments, budgets, pricing, protocol, services
-from .http import api_login_required, json_error
+from .http import AuthenticatedHttpRequest, api_login_required, json_error
 from .models import Conversation, Message
 from .protocol import FrameError
 
@@ -95,7 +95,7 @@ def _int(value: str | None, default: int, low: int, high: int) -> int:
 
 @require_http_methods(["GET"])
 @api_login_required
-def conversations(request: HttpRequest) -> JsonResponse:
+def conversations(request: AuthenticatedHttpRequest) -> JsonResponse:
     """The user's conversations, most recently updated first, a page at a time; `q` searches
     titles and message text."""
     query = Conversation.objects.filter(owner=request.user).select_related("model")
@@ -171,7 +171,7 @@ def _apply_changes(conversation: Conversation, data: dict[str, Any]) -> list[str
 
 @require_http_methods(["GET", "PATCH", "DELETE"])
 @api_login_required
-def conversation(request: HttpRequest, pk: int) -> HttpResponse:
+def conversation(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     found = Conversation.objects.filter(pk=pk, owner=request.user).select_related("model").first()
     if found is None:
         # The same answer whether it exists for someone else or not at all.
@@ -192,7 +192,7 @@ def conversation(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_http_methods(["GET", "PATCH"])
 @api_login_required
-def me(request: HttpRequest) -> JsonResponse:
+def me(request: AuthenticatedHttpRequest) -> JsonResponse:
     """The user's preferences: the model new conversations start with."""
     profile = services.profile_for(request.user)
     if request.method == "PATCH":

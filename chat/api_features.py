@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from . import attachments, exports, protocol, services
 from .api import conversation_detail
-from .http import api_login_required, json_error
+from .http import AuthenticatedHttpRequest, api_login_required, json_error
 from .models import Attachment, Conversation, Preset, ShareLink
 from .protocol import FrameError
 
@@ -45,7 +45,7 @@ def _body(request: HttpRequest) -> dict[str, Any]:
 
 @require_POST
 @api_login_required
-def upload_image(request: HttpRequest) -> JsonResponse:
+def upload_image(request: AuthenticatedHttpRequest) -> JsonResponse:
     upload = request.FILES.get("image")
     if upload is None:
         return json_error("invalid_frame", "Send the image as the 'image' field.", 400)
@@ -60,7 +60,7 @@ def upload_image(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 @api_login_required
-def image(request: HttpRequest, pk: int) -> HttpResponse:
+def image(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     found = Attachment.objects.filter(pk=pk, owner=request.user).first()
     if found is None:
         return _not_found("image")
@@ -75,7 +75,7 @@ def image(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @api_login_required
-def show_version(request: HttpRequest, pk: int) -> JsonResponse:
+def show_version(request: AuthenticatedHttpRequest, pk: int) -> JsonResponse:
     try:
         conversation = services.show_version(request.user, pk)
     except FrameError as exc:
@@ -94,7 +94,7 @@ def _attachment(response: HttpResponse, filename: str) -> HttpResponse:
 
 @require_GET
 @api_login_required
-def export_conversation(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
+def export_conversation(request: AuthenticatedHttpRequest, pk: int, fmt: str) -> HttpResponse:
     conversation = Conversation.objects.filter(pk=pk, owner=request.user).first()
     if conversation is None or fmt not in ("md", "json"):
         return _not_found()
@@ -112,7 +112,7 @@ def export_conversation(request: HttpRequest, pk: int, fmt: str) -> HttpResponse
 
 @require_GET
 @api_login_required
-def export_all(request: HttpRequest) -> HttpResponse:
+def export_all(request: AuthenticatedHttpRequest) -> HttpResponse:
     conversations = list(Conversation.objects.filter(owner=request.user).order_by("id"))
     day = timezone.localdate().isoformat()
     return _attachment(
@@ -123,7 +123,7 @@ def export_all(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @api_login_required
-def import_conversations(request: HttpRequest) -> JsonResponse:
+def import_conversations(request: AuthenticatedHttpRequest) -> JsonResponse:
     upload = request.FILES.get("file")
     if upload is None:
         return json_error("invalid_import", "Send the exported file as the 'file' field.", 400)
@@ -162,7 +162,7 @@ def share_json(share: ShareLink, request: HttpRequest) -> dict[str, Any]:
 
 @require_http_methods(["GET", "POST"])
 @api_login_required
-def shares(request: HttpRequest, pk: int) -> JsonResponse:
+def shares(request: AuthenticatedHttpRequest, pk: int) -> JsonResponse:
     conversation = Conversation.objects.filter(pk=pk, owner=request.user).first()
     if conversation is None:
         return _not_found()
@@ -185,7 +185,7 @@ def shares(request: HttpRequest, pk: int) -> JsonResponse:
 
 @require_http_methods(["DELETE"])
 @api_login_required
-def revoke_share(request: HttpRequest, token: str) -> HttpResponse:
+def revoke_share(request: AuthenticatedHttpRequest, token: str) -> HttpResponse:
     updated = ShareLink.objects.filter(
         token=token, owner=request.user, revoked_at__isnull=True
     ).update(revoked_at=timezone.now())
@@ -245,7 +245,7 @@ def _apply_preset(preset: Preset, data: dict[str, Any]) -> None:
         preset.params = params.as_json()
 
 
-def _visible_presets(request: HttpRequest) -> Any:
+def _visible_presets(request: AuthenticatedHttpRequest) -> Any:
     return Preset.objects.filter(Q(owner=request.user) | Q(owner__isnull=True)).select_related(
         "model"
     )
@@ -253,7 +253,7 @@ def _visible_presets(request: HttpRequest) -> Any:
 
 @require_http_methods(["GET", "POST"])
 @api_login_required
-def presets(request: HttpRequest) -> JsonResponse:
+def presets(request: AuthenticatedHttpRequest) -> JsonResponse:
     if request.method == "POST":
         preset = Preset(owner=request.user)
         try:
@@ -267,7 +267,7 @@ def presets(request: HttpRequest) -> JsonResponse:
 
 @require_http_methods(["GET", "PATCH", "DELETE"])
 @api_login_required
-def preset(request: HttpRequest, pk: int) -> HttpResponse:
+def preset(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     found = _visible_presets(request).filter(pk=pk).first()
     if found is None:
         return _not_found("preset")

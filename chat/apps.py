@@ -1,4 +1,9 @@
+from typing import TYPE_CHECKING
+
 from django.apps import AppConfig
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 
 class ChatConfig(AppConfig):
@@ -12,7 +17,7 @@ class ChatConfig(AppConfig):
 
         from .models import Profile
 
-        def create_profile(sender: type, instance: object, created: bool, **kwargs: object) -> None:
+        def create_profile(sender: type, instance: "User", created: bool, **kwargs: object) -> None:
             # Every user has a profile, so admins can set any user's limit from one list.
             if created and not kwargs.get("raw"):
                 Profile.objects.get_or_create(user=instance)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import connection, transaction
 from django.db.models import Sum
@@ -38,12 +38,12 @@ def _mb(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MB"
 
 
-def used_storage(owner: AbstractBaseUser) -> int:
+def used_storage(owner: User) -> int:
     """Bytes the user's images take, sent or not."""
     return Attachment.objects.filter(owner=owner).aggregate(used=Sum("size"))["used"] or 0
 
 
-def reserve_storage(owner: AbstractBaseUser, adding: int, what: str) -> None:
+def reserve_storage(owner: User, adding: int, what: str) -> None:
     """Refuse `adding` bytes of images that would not fit in the user's storage.
 
     Call inside the transaction that stores them: the user's row is locked (SQLite's
@@ -86,7 +86,7 @@ def inspect(data: bytes) -> tuple[str, int, int]:
     return FORMATS[kind], width, height
 
 
-def store(owner: AbstractBaseUser, upload: UploadedFile) -> Attachment:
+def store(owner: User, upload: UploadedFile) -> Attachment:
     if upload.size is None or upload.size > settings.MAX_IMAGE_BYTES:
         raise ImageRefused(
             f"Images are limited to {settings.MAX_IMAGE_BYTES // (1024 * 1024)} MB; this one "

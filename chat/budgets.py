@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Q, Sum
 from django.utils import timezone
 
@@ -36,7 +36,7 @@ def next_month_start(start: datetime) -> datetime:
     return timezone.make_aware(datetime(year, month, 1))
 
 
-def limit_for(user: AbstractBaseUser) -> Decimal | None:
+def limit_for(user: User) -> Decimal | None:
     """The user's monthly limit in USD, or None for no limit."""
     profile = rows.one_by(Profile, "user", user.pk)
     mode = profile.budget_mode if profile else Profile.BudgetMode.DEFAULT
@@ -70,13 +70,11 @@ class Standing:
         return self.committed / self.limit
 
 
-def standing(user: AbstractBaseUser, start: datetime | None = None) -> Standing:
+def standing(user: User, start: datetime | None = None) -> Standing:
     return _standing(user, limit_for(user), start)
 
 
-def _standing(
-    user: AbstractBaseUser, limit: Decimal | None, start: datetime | None = None
-) -> Standing:
+def _standing(user: User, limit: Decimal | None, start: datetime | None = None) -> Standing:
     start = start or month_start()
     totals = Charge.objects.filter(user=user, created_at__gte=start).aggregate(
         spent=Sum("cost", filter=Q(state=Charge.State.SETTLED)),
@@ -85,7 +83,7 @@ def _standing(
     return Standing(limit=limit, spent=totals["spent"] or ZERO, reserved=totals["reserved"] or ZERO)
 
 
-def check_budget(user: AbstractBaseUser, worst_case: Decimal, request_id: str) -> None:
+def check_budget(user: User, worst_case: Decimal, request_id: str) -> None:
     """Refuse a call whose worst case would take the user past their monthly limit.
 
     Called inside the transaction that reserves the worst case, with the user's sends serialised.

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from channels import DEFAULT_CHANNEL_LAYER
 from channels.db import database_sync_to_async
@@ -20,6 +20,9 @@ from . import daphnetuning, protocol, services, transport
 from .generation import Snapshot, conversation_group, done_frame_for, get_manager
 from .models import Message
 from .protocol import FrameError
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +43,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # no second receiving task per open socket.
     channel_name = ""
 
-    @property  # type: ignore[override]
-    def channel_layer_alias(self) -> str | None:
+    @property
+    def channel_layer_alias(self) -> str | None:  # type: ignore[override]  # None: no layer (stub: str)
         return DEFAULT_CHANNEL_LAYER if get_manager().remote else None
 
     async def connect(self) -> None:
@@ -51,7 +54,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        self.user = user
+        # AuthMiddlewareStack's lazy user, which stands for the account once it is authenticated.
+        self.user = cast("User", user)
         # Conversations this socket watches; frames of this process's generations are
         # delivered to it directly, and (with Redis) other processes' through the layer.
         # In the order they were first watched: past the limit, the oldest is let go.

@@ -9,7 +9,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -247,7 +247,7 @@ def _error_code(value: Any) -> str:
     return value[:40] if isinstance(value, str) else ""
 
 
-def import_payload(user: AbstractBaseUser, payload: Any) -> list[int]:
+def import_payload(user: User, payload: Any) -> list[int]:
     """Import conversations for `user`: all of them, or none when anything is wrong.
 
     Imported replies keep their historical costs for reading, but are not billed again.

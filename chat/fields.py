@@ -14,6 +14,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models.expressions import Combinable
 
 PLACES = 12
 QUANTUM = Decimal(1).scaleb(-PLACES)
@@ -26,6 +27,12 @@ class MoneyField(models.BigIntegerField):
     """
 
     description = "Amount of money in USD (twelve decimals, stored exactly)"
+
+    # The Python types of the column for django-stubs' plugin, which reads these private
+    # attributes (annotations only, nothing at run time): Decimal out, what to_python takes in.
+    # They differ from the integer column's on purpose, hence the ignores.
+    _pyi_private_set_type: Decimal | int | str | Combinable  # type: ignore[assignment]  # Decimal in
+    _pyi_private_get_type: Decimal  # type: ignore[assignment]  # Decimal out
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Decimal | None:
         if value is None:

@@ -5,9 +5,19 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+
+class AuthenticatedHttpRequest(HttpRequest):
+    """For annotations only: the request of a view behind a log-in check, whose user is an
+    account (never AnonymousUser). No request is ever of this class at run time."""
+
+    user: User
 
 
 def json_error(code: str, message: str, status: int) -> JsonResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TypedDict
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -12,10 +13,16 @@ from django.db.models import Q
 
 from .fields import MoneyField
 
+
 # Prices are USD per 1M tokens. Chutes prices need six decimals (0.027216); eight leaves room
 # for a markup applied on top without rounding. Fourteen digits in all round-trip exactly even
 # where the database keeps decimals as floats (SQLite); sums of money use MoneyField instead.
-PRICE_DIGITS = {"max_digits": 14, "decimal_places": 8}
+class _Digits(TypedDict):
+    max_digits: int
+    decimal_places: int
+
+
+PRICE_DIGITS: _Digits = {"max_digits": 14, "decimal_places": 8}
 
 model_id_validator = RegexValidator(
     regex=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._:-]*)?$",

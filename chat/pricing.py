@@ -37,6 +37,7 @@ measured, except such runs for MAX_OVERCOUNT.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -204,7 +205,7 @@ def class_counts(text: str) -> dict[str, int]:
     return {cls.name: counts.get(index, 0) for index, cls in enumerate(CHAR_CLASSES)}
 
 
-def estimate_prompt_tokens(messages: list[dict[str, object]]) -> int:
+def estimate_prompt_tokens(messages: Sequence[Mapping[str, object]]) -> int:
     """Estimated tokens of a prompt: each message's text and MESSAGE_OVERHEAD_TOKENS."""
     total = 0
     for message in messages:

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -49,7 +49,7 @@ def record_catalogue_change(
     before: ChatModel | None,
     after: ChatModel,
     *,
-    user: AbstractBaseUser | None,
+    user: User | None,
     source: str,
     note: str = "",
 ) -> PriceChange | None:
@@ -75,9 +75,7 @@ def record_catalogue_change(
     )
 
 
-def save_catalogue_entry(
-    obj: ChatModel, *, user: AbstractBaseUser | None, source: str, note: str = ""
-) -> None:
+def save_catalogue_entry(obj: ChatModel, *, user: User | None, source: str, note: str = "") -> None:
     """Save a catalogue entry and record what changed in its price history."""
     with transaction.atomic():
         before = ChatModel.objects.filter(pk=obj.pk).first() if obj.pk else None
@@ -86,7 +84,7 @@ def save_catalogue_entry(
 
 
 def set_models_enabled(
-    models: Iterable[ChatModel], enabled: bool, *, user: AbstractBaseUser | None
+    models: Iterable[ChatModel], enabled: bool, *, user: User | None
 ) -> tuple[list[ChatModel], list[ChatModel]]:
     """Enable or disable models; returns (changed, refused). A model without both prices is
     refused enabling rather than offered to users at an unknown price."""
@@ -180,7 +178,7 @@ class Outcome:
     keep_saved_text: bool = False
 
 
-def owned_conversation(user: AbstractBaseUser, conversation_id: int) -> Conversation:
+def owned_conversation(user: User, conversation_id: int) -> Conversation:
     """The user's conversation, or FrameError(not_found) whether or not it exists."""
     conversation = Conversation.objects.filter(pk=conversation_id, owner=user).first()
     if conversation is None:
@@ -208,7 +206,7 @@ def usable_model(model_id: str | None, request_id: str) -> ChatModel:
     return model
 
 
-def _lock_user(user: AbstractBaseUser) -> None:
+def _lock_user(user: User) -> None:
     """Serialise one user's sends so limits and budgets hold under concurrency.
 
     SQLite already serialises writers (IMMEDIATE transactions); PostgreSQL needs a row lock.
@@ -226,7 +224,7 @@ class SenderState:
     recent: int  # the user's replies started in the last minute, up to the limit
 
 
-def _sender_state(user: AbstractBaseUser, request_id: str) -> SenderState:
+def _sender_state(user: User, request_id: str) -> SenderState:
     # One statement instead of three ORM queries (this runs on every send, under the user's
     # lock); each subquery is answered from its own index: (user, request_id), (user, status),
     # (user, created_at). The counts stop at their limit: past it the answer is the same.
@@ -377,7 +375,7 @@ def build_prompt(
 
 def _start_reply(
     *,
-    user: AbstractBaseUser,
+    user: User,
     conversation: Conversation,
     model: ChatModel,
     history: list[Message],
@@ -455,7 +453,7 @@ def _start_reply(
     )
 
 
-def _replay(user: AbstractBaseUser, request_id: str, found: int | None) -> GenerationPlan | None:
+def _replay(user: User, request_id: str, found: int | None) -> GenerationPlan | None:
     """The plan of an earlier accepted request with the same id (its reply `found`, from
     `_sender_state`), marked duplicate; None when there was none."""
     if found is None:
@@ -488,7 +486,7 @@ def default_title(content: str) -> str:
     return first_line[:80] or "New chat"
 
 
-def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
+def accept_send(user: User, frame: Send) -> GenerationPlan:
     """Accept a question: store it and an empty streaming reply, or refuse changing nothing."""
     try:
         with transaction.atomic():
@@ -585,7 +583,7 @@ def accept_send(user: AbstractBaseUser, frame: Send) -> GenerationPlan:
         return replay
 
 
-def accept_regenerate(user: AbstractBaseUser, frame: Regenerate) -> GenerationPlan:
+def accept_regenerate(user: User, frame: Regenerate) -> GenerationPlan:
     """Replace a finished reply with a new one; the old one stays stored (billed), inactive."""
     try:
         with transaction.atomic():
@@ -631,7 +629,7 @@ def accept_regenerate(user: AbstractBaseUser, frame: Regenerate) -> GenerationPl
         return replay
 
 
-def accept_edit(user: AbstractBaseUser, frame: Edit) -> GenerationPlan:
+def accept_edit(user: User, frame: Edit) -> GenerationPlan:
     """Replace a question with a new text and answer it; the old question and everything after
     it stay stored (billed), inactive."""
     try:
@@ -701,7 +699,7 @@ def accept_edit(user: AbstractBaseUser, frame: Edit) -> GenerationPlan:
 
 
 def _unsent_images(
-    user: AbstractBaseUser, ids: tuple[int, ...], model: ChatModel, request_id: str
+    user: User, ids: tuple[int, ...], model: ChatModel, request_id: str
 ) -> list[Attachment]:
     """The user's uploaded images for this message; refused before anything is sent when the
     model cannot read images."""
@@ -719,7 +717,7 @@ def _unsent_images(
     return images
 
 
-def usable_preset(user: AbstractBaseUser, preset_id: int, request_id: str) -> Preset:
+def usable_preset(user: User, preset_id: int, request_id: str) -> Preset:
     preset = (
         Preset.objects.filter(Q(owner=user) | Q(owner__isnull=True), pk=preset_id)
         .select_related("model")
@@ -730,19 +728,19 @@ def usable_preset(user: AbstractBaseUser, preset_id: int, request_id: str) -> Pr
     return preset
 
 
-def profile_for(user: AbstractBaseUser) -> Profile:
+def profile_for(user: User) -> Profile:
     profile, _ = Profile.objects.get_or_create(user=user)
     return profile
 
 
-def default_model_id(user: AbstractBaseUser) -> str | None:
+def default_model_id(user: User) -> str | None:
     profile = Profile.objects.filter(user=user).select_related("default_model").first()
     if profile is None or profile.default_model is None:
         return None
     return profile.default_model.model_id
 
 
-def in_flight(user: AbstractBaseUser, conversation_id: int) -> list[InFlight]:
+def in_flight(user: User, conversation_id: int) -> list[InFlight]:
     """The user's conversation's replies still streaming (as last saved), or not_found."""
     owned_conversation(user, conversation_id)
     return [
@@ -755,7 +753,7 @@ def in_flight(user: AbstractBaseUser, conversation_id: int) -> list[InFlight]:
     ]
 
 
-def streaming_ids(user: AbstractBaseUser, conversation_id: int) -> list[int]:
+def streaming_ids(user: User, conversation_id: int) -> list[int]:
     """The ids of the user's conversation's replies still streaming, or not_found."""
     owned_conversation(user, conversation_id)
     return list(
@@ -769,7 +767,7 @@ def streaming_ids(user: AbstractBaseUser, conversation_id: int) -> list[int]:
     )
 
 
-def owned_reply(user: AbstractBaseUser, message_id: int) -> Message:
+def owned_reply(user: User, message_id: int) -> Message:
     reply = (
         Message.objects.filter(pk=message_id, user=user, role=Message.Role.ASSISTANT)
         .select_related("conversation")
@@ -1154,7 +1152,7 @@ def plan_title(message_id: int, *, again: bool = False) -> TitlePlan | None:
         )
 
 
-def first_exchange_reply(user: AbstractBaseUser, conversation_id: int) -> int:
+def first_exchange_reply(user: User, conversation_id: int) -> int:
     """The finished reply of the conversation's first question as it reads now: what a new
     title is written from. FrameError when there is none yet."""
     conversation = owned_conversation(user, conversation_id)
@@ -1198,12 +1196,14 @@ def finish_title(
     """Settle the title's charge and apply the title unless the user renamed meanwhile."""
     with transaction.atomic():
         charge = Charge.objects.select_for_update().get(pk=plan.charge_id)
-        estimated = prompt_tokens is None or completion_tokens is None
-        charge.prompt_tokens = plan.prompt_estimate if estimated else prompt_tokens
-        charge.completion_tokens = (
-            pricing.estimate_tokens(text + reasoning) if estimated else completion_tokens
-        )
-        charge.estimated = estimated
+        if prompt_tokens is None or completion_tokens is None:
+            charge.prompt_tokens = plan.prompt_estimate
+            charge.completion_tokens = pricing.estimate_tokens(text + reasoning)
+            charge.estimated = True
+        else:
+            charge.prompt_tokens = prompt_tokens
+            charge.completion_tokens = completion_tokens
+            charge.estimated = False
         assert charge.input_price is not None and charge.output_price is not None
         charge.usage_cost = pricing.cost(
             charge.prompt_tokens, charge.completion_tokens, charge.input_price, charge.output_price
@@ -1235,7 +1235,7 @@ def siblings(conversation: Conversation) -> dict[int, list[int]]:
     return {pk: group for group in groups.values() for pk in group}
 
 
-def show_version(user: AbstractBaseUser, message_id: int) -> Conversation:
+def show_version(user: User, message_id: int) -> Conversation:
     """Make `message_id` the version shown at its place; the conversation continues from it.
 
     The path becomes its ancestors, itself, and below it the most recent version at each step.

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from .models import ChatModel, PriceChange
@@ -95,11 +95,12 @@ def preview(catalogue: list[CatalogueModel], markup_percent: Decimal) -> list[Ch
     return sorted(changes, key=lambda c: (order[c.kind], c.model_id))
 
 
-def apply(changes: list[Change], *, user: AbstractBaseUser | None) -> dict[str, int]:
+def apply(changes: list[Change], *, user: User | None) -> dict[str, int]:
     """Apply a previewed set of changes in one transaction."""
     counts = {"new": 0, "changed": 0, "gone": 0}
     with transaction.atomic():
         for change in changes:
+            obj: ChatModel | None
             if change.kind == "new":
                 if ChatModel.objects.filter(model_id=change.model_id).exists():
                     continue

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
@@ -104,7 +104,8 @@ def by_model(charges: QuerySet[Charge]) -> list[dict[str, Any]]:
         )
         .order_by("-cost", "model_id")
     )
-    return list(rows)
+    # values() yields plain dicts (the stubs type them as TypedDicts, which callers cannot extend).
+    return cast("list[dict[str, Any]]", list(rows))
 
 
 def by_user(charges: QuerySet[Charge]) -> list[dict[str, Any]]:
@@ -114,7 +115,8 @@ def by_user(charges: QuerySet[Charge]) -> list[dict[str, Any]]:
         .annotate(calls=Count("id"), cost=Sum("cost"))
         .order_by("-cost", "user__username")
     )
-    return list(rows)
+    # values() yields plain dicts (the stubs type them as TypedDicts, which callers cannot extend).
+    return cast("list[dict[str, Any]]", list(rows))
 
 
 def by_day(charges: QuerySet[Charge], period: Period) -> list[tuple[date, Decimal]]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from datetime import timedelta
 from http import HTTPStatus
 
 from asgiref.sync import sync_to_async
@@ -11,6 +12,7 @@ from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.models import User
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -20,7 +22,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from . import budgets, usage
-from .http import api_login_required
+from .http import AuthenticatedHttpRequest, api_login_required
 from .models import Charge, ChatModel
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ def signup(request: HttpRequest) -> HttpResponse:
         raise Http404("Sign-up is switched off on this site.")
     if request.user.is_authenticated:
         return redirect("chat:index")
-    form = UserCreationForm(request.POST or None)
+    form: UserCreationForm[User] = UserCreationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
@@ -134,7 +136,7 @@ def _period_refused(request: HttpRequest, refused: usage.PeriodRefused) -> HttpR
 
 
 @login_required
-def usage_page(request: HttpRequest) -> HttpResponse:
+def usage_page(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The user's spending: this month against their limit, per model and per day."""
     try:
         period = usage.month_period(request.GET.get("month"))
@@ -150,7 +152,7 @@ def usage_page(request: HttpRequest) -> HttpResponse:
             "period": period,
             "month": timezone.localtime(period.start).strftime("%Y-%m"),
             "previous_month": (
-                timezone.localtime(period.start) - timezone.timedelta(days=1)
+                timezone.localtime(period.start) - timedelta(days=1)
             ).strftime("%Y-%m"),
             "next_month": None if current else timezone.localtime(period.end).strftime("%Y-%m"),
             "current": current,
