@@ -16,7 +16,7 @@ the request's headers are in.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -32,8 +32,9 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 # Django's own default, for when DATA_UPLOAD_MAX_MEMORY_SIZE is switched off (None).
 DEFAULT_BODY_BYTES = 2_621_440
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
+# As Django's ASGI handler takes them: the scope a dict, messages read-only mappings.
+Scope = dict[str, Any]
+Message = Mapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]

@@ -53,7 +53,8 @@ import io
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from types import MethodType
+from typing import Any, cast
 from urllib.parse import unquote
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def _eager_writes() -> None:
         queued_write(self, data)
 
     write.__doc__ = "Send now when nothing is queued; queue the rest as Twisted does."
-    tcp.Server.write = write  # type: ignore[method-assign]
+    tcp.Server.write = write  # type: ignore[method-assign]  # patches Twisted on purpose
 
 
 def _parameters(function: Any) -> list[str]:
@@ -234,9 +235,9 @@ def _body_limits() -> bool:
     gotLength.__doc__ = "Refuse a body declared over its limit; otherwise Twisted's own."
     handleContentChunk.__doc__ = "Count a chunked body against its limit; drop a refused one."
     requestReceived.__doc__ = "Twisted's own, unless the body was refused."
-    WebRequest.gotLength = gotLength  # type: ignore[method-assign]
-    WebRequest.handleContentChunk = handleContentChunk  # type: ignore[method-assign]
-    WebRequest.requestReceived = requestReceived  # type: ignore[method-assign]
+    WebRequest.gotLength = gotLength
+    WebRequest.handleContentChunk = handleContentChunk
+    WebRequest.requestReceived = requestReceived
     return True
 
 
@@ -308,7 +309,7 @@ def _free_closed_connections() -> None:
                     cut(protocol)
 
     application_checker.__doc__ = checker.__doc__
-    Server.application_checker = application_checker  # type: ignore[method-assign]
+    Server.application_checker = application_checker
 
 
 class _Deferred:
@@ -334,8 +335,8 @@ def _lazy_frame_logs() -> None:
     protocol.hltype = lambda obj: _Deferred(hltype, obj)
     protocol.hlval = lambda *args, **kwargs: _Deferred(lambda: hlval(*args, **kwargs))
     # Used for log arguments only, but for `Timings.__str__`, which must return a string.
-    protocol.pformat = lambda obj: _Deferred(pformat, obj)
-    protocol.Timings.__str__ = lambda self: pformat(self._timings)
+    protocol.pformat = lambda obj: _Deferred(pformat, obj)  # type: ignore[assignment, misc]  # patches autobahn
+    protocol.Timings.__str__ = lambda self: pformat(self._timings)  # type: ignore[method-assign]  # patches autobahn
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -366,7 +367,9 @@ def text_writer(send: Any) -> Callable[[str], bool] | None:
         and not send.keywords
     ):
         return None
-    connections: dict[Any, dict[str, Any]] = send.func.__self__.connections
+    # daphne's Server.handle_reply, bound to its server (the check above).
+    server: Server = cast(MethodType, send.func).__self__
+    connections: dict[Any, dict[str, Any]] = server.connections
     connection = send.args[0]
     open_state = WebSocketProtocol.STATE_OPEN
     ground = WebSocketProtocol.SEND_STATE_GROUND

@@ -19,7 +19,8 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, cast
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -93,7 +94,7 @@ class Generation:
         self.manager = manager
         self.message_id = plan.message_id
         self.conversation_id = plan.conversation_id
-        self.status = Message.Status.STREAMING
+        self.status: str = Message.Status.STREAMING
         self.seq = 0
         self.flushed_seq = 0
         self.flushed_at = time.monotonic()
@@ -841,7 +842,7 @@ class GenerationManager:
 
     async def reap(self) -> list[int]:
         """Mark replies whose heartbeat went stale `interrupted` and tell their watchers."""
-        cutoff = timezone.now() - timezone.timedelta(seconds=settings.STREAM_STALE_SECONDS)
+        cutoff = timezone.now() - timedelta(seconds=settings.STREAM_STALE_SECONDS)
         messages = await database_sync_to_async(services.interrupt)(stale_before=cutoff)
         return await self._announce(messages)
 
@@ -892,7 +893,7 @@ def start_with_server() -> None:
 
     # Startup triggers run before the reactor starts its asyncio loop; the manager belongs to
     # the running loop, so the start waits for the loop's first turn.
-    reactor.callWhenRunning(reactor.callLater, 0, start)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(reactor.callLater, 0, start)
 
 
 def _log_start_failure(task: asyncio.Future[None]) -> None:
@@ -917,7 +918,7 @@ def _interrupt_before_server_exit(manager: GenerationManager) -> None:
         future = asyncio.ensure_future(manager.shutdown(grace=settings.SHUTDOWN_GRACE_SECONDS))
         return defer.Deferred.fromFuture(future)
 
-    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
     _shutdown_hooked = True
 
 
@@ -938,18 +939,23 @@ _managers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GenerationManage
 )
 
 
+def _channel_layer() -> BaseChannelLayer:
+    # The settings always name a default layer (in memory, or Redis), so there is one.
+    return cast(BaseChannelLayer, get_channel_layer())
+
+
 def get_manager() -> GenerationManager:
     """The manager of the running event loop (one per process in a server)."""
     loop = asyncio.get_running_loop()
     manager = _managers.get(loop)
     if manager is None:
-        manager = GenerationManager(get_channel_layer())
+        manager = GenerationManager(_channel_layer())
         _managers[loop] = manager
     return manager
 
 
 def request_stop_from_sync(message_id: int) -> None:
     """Stop a generation from synchronous code (an HTTP view), wherever it runs."""
-    async_to_sync(get_channel_layer().group_send)(
+    async_to_sync(_channel_layer().group_send)(
         control_group(message_id), {"type": "gen.stop", "message": message_id}
     )

@@ -22,7 +22,7 @@ import functools
 import itertools
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, cast
 
 import httpcore
@@ -218,7 +218,6 @@ class AsyncioStream(AsyncNetworkStream):
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
         if transport is None:  # the connection went away during the handshake
             raise httpcore.ConnectError("the connection closed during the TLS handshake")
-        transport = cast(asyncio.Transport, transport)
         self._protocol.transport = transport
         return AsyncioStream(transport, self._protocol)
 
@@ -269,7 +268,7 @@ async def _open_socket(
     return sock
 
 
-async def _race(openers: list[Opener], delay: float) -> socket.socket:
+async def _race(openers: Sequence[Opener], delay: float) -> socket.socket:
     """The first socket to connect. Each attempt starts `delay` after the one before it, or at
     once when every earlier attempt has failed; the losers are cancelled or closed."""
     pending: set[asyncio.Task[socket.socket]] = set()
@@ -280,8 +279,9 @@ async def _race(openers: list[Opener], delay: float) -> socket.socket:
     def settle(done: set[asyncio.Task[socket.socket]]) -> None:
         nonlocal winner
         for task in done:
-            if task.exception() is not None:
-                errors.append(task.exception())  # type: ignore[arg-type]
+            error = task.exception()
+            if error is not None:
+                errors.append(error)
             elif winner is None:
                 winner = task.result()
             else:

@@ -94,6 +94,6 @@ class SameOriginValidator:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and not allowed(scope):
-            await WebsocketDenier()(scope, receive, send)
+            await WebsocketDenier()(scope, receive, send)  # type: ignore[arg-type]  # stub: a TypedDict
             return
         await self.application(scope, receive, send)

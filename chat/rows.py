@@ -15,7 +15,7 @@ and a row's fields read it dozens of times.
 from __future__ import annotations
 
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from django.db import DEFAULT_DB_ALIAS, connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -31,7 +31,7 @@ def _select_by(model: type[models.Model], field_name: str) -> str:
     if not (field.primary_key or field.unique):
         raise ValueError(f"{model.__name__}.{field_name} is not unique")
     quote = _db().ops.quote_name
-    table, column = quote(model._meta.db_table), quote(field.column)
+    table, column = quote(model._meta.db_table), quote(_column(field))
     return f"SELECT * FROM {table} WHERE {column} = %s"  # noqa: S608 - names from our models
 
 
@@ -44,6 +44,12 @@ def _db() -> BaseDatabaseWrapper:
     return connections[DEFAULT_DB_ALIAS]
 
 
+def _column(field: models.Field) -> str:
+    # Every field used here is concrete, and a concrete field has a column (None is for the
+    # fields that have none, such as a many-to-many).
+    return cast(str, field.column)
+
+
 @cache
 def _insert(model: type[models.Model]) -> tuple[str, tuple[models.Field, ...], bool]:
     fields = tuple(f for f in model._meta.concrete_fields if not f.primary_key)
@@ -53,14 +59,14 @@ def _insert(model: type[models.Model]) -> tuple[str, tuple[models.Field, ...], b
             raise ValueError(f"{model.__name__}.{field.name} is computed by the database")
     db = _db()
     quote = db.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in fields)
+    columns = ", ".join(quote(_column(f)) for f in fields)
     sql = (
         f"INSERT INTO {quote(model._meta.db_table)} ({columns}) "  # noqa: S608 - names from our models
         f"VALUES ({', '.join(['%s'] * len(fields))})"
     )
     returning = db.features.can_return_columns_from_insert
     if returning:
-        sql += f" RETURNING {quote(model._meta.pk.column)}"
+        sql += f" RETURNING {quote(_column(model._meta.pk))}"
     return sql, fields, returning
 
 
@@ -94,8 +100,8 @@ def _field(model: type[models.Model], name: str) -> models.Field:
 @cache
 def _update(model: type[models.Model], where: tuple[str, ...], names: tuple[str, ...]) -> str:
     quote = _db().ops.quote_name
-    assignments = ", ".join(f"{quote(_field(model, n).column)} = %s" for n in names)
-    conditions = " AND ".join(f"{quote(_field(model, n).column)} = %s" for n in where)
+    assignments = ", ".join(f"{quote(_column(_field(model, n)))} = %s" for n in names)
+    conditions = " AND ".join(f"{quote(_column(_field(model, n)))} = %s" for n in where)
     table = quote(model._meta.db_table)
     return f"UPDATE {table} SET {assignments} WHERE {conditions}"  # noqa: S608 - names from our models
 

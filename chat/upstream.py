@@ -33,7 +33,7 @@ import random
 import re
 import threading
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from http import HTTPStatus
@@ -940,7 +940,7 @@ async def stream_chat(
     split_think: bool = True,
     reasoning_model: bool | None = None,
     token_limit: float | None = None,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Stream one chat completion; see the module docstring for the contract.
 
     `reasoning_model` says whether text before a lone `</think>` is reasoning (see

@@ -37,7 +37,13 @@ application = ProtocolTypeRouter(
         # Oversized request bodies are refused before they are read (chat/bodylimit.py).
         "http": BodyLimit(django_asgi_app),
         "lifespan": lifespan,
-        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # channels' stubs: URLRouter takes its own pattern type, and AuthMiddlewareStack returns
+        # any ASGI application (ASGI2 classes included) where it returns an ASGI3 middleware.
+        "websocket": SameOriginValidator(
+            AuthMiddlewareStack(  # type: ignore[arg-type]  # an ASGI3 application
+                URLRouter(websocket_urlpatterns)  # type: ignore[arg-type]  # Django's URLPattern
+            )
+        ),
     }
 )
 

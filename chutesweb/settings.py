@@ -153,7 +153,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": SQLITE_PATH,
+            "NAME": SQLITE_PATH,  # type: ignore[typeddict-item]  # Django takes a Path (stub: str)
             "OPTIONS": dict(SQLITE_OPTIONS),
             # Keep connections open: the ORM's thread would otherwise open one (and run the
             # PRAGMAs) around every database call of every reply.

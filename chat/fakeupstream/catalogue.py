@@ -92,7 +92,9 @@ def default_catalogue() -> list[dict[str, Any]]:
 
 def price_of(entry: dict[str, Any]) -> tuple[Decimal, Decimal]:
     """(prompt, completion) Chutes USD per 1M tokens of a catalogue entry; zero when unknown."""
-    pricing = entry.get("pricing") if isinstance(entry.get("pricing"), dict) else {}
+    pricing = entry.get("pricing")
+    if not isinstance(pricing, dict):
+        pricing = {}
     prices = []
     for key in ("prompt", "completion"):
         try:

@@ -578,7 +578,9 @@ class FakeUpstream:
         if not isinstance(body, dict):
             return await self._reply(writer, entry, 400, {"detail": "Body must be an object"})
         entry.body = body
-        model = body.get("model") if isinstance(body.get("model"), str) else ""
+        model = body.get("model")
+        if not isinstance(model, str):
+            model = ""
         entry.model = model
         entry.stream = bool(body.get("stream"))
         messages = body.get("messages")

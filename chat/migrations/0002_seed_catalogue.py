@@ -3,9 +3,11 @@
 from decimal import Decimal
 
 from django.db import migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.migrations.state import StateApps
 
 
-def seed(apps, schema_editor):
+def seed(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     from chat.catalogue import SEED_MODELS
 
     ChatModel = apps.get_model("chat", "ChatModel")

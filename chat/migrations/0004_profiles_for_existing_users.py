@@ -1,8 +1,10 @@
 from django.conf import settings
 from django.db import migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.migrations.state import StateApps
 
 
-def create_profiles(apps, schema_editor):
+def create_profiles(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     app_label, model_name = settings.AUTH_USER_MODEL.split(".")
     User = apps.get_model(app_label, model_name)
     Profile = apps.get_model("chat", "Profile")

@@ -2,9 +2,13 @@
 
 from django.conf import settings
 from django.db import migrations, models
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.migrations.state import StateApps
 
 
-def mark_conversations_with_images(apps, schema_editor):
+def mark_conversations_with_images(
+    apps: StateApps, schema_editor: BaseDatabaseSchemaEditor
+) -> None:
     Conversation = apps.get_model("chat", "Conversation")
     Conversation.objects.filter(messages__attachments__isnull=False).update(has_images=True)
 
