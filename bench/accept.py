@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 MODEL = "deepseek-ai/DeepSeek-V3-0324"
 
@@ -106,16 +106,20 @@ def run(sends: int, *, cold: bool = False) -> None:
         if done == sends // 5:
             gc.collect()
             warm_rss = rss_kib()
-        frame = protocol.parse_client_frame(
-            json.dumps(
-                {
-                    "type": "send",
-                    "request_id": uuid.uuid4().hex,
-                    "conversation": None,
-                    "model": MODEL,
-                    "content": "How far is the moon?",
-                }
-            )
+        # A "send" frame parses as protocol.Send.
+        frame = cast(
+            protocol.Send,
+            protocol.parse_client_frame(
+                json.dumps(
+                    {
+                        "type": "send",
+                        "request_id": uuid.uuid4().hex,
+                        "conversation": None,
+                        "model": MODEL,
+                        "content": "How far is the moon?",
+                    }
+                )
+            ),
         )
         if cold:
             _evict_caches(scratch)

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from .stack import MODEL, TOKEN
 
@@ -182,7 +183,7 @@ class RelaySocket:
         ws = await connect(
             ws_url,
             additional_headers={"Cookie": cookie},
-            origin=app_url,  # type: ignore[arg-type]
+            origin=Origin(app_url),
             open_timeout=120,
             # Browsers send no pings; a ping lost under load would only add noise.
             ping_interval=None,

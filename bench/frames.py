@@ -23,6 +23,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from websockets.sync.client import connect
 
@@ -85,7 +86,7 @@ def _pinned(core: int) -> list[str]:
     return []
 
 
-def one_round(mode: str, frames: int) -> dict[str, object]:
+def one_round(mode: str, frames: int) -> dict[str, Any]:
     child = subprocess.Popen(
         [*_pinned(0), sys.executable, "-c", SERVER, mode, str(frames)],
         cwd=ROOT,
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         for mode in costs:
             result = one_round(mode, args.frames)
             assert result["writer"] is (mode == "direct")
-            cost = float(result["cpu_us_per_frame"])  # type: ignore[arg-type]
+            cost = float(result["cpu_us_per_frame"])
             costs[mode].append(cost)
             print(f"round {round_number} {mode:6}: {cost:6.2f} µs CPU per frame")
     for mode, values in costs.items():

@@ -281,6 +281,7 @@ class Bench:
         self.fresh_app()
         app = self.stack.app
         assert app is not None and self.direct is not None
+        direct = self.direct
         pid = app.proc.pid
         await self.warm_up()
         await asyncio.to_thread(wait_quiet, pid)
@@ -322,7 +323,7 @@ class Bench:
                 finally:
                     done.set()
             else:
-                await self.direct.stream(content, result, o.stream_timeout)  # type: ignore[union-attr]
+                await direct.stream(content, result, o.stream_timeout)
 
         async def sample_rss() -> None:
             while True:
@@ -702,7 +703,8 @@ class Bench:
     async def run(self) -> dict[str, Any]:
         o = self.options
         results: dict[str, Any] = {"levels": []}
-        async with DirectClient(self.stack.upstream.url, o.direct_client) as direct:  # type: ignore[union-attr]
+        assert self.stack.upstream is not None
+        async with DirectClient(self.stack.upstream.url, o.direct_client) as direct:
             self.direct = direct
             if o.idle:
                 self.log(f"idle memory: {o.idle} sockets")

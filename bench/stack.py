@@ -168,9 +168,10 @@ class Stack:
             args += ["--lifespan", "on", "--no-access-log", "--log-level", "warning"]
         args.append("bench.launcher:application")
         name = f"app-{self.server}-{self._starts}"
-        self.app = processes.spawn(name, pinned(self.server_core, args), self.env, self.root, port)
-        self.app.wait_until(lambda: processes.healthy(self.app.url), "healthy /healthz")
-        return self.app
+        app = processes.spawn(name, pinned(self.server_core, args), self.env, self.root, port)
+        self.app = app
+        app.wait_until(lambda: processes.healthy(app.url), "healthy /healthz")
+        return app
 
     def stop_app(self) -> None:
         if self.app is not None:

@@ -290,9 +290,11 @@ def time_text_weight() -> dict[str, float]:
     result = {}
     for label, text in texts.items():
         number = 20_000 if len(text) < 10 else 200
-        best = min(
-            timeit.repeat(lambda text=text: pricing.text_weight(text), number=number, repeat=7)
-        )
+
+        def call(text: str = text) -> float:
+            return pricing.text_weight(text)
+
+        best = min(timeit.repeat(call, number=number, repeat=7))
         result[label] = best / number * 1e6
     return result
 
@@ -305,7 +307,9 @@ def print_worst(label: str, rows: list[Row], units: dict[str, int] | Callable[[R
         )
 
 
-def write_fixture(rows: list[Row], crafted_rows: list[Row], templates: dict[str, int]) -> None:
+def write_fixture(
+    rows: list[Row], crafted_rows: list[Row], templates: dict[str, dict[str, int]]
+) -> None:
     def entries(rows: list[Row]) -> list[dict[str, object]]:
         return [{"name": row.name, "text": row.text, "tokens": row.real} for row in rows]
 
