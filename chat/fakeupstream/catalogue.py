@@ -102,10 +102,3 @@ def price_of(entry: dict[str, Any]) -> tuple[Decimal, Decimal]:
         except ArithmeticError:
             prices.append(Decimal(0))
     return prices[0], prices[1]
-
-
-def cost_of(entry: dict[str, Any] | None, input_tokens: int, output_tokens: int) -> Decimal:
-    if entry is None:
-        return Decimal(0)
-    prompt, completion = (lava_price(p) for p in price_of(entry))
-    return (prompt * input_tokens + completion * output_tokens) / MILLION

@@ -277,10 +277,6 @@ class Plan:
     text: str
     reasoning: str
 
-    @property
-    def answer_tokens(self) -> int:
-        return sum(1 for token in self.tokens if token.kind == "answer")
-
 
 def plan_reply(script: Script, messages: Sequence[Any], *, reasoning_model: bool = False) -> Plan:
     if script.text is not None:

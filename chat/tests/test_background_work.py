@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -184,7 +185,7 @@ def _plant_stale(user: Any, conversation_id: int, model_id: int, content: str) -
         output_price=Decimal("0.27216"),
         prompt_tokens=10,
         usage_estimated=True,
-        heartbeat_at=timezone.now() - timezone.timedelta(minutes=5),
+        heartbeat_at=timezone.now() - timedelta(minutes=5),
     )
     Charge.objects.create(user=user, message=stale, model_id=MODEL, reserved=Decimal("1"))
     return stale
@@ -260,7 +261,7 @@ async def test_the_process_removes_images_never_sent_as_part_of_its_periodic_wor
             owner=alice, content_type="image/png", data=b"x", size=1, width=1, height=1
         )
         Attachment.objects.filter(pk=image.pk).update(
-            created_at=timezone.now() - timezone.timedelta(hours=2)
+            created_at=timezone.now() - timedelta(hours=2)
         )
         return image.pk
 
