@@ -1,7 +1,7 @@
 """An incremental Server-Sent Events decoder for the upstream's chat completion streams.
 
-It follows the parsing rules of the reference OpenAI client (see
-`../shared/reference/upstream-api.md`) plus two Chutes quirks:
+It follows the parsing rules of the OpenAI Python client's SSE decoder (the client Chutes'
+OpenAI-compatible API is written against), plus two Chutes quirks:
 
 - a failure mid-stream is written as a bare JSON line with no field name,
   `{"error": "Unhandled exception during response stream: ..."}`; a strict SSE parser would drop

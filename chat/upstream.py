@@ -4,7 +4,8 @@
 catalogue; `fetch_request_cost()` reads what Lava billed for a request. Every failure becomes an
 `UpstreamError` with a stable `code` and a message that is safe to show a user.
 
-Streaming contract (see `../shared/reference/upstream-api.md` for the upstream's behaviour):
+Streaming contract (the stand-in upstream, `chat/fakeupstream`, plays each upstream behaviour
+named here, quirks and failures included):
 
 - `RequestIds` comes first, as soon as the response headers arrive (Chutes sends them with the
   first token), then `ReasoningDelta`/`TextDelta`, then `Usage` (only if the upstream reported
