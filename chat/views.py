@@ -151,9 +151,9 @@ def usage_page(request: AuthenticatedHttpRequest) -> HttpResponse:
         {
             "period": period,
             "month": timezone.localtime(period.start).strftime("%Y-%m"),
-            "previous_month": (
-                timezone.localtime(period.start) - timedelta(days=1)
-            ).strftime("%Y-%m"),
+            "previous_month": (timezone.localtime(period.start) - timedelta(days=1)).strftime(
+                "%Y-%m"
+            ),
             "next_month": None if current else timezone.localtime(period.end).strftime("%Y-%m"),
             "current": current,
             "standing": standing,
