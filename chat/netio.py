@@ -23,7 +23,7 @@ import itertools
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import httpcore
 from httpcore import AsyncNetworkBackend, AsyncNetworkStream
@@ -240,7 +240,13 @@ class AsyncioStream(AsyncNetworkStream):
 # RFC 8305's "connection attempt delay": how long one address gets before the next one races it.
 HAPPY_EYEBALLS_DELAY = 0.25
 
-Opener = Callable[[], Awaitable[socket.socket]]
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+# A socket, or in the tests a stand-in for one: what the race needs is that it can be closed.
+S = TypeVar("S", bound=_Closable)
 
 
 def _interleave(infos: list[Any]) -> list[Any]:
@@ -268,15 +274,15 @@ async def _open_socket(
     return sock
 
 
-async def _race(openers: Sequence[Opener], delay: float) -> socket.socket:
+async def _race(openers: Sequence[Callable[[], Awaitable[S]]], delay: float) -> S:
     """The first socket to connect. Each attempt starts `delay` after the one before it, or at
     once when every earlier attempt has failed; the losers are cancelled or closed."""
-    pending: set[asyncio.Task[socket.socket]] = set()
+    pending: set[asyncio.Task[S]] = set()
     errors: list[BaseException] = []
-    winner: socket.socket | None = None
+    winner: S | None = None
     waiting = iter(openers)
 
-    def settle(done: set[asyncio.Task[socket.socket]]) -> None:
+    def settle(done: set[asyncio.Task[S]]) -> None:
         nonlocal winner
         for task in done:
             error = task.exception()
@@ -318,7 +324,7 @@ async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> lis
     return await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
-def _close_loser(task: asyncio.Task[socket.socket]) -> None:
+def _close_loser(task: asyncio.Task[_Closable]) -> None:
     """A cancelled attempt closes its own socket, unless it had connected already."""
     if not task.cancelled() and task.exception() is None:
         task.result().close()

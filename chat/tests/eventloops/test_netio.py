@@ -313,8 +313,8 @@ async def test_a_silent_address_is_raced_by_the_next_one_after_the_delay() -> No
         started.append("quick")
         return FakeSocket("quick")
 
-    winner = await netio._race([silent, quick], 0.01)  # type: ignore[list-item]
-    assert winner.name == "quick"  # type: ignore[attr-defined]
+    winner = await netio._race([silent, quick], 0.01)
+    assert winner.name == "quick"
     assert started == ["silent", "quick"]
     await asyncio.wait_for(silent_cancelled.wait(), 5)
 
@@ -328,8 +328,8 @@ async def test_a_failed_address_hands_over_at_once_not_after_the_delay() -> None
 
     # With an hour's delay, only moving on at the failure can finish within the test's timeout.
     async with asyncio.timeout(5):
-        winner = await netio._race([refused, quick], 3600)  # type: ignore[list-item]
-    assert winner.name == "quick"  # type: ignore[attr-defined]
+        winner = await netio._race([refused, quick], 3600)
+    assert winner.name == "quick"
 
 
 async def test_when_two_connect_together_the_second_is_closed() -> None:
@@ -348,9 +348,9 @@ async def test_when_two_connect_together_the_second_is_closed() -> None:
 
         return connect
 
-    winner = await netio._race([opener(s) for s in sockets], 0)  # type: ignore[misc]
+    winner = await netio._race([opener(s) for s in sockets], 0)
     loser = next(s for s in sockets if s is not winner)
-    assert not winner.closed  # type: ignore[attr-defined]
+    assert not winner.closed
     assert loser.closed
 
 
@@ -362,7 +362,7 @@ async def test_when_every_address_fails_the_last_error_is_raised() -> None:
         return connect
 
     with pytest.raises(OSError, match="second"):
-        await netio._race([failing("first"), failing("second")], 0.01)  # type: ignore[list-item]
+        await netio._race([failing("first"), failing("second")], 0.01)
 
 
 async def test_a_race_cancelled_from_outside_closes_what_connected() -> None:
@@ -375,7 +375,7 @@ async def test_a_race_cancelled_from_outside_closes_what_connected() -> None:
             await release.wait()
         return late
 
-    race = asyncio.ensure_future(netio._race([slow], 3600))  # type: ignore[list-item]
+    race = asyncio.ensure_future(netio._race([slow], 3600))
     await asyncio.sleep(0.01)
     race.cancel()
     with pytest.raises(asyncio.CancelledError):
