@@ -9,7 +9,7 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import connections
 from django.db.backends.utils import CursorWrapper
@@ -53,8 +53,8 @@ PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
-def make_user(db: None) -> Callable[..., AbstractUser]:
-    def make(username: str | None = None, **extra: Any) -> AbstractUser:
+def make_user(db: None) -> Callable[..., User]:
+    def make(username: str | None = None, **extra: Any) -> User:
         name = username or f"user{next(_counter)}"
         return get_user_model().objects.create_user(username=name, password=PASSWORD, **extra)
 
@@ -62,24 +62,24 @@ def make_user(db: None) -> Callable[..., AbstractUser]:
 
 
 @pytest.fixture
-def user(make_user: Callable[..., AbstractUser]) -> AbstractUser:
+def user(make_user: Callable[..., User]) -> User:
     return make_user("alice")
 
 
 @pytest.fixture
-def admin_user(make_user: Callable[..., AbstractUser]) -> AbstractUser:
+def admin_user(make_user: Callable[..., User]) -> User:
     return make_user("root", is_staff=True, is_superuser=True)
 
 
 @pytest.fixture
-def user_client(user: AbstractUser) -> Client:
+def user_client(user: User) -> Client:
     client = Client()
     client.force_login(user)
     return client
 
 
 @pytest.fixture
-def admin_client(admin_user: AbstractUser) -> Client:
+def admin_client(admin_user: User) -> Client:
     client = Client()
     client.force_login(admin_user)
     return client
@@ -146,12 +146,12 @@ async def fake(settings: Any) -> AsyncIterator[FakeUpstream]:
 
 
 @pytest.fixture
-async def alice(make_user: Callable[..., AbstractUser]) -> AbstractUser:
+async def alice(make_user: Callable[..., User]) -> User:
     return await database_sync_to_async(make_user)("alice")
 
 
 @pytest.fixture
-async def bob(make_user: Callable[..., AbstractUser]) -> AbstractUser:
+async def bob(make_user: Callable[..., User]) -> User:
     return await database_sync_to_async(make_user)("bob")
 
 

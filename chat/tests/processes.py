@@ -15,11 +15,13 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -208,7 +210,7 @@ def login_cookie(url: str, username: str, password: str) -> str:
     return "; ".join(f"{k}={v}" for k, v in cookies.items())
 
 
-def fake_stats(upstream: Process) -> dict[str, object]:
+def fake_stats(upstream: Process) -> dict[str, Any]:
     with urllib.request.urlopen(f"{upstream.url}/_fake/stats", timeout=5) as response:
         return json.loads(response.read())
 

@@ -117,7 +117,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def run(mode: str, script: str = SCRIPT) -> dict[str, object]:
+def run(mode: str, script: str = SCRIPT) -> dict[str, Any]:
     """Run a reactor script in a child process; its last line of output is its JSON result."""
     completed = subprocess.run(
         [sys.executable, "-c", script, mode],
@@ -271,7 +271,8 @@ def test_with_direct_frames_off_daphne_sends_the_same() -> None:
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
 def test_a_text_frame_is_the_bytes_autobahn_writes(size: int) -> None:
     written: list[bytes] = []
-    sender = types.SimpleNamespace(
+    # A stand-in for the protocol, with only what sendFrame reads.
+    sender: Any = types.SimpleNamespace(
         factory=types.SimpleNamespace(isServer=True),
         maskServerFrames=False,
         trafficStats=types.SimpleNamespace(outgoingWebSocketFrames=0),

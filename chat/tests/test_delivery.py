@@ -37,6 +37,10 @@ class Manager:
 class Recorder(ChatConsumer):
     """A consumer whose frames are recorded instead of written to a connection."""
 
+    # Stand-ins: a user with a pk, and a manager that records what it is asked.
+    user: Any
+    manager: Any
+
     def __init__(self) -> None:
         super().__init__()
         self.user = SimpleNamespace(pk=1)
@@ -50,8 +54,8 @@ class Recorder(ChatConsumer):
         self.max_unacked = self.max_buffered = 10**9
         self.buffered = None
         self.write_text = None
-        self.manager = Manager()  # type: ignore[assignment]
-        self.sent: list[dict[str, Any]] = []
+        self.manager = Manager()
+        self.sent: list[Any] = []
         # Called with each frame as it is written: a test can deliver more frames meanwhile,
         # as a generation does while the socket awaits its send.
         self.on_send: Any = None

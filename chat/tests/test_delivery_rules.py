@@ -36,7 +36,7 @@ class Socket(Recorder):
 
     def __init__(self) -> None:
         super().__init__()
-        self.manager = Requests()  # type: ignore[assignment]
+        self.manager = Requests()
         self.closed_with: list[int] = []
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:

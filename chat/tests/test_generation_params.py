@@ -108,7 +108,8 @@ def send_to(user: Any, conversation: Conversation) -> services.GenerationPlan:
         conversation=conversation.pk,
         request_id=f"budget-{next(_request_ids)}",
     )
-    return services.accept_send(user, protocol.parse_client_frame(json.dumps(frame)))
+    parsed: Any = protocol.parse_client_frame(json.dumps(frame))  # a "send" frame
+    return services.accept_send(user, parsed)
 
 
 json_values = st.recursive(

@@ -299,8 +299,8 @@ def split_text(
     for piece in pieces:
         out += splitter.feed_content(piece)
     out += splitter.finish()
-    for piece in out:
-        assert type(piece.text) is str and piece.text
+    for part in out:
+        assert type(part.text) is str and part.text
     return (
         "".join(p.text for p in out if p.kind == "reasoning"),
         "".join(p.text for p in out if p.kind == "answer"),
@@ -318,7 +318,11 @@ def split_text(
 def test_think_tags_cut_anywhere_give_the_same_reasoning_and_answer(
     content: str, data: st.DataObject, split_think: bool, hold: bool, reasoning_first: str
 ) -> None:
-    options = {"split_think": split_think, "hold": hold, "reasoning_first": reasoning_first}
+    options: dict[str, Any] = {
+        "split_think": split_think,
+        "hold": hold,
+        "reasoning_first": reasoning_first,
+    }
     whole = split_text([content], **options)
     for position in range(len(content) + 1):
         assert split_text([content[:position], content[position:]], **options) == whole

@@ -8,6 +8,7 @@ would install something other than what the .txt file says: these tests catch bo
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ def pins(path, seen=None):
 
 def locked(path):
     """Name -> (version, number of hashes) of every package in a compiled lock file."""
-    packages = {}
+    packages: dict[str, list[Any]] = {}
     current = None
     for line in path.read_text().splitlines():
         match = PIN.match(line)

@@ -45,7 +45,7 @@ def log_in(
     client: Client | None = None,
 ) -> Any:
     client = client or Client()
-    extra: dict[str, str] = {"REMOTE_ADDR": address}
+    extra: dict[str, Any] = {"REMOTE_ADDR": address}
     if forwarded is not None:
         extra["HTTP_X_FORWARDED_FOR"] = forwarded
     return client.post(path, {"username": username, "password": password}, **extra)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from datetime import timedelta
 from decimal import Decimal
 from http import HTTPStatus
 from typing import Any
@@ -210,7 +211,7 @@ def test_standing_counts_settled_costs_and_open_reservations(user) -> None:
     Charge.objects.create(user=user, model_id=MODEL, state="settled", cost=Decimal("0.25"))
     Charge.objects.create(user=user, model_id=MODEL, state="reserved", reserved=Decimal("0.5"))
     old = Charge.objects.create(user=user, model_id=MODEL, state="settled", cost=Decimal("5"))
-    Charge.objects.filter(pk=old.pk).update(created_at=timezone.now() - timezone.timedelta(days=40))
+    Charge.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=40))
     current = budgets.standing(user)
     assert (current.spent, current.reserved, current.limit) == (
         Decimal("0.25"),

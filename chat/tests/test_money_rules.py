@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import User
 from django.utils import timezone
 
 from chat import budgets, pricing, protocol, services
@@ -352,7 +352,7 @@ PRICE = Decimal("0.27216")
 
 
 @pytest.fixture
-def user(db: None) -> AbstractUser:
+def user(db: None) -> User:
     """A user without a password: hashing one takes most of a test's second."""
     return get_user_model().objects.create(username="member")
 
@@ -365,7 +365,7 @@ def configured(settings: Any) -> None:
 
 
 @pytest.fixture
-def accept(configured: None, user: AbstractUser) -> Callable[..., services.GenerationPlan]:
+def accept(configured: None, user: User) -> Callable[..., services.GenerationPlan]:
     def accepted(content: str = "a question", max_tokens: int = 100) -> services.GenerationPlan:
         frame = Send(
             request_id=request_id(),
@@ -597,7 +597,7 @@ def test_long_upstream_strings_are_stored_cut_to_their_columns(
 # Settling a title ----------------------------------------------------------------------------
 
 
-def _title_plan(user: AbstractUser, reserved: Decimal = Decimal("1")) -> services.TitlePlan:
+def _title_plan(user: User, reserved: Decimal = Decimal("1")) -> services.TitlePlan:
     conversation = Conversation.objects.create(owner=user, title="first line")
     charge = Charge.objects.create(
         user=user,
@@ -622,7 +622,7 @@ def _title_plan(user: AbstractUser, reserved: Decimal = Decimal("1")) -> service
 
 
 @pytest.mark.django_db
-def test_a_title_with_usage_is_billed_its_usage(user: AbstractUser) -> None:
+def test_a_title_with_usage_is_billed_its_usage(user: User) -> None:
     plan = _title_plan(user)
     assert services.finish_title(plan, "A Title", "", 60, 5, "lava-t") == "A Title"
     charge = Charge.objects.get(pk=plan.charge_id)
@@ -635,7 +635,7 @@ def test_a_title_with_usage_is_billed_its_usage(user: AbstractUser) -> None:
 @pytest.mark.django_db
 @pytest.mark.parametrize(("prompt", "completion"), [(None, 5), (60, None), (None, None)])
 def test_a_title_missing_either_count_is_billed_from_estimates(
-    user: AbstractUser, prompt: int | None, completion: int | None
+    user: User, prompt: int | None, completion: int | None
 ) -> None:
     plan = _title_plan(user)
     services.finish_title(plan, "A Title", "some thought", prompt, completion, "")
@@ -650,7 +650,7 @@ def test_a_title_missing_either_count_is_billed_from_estimates(
 
 
 @pytest.mark.django_db
-def test_a_title_is_written_on_its_own_conversation_only(user: AbstractUser) -> None:
+def test_a_title_is_written_on_its_own_conversation_only(user: User) -> None:
     other = Conversation.objects.create(owner=user, title="another chat")
     plan = _title_plan(user)
     services.finish_title(plan, "A Title", "", 60, 5, "l" * 150)
@@ -661,7 +661,7 @@ def test_a_title_is_written_on_its_own_conversation_only(user: AbstractUser) -> 
 
 @pytest.mark.django_db
 def test_a_title_never_replaces_one_the_user_set_meanwhile_and_is_still_billed(
-    user: AbstractUser,
+    user: User,
 ) -> None:
     plan = _title_plan(user)
     Conversation.objects.filter(pk=plan.conversation_id).update(
@@ -673,7 +673,7 @@ def test_a_title_never_replaces_one_the_user_set_meanwhile_and_is_still_billed(
 
 
 @pytest.mark.django_db
-def test_a_title_is_billed_at_most_its_reservation(user: AbstractUser) -> None:
+def test_a_title_is_billed_at_most_its_reservation(user: User) -> None:
     plan = _title_plan(user, reserved=Decimal("0.000001"))
     services.finish_title(plan, "A Title", "", 60, 100_000, "")
     charge = Charge.objects.get(pk=plan.charge_id)
@@ -702,7 +702,7 @@ def test_the_month_after_december_is_january_of_the_next_year() -> None:
 
 
 @pytest.mark.django_db
-def test_each_budget_mode_gives_its_limit(user: AbstractUser, settings: Any) -> None:
+def test_each_budget_mode_gives_its_limit(user: User, settings: Any) -> None:
     settings.MONTHLY_BUDGET_USD = Decimal("7")
     assert budgets.limit_for(user) == Decimal("7")
     Profile.objects.filter(user=user).update(budget_mode="custom", monthly_limit=Decimal("3"))
@@ -714,7 +714,7 @@ def test_each_budget_mode_gives_its_limit(user: AbstractUser, settings: Any) -> 
 
 
 @pytest.mark.django_db
-def test_what_was_spent_counts_from_the_first_instant_of_the_month(user: AbstractUser) -> None:
+def test_what_was_spent_counts_from_the_first_instant_of_the_month(user: User) -> None:
     start = budgets.month_start()
     for cost, at in (("0.25", start), ("5", start - datetime.timedelta(microseconds=1))):
         charge = Charge.objects.create(user=user, model_id=MODEL, state="settled", cost=cost)
@@ -726,7 +726,7 @@ def test_what_was_spent_counts_from_the_first_instant_of_the_month(user: Abstrac
 
 @pytest.mark.django_db
 def test_a_standing_counts_the_users_own_settled_costs_and_open_reservations(
-    user: AbstractUser, settings: Any
+    user: User, settings: Any
 ) -> None:
     settings.MONTHLY_BUDGET_USD = Decimal("9")
     # A settled charge keeps the reservation it was accepted with: only its cost counts.
@@ -747,7 +747,7 @@ def test_a_standing_counts_the_users_own_settled_costs_and_open_reservations(
 
 @pytest.mark.django_db
 def test_a_worst_case_exactly_equal_to_what_is_left_passes_the_check(
-    user: AbstractUser, settings: Any
+    user: User, settings: Any
 ) -> None:
     settings.MONTHLY_BUDGET_USD = Decimal("1")
     Charge.objects.create(user=user, model_id=MODEL, state="settled", cost=Decimal("0.25"))
@@ -764,9 +764,7 @@ def test_a_worst_case_exactly_equal_to_what_is_left_passes_the_check(
 
 
 @pytest.mark.django_db
-def test_a_refusal_with_nothing_running_and_nothing_left_says_so(
-    user: AbstractUser, settings: Any
-) -> None:
+def test_a_refusal_with_nothing_running_and_nothing_left_says_so(user: User, settings: Any) -> None:
     settings.MONTHLY_BUDGET_USD = Decimal("1")
     Charge.objects.create(user=user, model_id=MODEL, state="settled", cost=Decimal("1.5"))
     with pytest.raises(FrameError) as refused:
@@ -778,7 +776,7 @@ def test_a_refusal_with_nothing_running_and_nothing_left_says_so(
 
 
 @pytest.mark.django_db
-def test_without_a_limit_any_worst_case_passes(user: AbstractUser) -> None:
+def test_without_a_limit_any_worst_case_passes(user: User) -> None:
     Profile.objects.filter(user=user).update(budget_mode="unlimited")
     Charge.objects.create(user=user, model_id=MODEL, state="settled", cost=Decimal("1000"))
     budgets.check_budget(user, Decimal("1000000"), "rid")

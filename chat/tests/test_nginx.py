@@ -21,6 +21,7 @@ import pytest
 from django.conf import settings
 from PIL import Image
 from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from chat import bodylimit
 
@@ -124,7 +125,7 @@ def test_a_reply_streams_through_nginx_over_tls(stack: Nginx, client: httpx.Clie
         sock=sock,
         ssl=context,
         server_hostname=HOST,
-        origin=f"https://{HOST}",
+        origin=Origin(f"https://{HOST}"),
         additional_headers={"Cookie": cookie},
         open_timeout=10,
     ) as ws:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from . import processes
 from .processes import Process
@@ -43,7 +44,7 @@ class Client:
         connection = connect(
             f"ws://127.0.0.1:{app.port}/ws/chat/",
             additional_headers={"Cookie": cookie},
-            origin=f"http://127.0.0.1:{app.port}",
+            origin=Origin(f"http://127.0.0.1:{app.port}"),
             open_timeout=10,
             # Browsers send no pings; a ping to a killed server only fails noisily later.
             ping_interval=None,

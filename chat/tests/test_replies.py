@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from http import HTTPStatus
+from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
@@ -346,7 +347,7 @@ def test_accepting_a_question_reads_no_users_whole_history(user, settings) -> No
     settings.MESSAGES_PER_MINUTE = 1000
     model = ChatModel.objects.get(model_id=MODEL)
     make_history(user, model, [(f"q{i}", f"a{i}") for i in range(30)])
-    frame = parse_client_frame(
+    frame: Any = parse_client_frame(  # a "send" frame
         json.dumps(
             {
                 "type": "send",

@@ -10,7 +10,7 @@ import io
 import re
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -284,9 +284,9 @@ class Inner:
 
 def run_wrapper(
     request_headers: list[tuple[bytes, bytes]], chunks: int, size: int = 10_000
-) -> tuple[Inner, list[dict[str, Any]], int]:
+) -> tuple[Inner, list[Mapping[str, Any]], int]:
     inner = Inner()
-    sent: list[dict[str, Any]] = []
+    sent: list[Mapping[str, Any]] = []
     pulled = 0
 
     async def receive() -> dict[str, Any]:
@@ -294,7 +294,7 @@ def run_wrapper(
         pulled += 1
         return {"type": "http.request", "body": b"x" * size, "more_body": pulled < chunks}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Mapping[str, Any]) -> None:
         sent.append(message)
 
     scope = {

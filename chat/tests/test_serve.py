@@ -18,6 +18,7 @@ import uvloop
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close, CloseCode
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from chutesweb import serve
 
@@ -106,7 +107,7 @@ def socket_to(app: Process) -> Iterator[ClientConnection]:
     with connect(
         f"ws://127.0.0.1:{app.port}/ws/chat/",
         additional_headers={"Cookie": cookie},
-        origin=f"http://127.0.0.1:{app.port}",
+        origin=Origin(f"http://127.0.0.1:{app.port}"),
         open_timeout=10,
         ping_interval=None,
     ) as ws:

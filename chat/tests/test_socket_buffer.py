@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from . import processes
 
@@ -60,7 +61,7 @@ def test_a_client_that_claims_to_read_everything_and_reads_nothing_is_closed(
     app = processes.start_app("app", tmp_path, env)
     try:
         cookie = processes.login_cookie(app.url, "kim", PASSWORD)
-        origin = app.url
+        origin = Origin(app.url)
         url = f"ws://127.0.0.1:{app.port}/ws/chat/"
         # A reply of 900 KB that takes about nine seconds.
         text = "abcdefghij" * 90_000

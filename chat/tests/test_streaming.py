@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -401,7 +402,7 @@ async def test_the_reaper_interrupts_a_stale_streaming_reply(fake, alice) -> Non
             output_price=PRICE,
             prompt_tokens=10,
             usage_estimated=True,
-            heartbeat_at=timezone.now() - timezone.timedelta(minutes=5),
+            heartbeat_at=timezone.now() - timedelta(minutes=5),
         )
         Charge.objects.create(user=alice, message=stale, model_id=MODEL, reserved=Decimal("1"))
         return stale
@@ -430,7 +431,7 @@ async def test_watching_an_orphaned_reply_marks_it_interrupted(fake, alice, sett
     # With the in-memory layer this process is the only one, so even a fresh heartbeat is an
     # orphan's; with Redis another process may run it until its heartbeat goes stale.
     in_memory = "InMemory" in settings.CHANNEL_LAYERS["default"]["BACKEND"]
-    age = timezone.timedelta(0 if in_memory else settings.STREAM_STALE_SECONDS + 1)
+    age = timedelta(0 if in_memory else settings.STREAM_STALE_SECONDS + 1)
     await database_sync_to_async(Message.objects.filter(pk=accepted["message"]).update)(
         status="streaming", heartbeat_at=timezone.now() - age
     )
@@ -489,12 +490,14 @@ async def test_regenerate_replaces_the_reply_and_keeps_the_old_one_billed(fake, 
 
 
 async def test_frames_skip_the_session_wrapper_only_where_it_never_acts() -> None:
-    sent: list[dict[str, Any]] = []
+    sent: list[Any] = []
 
-    async def server_send(message: dict[str, Any]) -> None:
+    async def server_send(message: Any) -> None:
         sent.append(message)
 
-    wrapper = InstanceSessionWrapper({"type": "websocket", "cookies": {}}, server_send)
+    # Only what the wrapper reads of a scope: channels' stubs want a whole websocket scope.
+    scope: Any = {"type": "websocket", "cookies": {}}
+    wrapper = InstanceSessionWrapper(scope, server_send)
     assert _frame_sender(wrapper.send) is server_send
     # A wrapper that would save the session on a frame keeps its place.
     wrapper.save_message_types = [*wrapper.save_message_types, "websocket.send"]

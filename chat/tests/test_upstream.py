@@ -689,7 +689,7 @@ def _small_pool_client(max_connections: int, max_keepalive: int) -> tuple[httpx.
         opened.append(stream)
         return stream
 
-    pool._network_backend.connect_tcp = counting_connect
+    pool._network_backend.connect_tcp = counting_connect  # type: ignore[method-assign]  # httpcore's
     return httpx.AsyncClient(transport=transport), opened
 
 
@@ -713,7 +713,7 @@ async def test_requests_beyond_the_pool_wait_and_reuse_freed_connections(
     async def watch() -> None:
         nonlocal most
         while True:
-            most = max(most, len(client._transport._pool.connections))
+            most = max(most, len(client._transport._pool.connections))  # type: ignore[attr-defined]  # httpx's
             await asyncio.sleep(0.001)
 
     watcher = asyncio.create_task(watch())
@@ -734,7 +734,7 @@ async def test_idle_connections_beyond_the_keep_alive_limit_are_closed(
 ) -> None:
     fake.set_default_script(interval_ms=5, tokens=5)
     client, opened = _small_pool_client(max_connections=4, max_keepalive=1)
-    pool = client._transport._pool
+    pool = client._transport._pool  # type: ignore[attr-defined]  # httpx's private pool
     try:
         await asyncio.gather(*(_stream_reply(client, fake, f"q{i}") for i in range(4)))
         assert len(opened) == 4
@@ -785,7 +785,7 @@ async def test_a_connection_opened_for_a_cancelled_request_does_not_fill_the_poo
     server = await asyncio.start_server(closing_server, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
     client, _opened = _small_pool_client(max_connections=1, max_keepalive=1)
-    pool = client._transport._pool
+    pool = client._transport._pool  # type: ignore[attr-defined]  # httpx's private pool
     queued = asyncio.Event()
     assign = pool._assign_requests_to_connections
 
@@ -820,7 +820,7 @@ def test_the_pool_is_sized_from_the_config() -> None:
 
     async def limits() -> Any:
         client = get_client(config)
-        pool = client._transport._pool
+        pool = client._transport._pool  # type: ignore[attr-defined]  # httpx's private pool
         try:
             return pool._max_connections, pool._max_keepalive_connections
         finally:

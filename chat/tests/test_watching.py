@@ -4,6 +4,7 @@ replies whose heartbeat is older than the cutoff."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -89,7 +90,7 @@ def plant(user: Any, conversation_id: int, model_id: int, age_seconds: float) ->
         output_price=Decimal("0.27216"),
         prompt_tokens=10,
         usage_estimated=True,
-        heartbeat_at=timezone.now() - timezone.timedelta(seconds=age_seconds),
+        heartbeat_at=timezone.now() - timedelta(seconds=age_seconds),
     )
     Charge.objects.create(user=user, message=reply, model_id=MODEL, reserved=Decimal("1"))
     return reply

@@ -194,6 +194,7 @@ class HitRecorder(ThreadingHTTPServer):
     """A tiny HTTP server that records every request it gets: "another host" for images."""
 
     daemon_threads = True
+    server_address: tuple[str, int]  # an IPv4 host and port
 
     def __init__(self, host: str) -> None:
         self.hits: list[str] = []

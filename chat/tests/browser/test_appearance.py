@@ -11,6 +11,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
@@ -77,7 +78,7 @@ def showcase(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Showcase]:
             server.stop()
 
 
-def new_context(browser: Browser, showcase: Showcase, **options: object) -> BrowserContext:
+def new_context(browser: Browser, showcase: Showcase, **options: Any) -> BrowserContext:
     context = browser.new_context(base_url=showcase.server.url, color_scheme="light", **options)
     context.set_default_timeout(DEFAULT_TIMEOUT_MS)
     return context

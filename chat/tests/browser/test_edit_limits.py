@@ -3,6 +3,8 @@ is sent, the editor stays open with its text and says why."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -16,7 +18,7 @@ def test_an_edit_over_the_limit_is_refused_by_the_page_and_never_sent(page: Page
     chat = ChatPage(page)
     chat.sign_up()
     chat.ask(f"First question\n{fake(text='First answer.')}")
-    sent: list[str] = []
+    sent: list[Any] = []  # text frames, as str
     page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
     chat.reload()
     first = chat.questions.first

@@ -56,7 +56,8 @@ class Guard:
         self.violations: list[str] = []
         page.expose_function("reportViolation", self.report)
         page.add_init_script(REPORT_VIOLATIONS)
-        page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))
+        # page.on drops a handler's value; Playwright's types want None, not this lambda's tuple.
+        page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))  # type: ignore[call-overload, func-returns-value]
 
     def report(self, violation: str) -> None:
         self.violations.append(violation)
