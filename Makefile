@@ -54,16 +54,18 @@ demo: migrate
 	  CHUTES_API_BASE=http://127.0.0.1:$(DEMO_UPSTREAM_PORT)/v1 LAVA_FORWARD_TOKEN=demo-token \
 	  $(BIN)/python -m chutesweb.serve -b $(HOST) -p $(PORT) chutesweb.asgi:application
 
-## test: lint, formatting, migrations up to date, and the whole test suite
+## test: lint, formatting, types (mypy), migrations up to date, and the whole test suite
 test: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
