@@ -179,7 +179,7 @@ class _LockoutMessage:
     def get_invalid_login_error(self) -> ValidationError:
         if locked_out(self.request):
             return ValidationError(lockout_message(), code=LOCKED_CODE)
-        return super().get_invalid_login_error()  # type: ignore[misc]
+        return super().get_invalid_login_error()  # type: ignore[misc]  # a mixin: the form has it
 
 
 class LoginForm(_LockoutMessage, AuthenticationForm):

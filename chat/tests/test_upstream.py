@@ -689,7 +689,7 @@ def _small_pool_client(max_connections: int, max_keepalive: int) -> tuple[httpx.
         opened.append(stream)
         return stream
 
-    pool._network_backend.connect_tcp = counting_connect  # type: ignore[method-assign]  # httpcore's
+    pool._network_backend.connect_tcp = counting_connect  # type: ignore[method-assign]  # httpcore's private backend
     return httpx.AsyncClient(transport=transport), opened
 
 
@@ -713,7 +713,7 @@ async def test_requests_beyond_the_pool_wait_and_reuse_freed_connections(
     async def watch() -> None:
         nonlocal most
         while True:
-            most = max(most, len(client._transport._pool.connections))  # type: ignore[attr-defined]  # httpx's
+            most = max(most, len(client._transport._pool.connections))  # type: ignore[attr-defined]  # httpx's private pool
             await asyncio.sleep(0.001)
 
     watcher = asyncio.create_task(watch())

@@ -57,7 +57,7 @@ class Guard:
         page.expose_function("reportViolation", self.report)
         page.add_init_script(REPORT_VIOLATIONS)
         # page.on drops a handler's value; Playwright's types want None, not this lambda's tuple.
-        page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))  # type: ignore[call-overload, func-returns-value]
+        page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))  # type: ignore[call-overload, func-returns-value]  # value dropped
 
     def report(self, violation: str) -> None:
         self.violations.append(violation)
