@@ -13,7 +13,7 @@ import { describeError, usd } from "./format.js";
 import { ImageTray, noVisionMessage } from "./images.js";
 import { ModelPicker } from "./picker.js";
 import { Popover } from "./popover.js";
-import { PresetsDialog, presetSummary } from "./presets.js";
+import { PresetsDialog, showPresetNote } from "./presets.js";
 import { SettingsPanel } from "./settings.js";
 import { ShareDialog } from "./sharing.js";
 import { Sidebar } from "./sidebar.js";
@@ -55,8 +55,6 @@ function conversationFromUrl() {
 
 class ChatApp {
   constructor() {
-    this.models = [];
-    this.me = { default_model: null };
     this.conversationId = null;
     this.conversation = null;
     // request_id -> what the page asked for, until `accepted` or `error` answers it.
@@ -65,8 +63,6 @@ class ChatApp {
     this.newChatSettings = { system_prompt: "", params: {} };
     // The preset a new chat starts from, sent with its first question.
     this.preset = null;
-    this.selectedModel = null;
-    this.unavailable = false;
     // `view` changes with every conversation switch: late answers for an old view are dropped.
     this.view = 0;
     // `shape` changes whenever the page itself adds or removes messages, so that a re-read
@@ -82,7 +78,7 @@ class ChatApp {
 
   async start() {
     this.thread = new Thread({
-      modelName: (id) => this.modelById(id)?.name ?? id ?? "",
+      modelName: (id) => this.picker.modelById(id)?.name ?? id ?? "",
       onChange: () => this.updateComposer(),
     });
     this.sidebar = new Sidebar({
@@ -92,7 +88,7 @@ class ChatApp {
     });
     this.picker = new ModelPicker({
       onPick: (id) => this.pickModel(id),
-      onMakeDefault: (id) => this.makeDefault(id),
+      onError: (message) => this.composer.showError(message),
     });
     this.composer = new Composer({
       onSend: (content) => this.send(content),
@@ -108,7 +104,7 @@ class ChatApp {
     this.presets = new PresetsDialog({
       currentSettings: () => this.currentSettings(),
       onStart: (preset) => this.startFromPreset(preset),
-      modelName: (id) => this.modelById(id)?.name ?? id,
+      modelName: (id) => this.picker.modelById(id)?.name ?? id,
     });
     this.conversationMenu = new Popover($("conv-menu-button"), $("conv-menu"));
     this.socket = new ChatSocket({
@@ -129,15 +125,7 @@ class ChatApp {
     });
     this.bindPage();
     this.socket.connect();
-    try {
-      const [models, me] = await Promise.all([api.listModels(), api.getMe()]);
-      this.models = models.models;
-      this.me = me;
-    } catch (error) {
-      this.composer.showError(error.message);
-    }
-    this.picker.setModels(this.models);
-    this.picker.setDefault(this.me.default_model);
+    await this.picker.load();
     await this.sidebar.reload();
     const id = conversationFromUrl();
     if (id) await this.open(id);
@@ -528,7 +516,8 @@ class ChatApp {
 
   request(kind, frame, extra = {}) {
     const requestId = newRequestId();
-    const request = { kind, view: this.view, model: this.selectedModel, ...extra };
+    const model = this.picker.selected;
+    const request = { kind, view: this.view, model, ...extra };
     this.pending.set(requestId, request);
     // Never a silent hang: say so when the server is slow to answer.
     request.timer = setTimeout(() => {
@@ -536,7 +525,7 @@ class ChatApp {
         this.composer.showError("The server has not answered yet; still waiting…");
       }
     }, ACCEPT_PATIENCE_MS);
-    this.socket.send({ ...frame, request_id: requestId, model: this.selectedModel ?? undefined });
+    this.socket.send({ ...frame, request_id: requestId, model: model ?? undefined });
     return request;
   }
 
@@ -544,7 +533,7 @@ class ChatApp {
   refusal() {
     if (!this.tray.count) return "";
     if (this.tray.uploading) return "Wait for the images to finish uploading.";
-    const model = this.modelById(this.selectedModel);
+    const model = this.picker.modelById(this.picker.selected);
     if (!model?.capabilities?.includes("vision")) {
       // The server would refuse too (vision_required); saying so here sends nothing.
       return `${noVisionMessage(model?.name)} Or remove the images to send the text alone.`;
@@ -553,7 +542,7 @@ class ChatApp {
   }
 
   send(content) {
-    if (!this.selectedModel) {
+    if (!this.picker.selected) {
       this.composer.restoreDraft(content);
       this.composer.showError("Pick a model first.");
       return;
@@ -673,40 +662,25 @@ class ChatApp {
 
   // Models and settings ------------------------------------------------------------------------
 
-  modelById(id) {
-    return this.models.find((model) => model.id === id) ?? null;
-  }
-
-  defaultModel() {
-    const preferred = this.me.default_model;
-    if (preferred && this.modelById(preferred)) return preferred;
-    return this.models[0]?.id ?? null;
-  }
-
-  // The conversation's model, or the user's default for a new chat. A model no longer in the
-  // catalogue is shown as unavailable, and nothing can be sent until another is picked.
+  // The conversation's model, or the default for a new chat (see ModelPicker.choose).
   chooseModel(modelId) {
-    if (modelId && !this.modelById(modelId)) {
-      this.selectedModel = modelId;
-      this.unavailable = true;
-    } else {
-      this.selectedModel = modelId ?? this.defaultModel();
-      this.unavailable = false;
-    }
+    this.picker.choose(modelId);
     this.paintModel();
   }
 
+  // What follows the model chosen besides the picker: the image tray, the notice of a model
+  // gone from the catalogue, and whether anything can be sent.
   paintModel() {
-    this.picker.setSelected(this.selectedModel, { unavailable: this.unavailable });
-    this.tray.setModel(this.unavailable ? null : this.modelById(this.selectedModel));
+    const { selected, unavailable } = this.picker;
+    this.tray.setModel(unavailable ? null : this.picker.modelById(selected));
     const notice = $("model-notice");
-    notice.hidden = !this.unavailable;
-    if (this.unavailable) {
+    notice.hidden = !unavailable;
+    if (unavailable) {
       notice.textContent =
-        `This conversation's model, ${this.selectedModel}, is no longer available. ` +
+        `This conversation's model, ${selected}, is no longer available. ` +
         "Pick another model to continue.";
       this.composer.block("Pick another model to continue.");
-    } else if (!this.models.length) {
+    } else if (!this.picker.models.length) {
       this.composer.block("No models are available right now.");
     } else {
       this.composer.block("");
@@ -715,8 +689,7 @@ class ChatApp {
 
   async pickModel(id) {
     if (this.conversationId === null) {
-      this.selectedModel = id;
-      this.unavailable = false;
+      this.picker.setSelected(id);
       this.paintModel();
       return;
     }
@@ -724,8 +697,7 @@ class ChatApp {
       const updated = await api.updateConversation(this.conversationId, { model: id });
       if (updated.id !== this.conversationId) return;
       this.conversation = { ...this.conversation, model: updated.model };
-      this.selectedModel = updated.model;
-      this.unavailable = false;
+      this.picker.setSelected(updated.model);
       this.paintModel();
       this.composer.clearError();
     } catch (error) {
@@ -734,23 +706,8 @@ class ChatApp {
     }
   }
 
-  async makeDefault(id) {
-    try {
-      this.me = await api.updateMe({ default_model: id });
-      this.picker.setDefault(this.me.default_model);
-    } catch (error) {
-      this.composer.showError(error.message);
-    }
-  }
-
   async reloadModels() {
-    try {
-      this.models = (await api.listModels()).models;
-    } catch {
-      return;
-    }
-    this.picker.setModels(this.models);
-    this.chooseModel(this.selectedModel);
+    if (await this.picker.reload()) this.chooseModel(this.picker.selected);
   }
 
   async saveSettings(values) {
@@ -794,7 +751,7 @@ class ChatApp {
     delete params.max_tokens;
     delete params.system_prompt;
     return {
-      model: this.unavailable ? null : this.selectedModel,
+      model: this.picker.unavailable ? null : this.picker.selected,
       system_prompt: form.system_prompt,
       params: { ...params, ...form.params },
     };
@@ -807,28 +764,18 @@ class ChatApp {
       params: { ...preset.params },
     };
     this.settings.load(this.newChatSettings);
-    if (preset.model && this.modelById(preset.model)) {
-      this.selectedModel = preset.model;
-      this.unavailable = false;
+    if (preset.model && this.picker.modelById(preset.model)) {
+      this.picker.setSelected(preset.model);
       this.paintModel();
     }
     this.setPreset(preset);
     this.composer.focus();
   }
 
-  // The note above the composer of a new chat that starts from a preset.
+  // The preset a new chat starts from (sent with its first question), and its note.
   setPreset(preset) {
     this.preset = preset;
-    const note = $("preset-note");
-    note.hidden = !preset;
-    note.dataset.preset = preset ? String(preset.id) : "";
-    if (!preset) return;
-    const summary = presetSummary(preset, (id) => this.modelById(id)?.name ?? id);
-    let text = `Starting from the preset “${preset.name}”: ${summary}`;
-    if (preset.model && !this.modelById(preset.model)) {
-      text += `. Its model, ${preset.model}, is not available; the model picked above is used.`;
-    }
-    $("preset-note-text").textContent = text;
+    showPresetNote(preset, (id) => this.picker.modelById(id));
   }
 
   // Header and composer ------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 // The model picker: a button that opens a list of the enabled models with their context length,
-// prices per 1M tokens (decimal strings, shown as given) and capability badges.
+// prices per 1M tokens (decimal strings, shown as given) and capability badges. It holds the
+// catalogue, the user's default model and the model chosen, and loads and saves the first two.
 
+import * as api from "./api.js";
 import { compactNumber, trimDecimal, wholeNumber } from "./format.js";
 
 function text(tag, className, value) {
@@ -17,9 +19,10 @@ export function priceLine(model) {
 }
 
 export class ModelPicker {
-  constructor({ onPick, onMakeDefault }) {
+  // onPick(id): the user picked a model; onError(message): a call failed.
+  constructor({ onPick, onError }) {
     this.onPick = onPick;
-    this.onMakeDefault = onMakeDefault;
+    this.onError = onError;
     this.models = [];
     this.selected = null;
     this.defaultId = null;
@@ -42,7 +45,7 @@ export class ModelPicker {
       this.onPick(option.dataset.model);
     });
     this.list.addEventListener("keydown", (event) => this.moveFocus(event));
-    this.defaultButton.addEventListener("click", () => this.onMakeDefault(this.selected));
+    this.defaultButton.addEventListener("click", () => this.makeDefault(this.selected));
     this.menu.addEventListener("keydown", (event) => {
       if (event.key === "Escape") {
         event.stopPropagation();
@@ -82,6 +85,42 @@ export class ModelPicker {
     if (next) {
       event.preventDefault();
       next.focus();
+    }
+  }
+
+  // The catalogue and the user's default model, from the server.
+  async load() {
+    let models = [];
+    let defaultId = null;
+    try {
+      const [catalogue, me] = await Promise.all([api.listModels(), api.getMe()]);
+      models = catalogue.models;
+      defaultId = me.default_model;
+    } catch (error) {
+      this.onError(error.message);
+    }
+    this.setModels(models);
+    this.setDefault(defaultId);
+  }
+
+  // The catalogue again (a model was withdrawn). False when it could not be read.
+  async reload() {
+    let models;
+    try {
+      models = (await api.listModels()).models;
+    } catch {
+      return false;
+    }
+    this.setModels(models);
+    return true;
+  }
+
+  async makeDefault(id) {
+    try {
+      const me = await api.updateMe({ default_model: id });
+      this.setDefault(me.default_model);
+    } catch (error) {
+      this.onError(error.message);
     }
   }
 
@@ -129,6 +168,22 @@ export class ModelPicker {
   setDefault(modelId) {
     this.defaultId = modelId;
     this.paint();
+  }
+
+  // The conversation's model, or the user's default for a new chat. A model no longer in the
+  // catalogue stays chosen, shown as unavailable.
+  choose(modelId) {
+    if (modelId && !this.modelById(modelId)) {
+      this.setSelected(modelId, { unavailable: true });
+    } else {
+      this.setSelected(modelId ?? this.defaultModel());
+    }
+  }
+
+  defaultModel() {
+    const preferred = this.defaultId;
+    if (preferred && this.modelById(preferred)) return preferred;
+    return this.models[0]?.id ?? null;
   }
 
   modelById(id) {

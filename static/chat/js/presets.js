@@ -1,6 +1,7 @@
 // Presets: named model + system prompt + parameters. The dialog lists the user's own presets and
 // those an admin published (read-only here), starts a new chat from one, saves the current
-// settings as a new one, and renames or deletes the user's own.
+// settings as a new one, and renames or deletes the user's own. The note above the composer
+// says which preset a new chat starts from.
 
 import * as api from "./api.js";
 import { closeOnBackdrop, openModal } from "./dialogs.js";
@@ -36,6 +37,21 @@ export function presetSummary(preset, modelName) {
   if (params.max_tokens !== undefined) parts.push(`max ${params.max_tokens} tokens`);
   if (preset.system_prompt) parts.push(`“${excerpt(preset.system_prompt)}”`);
   return parts.join(" · ");
+}
+
+// The note above the composer of a new chat that starts from a preset (hidden for none).
+// modelById(id): the catalogue's model, or null when it is not available.
+export function showPresetNote(preset, modelById) {
+  const note = $("preset-note");
+  note.hidden = !preset;
+  note.dataset.preset = preset ? String(preset.id) : "";
+  if (!preset) return;
+  const summary = presetSummary(preset, (id) => modelById(id)?.name ?? id);
+  let text = `Starting from the preset “${preset.name}”: ${summary}`;
+  if (preset.model && !modelById(preset.model)) {
+    text += `. Its model, ${preset.model}, is not available; the model picked above is used.`;
+  }
+  $("preset-note-text").textContent = text;
 }
 
 export class PresetsDialog {
