@@ -2,7 +2,7 @@
 
 .venv/bin/python -m bench.accept [--sends 300] [--cold]
 
-Runs `services.accept_send` (a question in a new conversation, as the load client sends) and
+Runs `services.accept` (a question in a new conversation, as the load client sends) and
 then `services.finish_generation` for it, one after the other on one thread, against a
 migrated SQLite database in a temporary folder (never the development database). Prints the
 median and 10th percentile of each, the statements each ran with the database's own time for
@@ -123,10 +123,10 @@ def run(sends: int, *, cold: bool = False) -> None:
         )
         if cold:
             _evict_caches(scratch)
-        last = {"accept_send": Statements(), "finish_generation": Statements()}
-        with connection.execute_wrapper(last["accept_send"]):
+        last = {"accept": Statements(), "finish_generation": Statements()}
+        with connection.execute_wrapper(last["accept"]):
             started = time.perf_counter()
-            plan = services.accept_send(user, frame)
+            plan = services.accept(user, frame)
             accept_ms.append((time.perf_counter() - started) * 1000)
         outcome = services.Outcome(
             plan=plan,
@@ -150,7 +150,7 @@ def run(sends: int, *, cold: bool = False) -> None:
             finish_ms.append((time.perf_counter() - started) * 1000)
     gc.collect()
     end_rss = rss_kib()
-    for name, times in (("accept_send", accept_ms), ("finish_generation", finish_ms)):
+    for name, times in (("accept", accept_ms), ("finish_generation", finish_ms)):
         ordered = sorted(times)
         statements = last[name].seen
         database_ms = sum(t for _, t in statements) * 1000

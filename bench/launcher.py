@@ -35,7 +35,7 @@ from chat import generation, services
 
 # The service functions whose statements are told apart; everything else is "other" (sessions,
 # authentication, page views).
-LABELLED = ("accept_send", "flush_progress", "finish_generation", "interrupt")
+LABELLED = ("accept", "flush_progress", "finish_generation", "interrupt")
 WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 _lock = threading.Lock()

@@ -468,10 +468,8 @@ class Bench:
         before, after = counters
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(before) | set(after)}
         replies = max(1, delta.get("finish_generation.calls", 0))
-        reply_writes = delta.get("accept_send.write", 0) + delta.get("finish_generation.write", 0)
-        reply_commits = delta.get("accept_send.commit", 0) + delta.get(
-            "finish_generation.commit", 0
-        )
+        reply_writes = delta.get("accept.write", 0) + delta.get("finish_generation.write", 0)
+        reply_commits = delta.get("accept.commit", 0) + delta.get("finish_generation.commit", 0)
         rss_start, rss_idle, rss_peak = rss
         bad = sum(relayed["integrity"][k] for k in ("lost", "duplicated", "out_of_order", "extra"))
         bad += relayed["corrupt"] + sum(
@@ -520,13 +518,13 @@ class Bench:
                 # Wall time inside the service functions, on the ORM's thread, per call.
                 "ms_per_call": {
                     name: delta.get(f"{name}.us", 0) / 1000 / delta[f"{name}.calls"]
-                    for name in ("accept_send", "finish_generation", "flush_progress")
+                    for name in ("accept", "finish_generation", "flush_progress")
                     if delta.get(f"{name}.calls")
                 },
                 # The same calls' CPU time on that thread (the wall time less waits: GIL, disk).
                 "cpu_ms_per_call": {
                     name: delta.get(f"{name}.cpu_us", 0) / 1000 / delta[f"{name}.calls"]
-                    for name in ("accept_send", "finish_generation", "flush_progress")
+                    for name in ("accept", "finish_generation", "flush_progress")
                     if delta.get(f"{name}.calls")
                 },
                 "raw": delta,

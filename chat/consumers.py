@@ -110,12 +110,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             request_id = getattr(frame, "request_id", None)
             if isinstance(frame, protocol.Ack):
                 self.acked_chars = max(self.acked_chars, min(frame.received, self.sent_chars))
-            elif isinstance(frame, protocol.Send):
-                await self.handle_send(frame)
-            elif isinstance(frame, protocol.Regenerate):
-                await self.handle_regenerate(frame)
-            elif isinstance(frame, protocol.Edit):
-                await self.handle_edit(frame)
+            elif isinstance(frame, (protocol.Send, protocol.Regenerate, protocol.Edit)):
+                await self.handle_request(frame)
             elif isinstance(frame, protocol.Stop):
                 await self.handle_stop(frame)
             elif isinstance(frame, protocol.Watch):
@@ -131,19 +127,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 protocol.error_frame(exc.code, exc.message, exc.request_id or request_id)
             )
 
-    async def handle_send(self, frame: protocol.Send) -> None:
-        plan = await database_sync_to_async(services.accept_send)(self.user, frame)
-        await self._accepted(plan)
-
-    async def handle_regenerate(self, frame: protocol.Regenerate) -> None:
-        plan = await database_sync_to_async(services.accept_regenerate)(self.user, frame)
-        await self._accepted(plan)
-
-    async def handle_edit(self, frame: protocol.Edit) -> None:
-        plan = await database_sync_to_async(services.accept_edit)(self.user, frame)
-        await self._accepted(plan)
-
-    async def _accepted(self, plan: services.GenerationPlan) -> None:
+    async def handle_request(
+        self, frame: protocol.Send | protocol.Regenerate | protocol.Edit
+    ) -> None:
+        """A question, a regenerate or an edit: accepted (or refused) in one transaction, then
+        this socket watches the conversation and the reply starts."""
+        plan = await database_sync_to_async(services.accept)(self.user, frame)
         # Watch before the generation starts so the sender misses no frame of it. Past the
         # watch limit the conversation watched longest is let go (the page is told), so that
         # sends, replayed ones included, never take a socket past the limit.

@@ -486,8 +486,15 @@ def default_title(content: str) -> str:
     return first_line[:80] or "New chat"
 
 
-def accept_send(user: User, frame: Send) -> GenerationPlan:
-    """Accept a question: store it and an empty streaming reply, or refuse changing nothing."""
+def accept(user: User, frame: Send | Regenerate | Edit) -> GenerationPlan:
+    """Accept a question, a regenerate or an edit: store what it changes and an empty streaming
+    reply, or refuse changing nothing.
+
+    One user's requests are accepted one at a time (`_lock_user`), so limits and budgets hold
+    under concurrency. A request id seen before answers as it did the first time, marked
+    duplicate; one racing in from another socket meanwhile is caught by the unique index and
+    answered the same way.
+    """
     try:
         with transaction.atomic():
             _lock_user(user)
@@ -495,207 +502,191 @@ def accept_send(user: User, frame: Send) -> GenerationPlan:
             replay = _replay(user, frame.request_id, state.replayed)
             if replay is not None:
                 return replay
-            conversation = None
-            if frame.conversation is not None:
-                conversation = owned_conversation(user, frame.conversation)
-            preset = None
-            if frame.preset is not None and conversation is None:
-                preset = usable_preset(user, frame.preset, frame.request_id)
-            model_id = frame.model or (
-                conversation.model.model_id if conversation and conversation.model else None
-            )
-            if model_id is None and preset is not None and preset.model is not None:
-                model_id = preset.model.model_id
-            model = usable_model(model_id or default_model_id(user), frame.request_id)
-            images = _unsent_images(user, frame.images, model, frame.request_id)
-            _check_configured(frame.request_id)
-            _check_limits(state, frame.request_id)
-            created = conversation is None
-            if conversation is None:
-                conversation = rows.create(
-                    Conversation,
-                    owner=user,
-                    title=default_title(frame.content),
-                    model=model,
-                    system_prompt=preset.system_prompt if preset else "",
-                    params=(
-                        {
-                            k: v
-                            for k, v in protocol.stored_params(preset.params).as_json().items()
-                            if k != "system_prompt"
-                        }
-                        if preset
-                        else {}
-                    ),
-                )
-            params = frame.params
-            if params.as_json():
-                conversation.params = {
-                    **protocol.stored_params(conversation.params).as_json(),
-                    **{k: v for k, v in params.as_json().items() if k != "system_prompt"},
+            if isinstance(frame, Send):
+                return _accept_send(user, frame, state)
+            if isinstance(frame, Regenerate):
+                return _accept_regenerate(user, frame, state)
+            return _accept_edit(user, frame, state)
+    except IntegrityError:
+        replay = _replay(user, frame.request_id, _sender_state(user, frame.request_id).replayed)
+        if replay is None:
+            raise
+        return replay
+
+
+def _accept_send(user: User, frame: Send, state: SenderState) -> GenerationPlan:
+    """A question: in a new conversation (from a preset or not) or an existing one."""
+    conversation = None
+    if frame.conversation is not None:
+        conversation = owned_conversation(user, frame.conversation)
+    preset = None
+    if frame.preset is not None and conversation is None:
+        preset = usable_preset(user, frame.preset, frame.request_id)
+    model_id = frame.model or (
+        conversation.model.model_id if conversation and conversation.model else None
+    )
+    if model_id is None and preset is not None and preset.model is not None:
+        model_id = preset.model.model_id
+    model = usable_model(model_id or default_model_id(user), frame.request_id)
+    images = _unsent_images(user, frame.images, model, frame.request_id)
+    _check_configured(frame.request_id)
+    _check_limits(state, frame.request_id)
+    created = conversation is None
+    if conversation is None:
+        conversation = rows.create(
+            Conversation,
+            owner=user,
+            title=default_title(frame.content),
+            model=model,
+            system_prompt=preset.system_prompt if preset else "",
+            params=(
+                {
+                    k: v
+                    for k, v in protocol.stored_params(preset.params).as_json().items()
+                    if k != "system_prompt"
                 }
-                if params.system_prompt is not None:
-                    conversation.system_prompt = params.system_prompt
-                conversation.save(update_fields=["params", "system_prompt", "updated_at"])
-            # A conversation created just now has no messages to read back.
-            history = [] if created else active_path(conversation)
-            parent = history[-1] if history else None
-            question = rows.create(
-                Message,
-                conversation=conversation,
-                user=user,
-                role=Message.Role.USER,
-                content=frame.content,
-                parent=parent,
+                if preset
+                else {}
+            ),
+        )
+    params = frame.params
+    if params.as_json():
+        conversation.params = {
+            **protocol.stored_params(conversation.params).as_json(),
+            **{k: v for k, v in params.as_json().items() if k != "system_prompt"},
+        }
+        if params.system_prompt is not None:
+            conversation.system_prompt = params.system_prompt
+        conversation.save(update_fields=["params", "system_prompt", "updated_at"])
+    # A conversation created just now has no messages to read back.
+    history = [] if created else active_path(conversation)
+    parent = history[-1] if history else None
+    question = rows.create(
+        Message,
+        conversation=conversation,
+        user=user,
+        role=Message.Role.USER,
+        content=frame.content,
+        parent=parent,
+    )
+    if images:
+        attached = Attachment.objects.filter(
+            pk__in=[a.pk for a in images], message__isnull=True
+        ).update(message=question)
+        if attached != len(images):
+            # Removed meanwhile (never-sent images are swept after a while).
+            raise FrameError(
+                protocol.NOT_FOUND,
+                "An image was not found; upload it again.",
+                frame.request_id,
             )
-            if images:
-                attached = Attachment.objects.filter(
-                    pk__in=[a.pk for a in images], message__isnull=True
-                ).update(message=question)
-                if attached != len(images):
-                    # Removed meanwhile (never-sent images are swept after a while).
-                    raise FrameError(
-                        protocol.NOT_FOUND,
-                        "An image was not found; upload it again.",
-                        frame.request_id,
-                    )
-                if not conversation.has_images:
-                    conversation.has_images = True
-                    conversation.save(update_fields=["has_images"])
-            history.append(question)
-            return _start_reply(
-                user=user,
-                conversation=conversation,
-                model=model,
-                history=history,
-                params=Params(),
-                request_id=frame.request_id,
-                parent=question,
-                user_message=question,
-                # A new conversation already names the model and was stamped just now.
-                touch_conversation=not created,
-            )
-    except IntegrityError:
-        # The same request id raced in from another socket; answer as the first one did.
-        replay = _replay(user, frame.request_id, _sender_state(user, frame.request_id).replayed)
-        if replay is None:
-            raise
-        return replay
+        if not conversation.has_images:
+            conversation.has_images = True
+            conversation.save(update_fields=["has_images"])
+    history.append(question)
+    return _start_reply(
+        user=user,
+        conversation=conversation,
+        model=model,
+        history=history,
+        params=Params(),
+        request_id=frame.request_id,
+        parent=question,
+        user_message=question,
+        # A new conversation already names the model and was stamped just now.
+        touch_conversation=not created,
+    )
 
 
-def accept_regenerate(user: User, frame: Regenerate) -> GenerationPlan:
+def _accept_regenerate(user: User, frame: Regenerate, state: SenderState) -> GenerationPlan:
     """Replace a finished reply with a new one; the old one stays stored (billed), inactive."""
-    try:
-        with transaction.atomic():
-            _lock_user(user)
-            state = _sender_state(user, frame.request_id)
-            replay = _replay(user, frame.request_id, state.replayed)
-            if replay is not None:
-                return replay
-            old = (
-                Message.objects.filter(pk=frame.message, user=user, role=Message.Role.ASSISTANT)
-                .select_related("conversation", "model", "parent")
-                .first()
-            )
-            if old is None or old.conversation.owner_id != user.pk:
-                raise FrameError(protocol.NOT_FOUND, "No such message.", frame.request_id)
-            if old.status == Message.Status.STREAMING:
-                raise FrameError(
-                    protocol.CONFLICT,
-                    "This reply is still being written. Stop it first.",
-                    frame.request_id,
-                )
-            conversation = old.conversation
-            model_id = frame.model or (old.model.model_id if old.model else None)
-            model = usable_model(model_id, frame.request_id)
-            _check_configured(frame.request_id)
-            _check_limits(state, frame.request_id)
-            history = [m for m in active_path(conversation) if m.pk < old.pk]
-            conversation.messages.filter(active=True, pk__gte=old.pk).update(active=False)
-            return _start_reply(
-                user=user,
-                conversation=conversation,
-                model=model,
-                history=history,
-                params=Params(),
-                request_id=frame.request_id,
-                parent=old.parent,
-                user_message=None,
-            )
-    except IntegrityError:
-        replay = _replay(user, frame.request_id, _sender_state(user, frame.request_id).replayed)
-        if replay is None:
-            raise
-        return replay
+    old = (
+        Message.objects.filter(pk=frame.message, user=user, role=Message.Role.ASSISTANT)
+        .select_related("conversation", "model", "parent")
+        .first()
+    )
+    if old is None or old.conversation.owner_id != user.pk:
+        raise FrameError(protocol.NOT_FOUND, "No such message.", frame.request_id)
+    if old.status == Message.Status.STREAMING:
+        raise FrameError(
+            protocol.CONFLICT,
+            "This reply is still being written. Stop it first.",
+            frame.request_id,
+        )
+    conversation = old.conversation
+    model_id = frame.model or (old.model.model_id if old.model else None)
+    model = usable_model(model_id, frame.request_id)
+    _check_configured(frame.request_id)
+    _check_limits(state, frame.request_id)
+    history = [m for m in active_path(conversation) if m.pk < old.pk]
+    conversation.messages.filter(active=True, pk__gte=old.pk).update(active=False)
+    return _start_reply(
+        user=user,
+        conversation=conversation,
+        model=model,
+        history=history,
+        params=Params(),
+        request_id=frame.request_id,
+        parent=old.parent,
+        user_message=None,
+    )
 
 
-def accept_edit(user: User, frame: Edit) -> GenerationPlan:
+def _accept_edit(user: User, frame: Edit, state: SenderState) -> GenerationPlan:
     """Replace a question with a new text and answer it; the old question and everything after
     it stay stored (billed), inactive."""
-    try:
-        with transaction.atomic():
-            _lock_user(user)
-            state = _sender_state(user, frame.request_id)
-            replay = _replay(user, frame.request_id, state.replayed)
-            if replay is not None:
-                return replay
-            old = (
-                Message.objects.filter(pk=frame.message, user=user, role=Message.Role.USER)
-                .select_related("conversation", "conversation__model")
-                .first()
-            )
-            if old is None or old.conversation.owner_id != user.pk:
-                raise FrameError(protocol.NOT_FOUND, "No such message.", frame.request_id)
-            conversation = old.conversation
-            if conversation.messages.filter(
-                pk__gt=old.pk, active=True, status=Message.Status.STREAMING
-            ).exists():
-                raise FrameError(
-                    protocol.CONFLICT,
-                    "A reply to this question is still being written. Stop it first.",
-                    frame.request_id,
-                )
-            model_id = frame.model or (conversation.model.model_id if conversation.model else None)
-            model = usable_model(model_id, frame.request_id)
-            _check_configured(frame.request_id)
-            _check_limits(state, frame.request_id)
-            history = [m for m in active_path(conversation) if m.pk < old.pk]
-            conversation.messages.filter(active=True, pk__gte=old.pk).update(active=False)
-            question = Message.objects.create(
-                conversation=conversation,
-                user=user,
-                role=Message.Role.USER,
-                content=frame.content,
-                parent=old.parent,
-            )
-            # The edited question keeps its images (copied: the old one stays as it was).
-            copies = list(old.attachments.all())
-            if copies and not model.vision:
-                raise FrameError(
-                    protocol.VISION_REQUIRED,
-                    f"{model.name} cannot read images. Pick a vision model for this question.",
-                    frame.request_id,
-                )
-            for image in copies:
-                image.pk = None
-                image.message = question
-                image.save()
-            history.append(question)
-            return _start_reply(
-                user=user,
-                conversation=conversation,
-                model=model,
-                history=history,
-                params=Params(),
-                request_id=frame.request_id,
-                parent=question,
-                user_message=question,
-            )
-    except IntegrityError:
-        replay = _replay(user, frame.request_id, _sender_state(user, frame.request_id).replayed)
-        if replay is None:
-            raise
-        return replay
+    old = (
+        Message.objects.filter(pk=frame.message, user=user, role=Message.Role.USER)
+        .select_related("conversation", "conversation__model")
+        .first()
+    )
+    if old is None or old.conversation.owner_id != user.pk:
+        raise FrameError(protocol.NOT_FOUND, "No such message.", frame.request_id)
+    conversation = old.conversation
+    if conversation.messages.filter(
+        pk__gt=old.pk, active=True, status=Message.Status.STREAMING
+    ).exists():
+        raise FrameError(
+            protocol.CONFLICT,
+            "A reply to this question is still being written. Stop it first.",
+            frame.request_id,
+        )
+    model_id = frame.model or (conversation.model.model_id if conversation.model else None)
+    model = usable_model(model_id, frame.request_id)
+    _check_configured(frame.request_id)
+    _check_limits(state, frame.request_id)
+    history = [m for m in active_path(conversation) if m.pk < old.pk]
+    conversation.messages.filter(active=True, pk__gte=old.pk).update(active=False)
+    question = Message.objects.create(
+        conversation=conversation,
+        user=user,
+        role=Message.Role.USER,
+        content=frame.content,
+        parent=old.parent,
+    )
+    # The edited question keeps its images (copied: the old one stays as it was).
+    copies = list(old.attachments.all())
+    if copies and not model.vision:
+        raise FrameError(
+            protocol.VISION_REQUIRED,
+            f"{model.name} cannot read images. Pick a vision model for this question.",
+            frame.request_id,
+        )
+    for image in copies:
+        image.pk = None
+        image.message = question
+        image.save()
+    history.append(question)
+    return _start_reply(
+        user=user,
+        conversation=conversation,
+        model=model,
+        history=history,
+        params=Params(),
+        request_id=frame.request_id,
+        parent=question,
+        user_message=question,
+    )
 
 
 def _unsent_images(

@@ -125,7 +125,7 @@ def test_the_harness_relays_a_tiny_load_without_losing_a_token(tmp_path: Path) -
 
 
 def test_profile_samples_fall_in_the_first_group_they_match() -> None:
-    orm = ["Thread.run (threading.py)", "_WorkItem.run (futures/thread.py)", "accept_send (x)"]
+    orm = ["Thread.run (threading.py)", "_WorkItem.run (futures/thread.py)", "accept (x)"]
     send = ["Generation._read (g.py)", "Generation._send_pending (g.py)", "write (d.py)"]
     read = ["Generation._read (g.py)", "stream_chat (u.py)", "_next_chunk (u.py)"]
     own = ["Generation._read (g.py)", "Generation._queued (g.py)"]

@@ -87,7 +87,7 @@ def worst_case_of_next_send(user: Any, content: str, max_tokens: int) -> Decimal
     from chat.protocol import Params, Send
 
     with transaction.atomic():
-        plan = services.accept_send(
+        plan = services.accept(
             user,
             Send(
                 request_id=request_id(),

@@ -109,7 +109,7 @@ def send_to(user: Any, conversation: Conversation) -> services.GenerationPlan:
         request_id=f"budget-{next(_request_ids)}",
     )
     parsed: Any = protocol.parse_client_frame(json.dumps(frame))  # a "send" frame
-    return services.accept_send(user, parsed)
+    return services.accept(user, parsed)
 
 
 json_values = st.recursive(

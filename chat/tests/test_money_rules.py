@@ -374,7 +374,7 @@ def accept(configured: None, user: User) -> Callable[..., services.GenerationPla
             content=content,
             params=Params(max_tokens=max_tokens),
         )
-        return services.accept_send(user, frame)
+        return services.accept(user, frame)
 
     return accepted
 

@@ -359,7 +359,7 @@ def test_accepting_a_question_reads_no_users_whole_history(user, settings) -> No
         )
     )
     with CaptureQueriesContext(connection) as queries:
-        services.accept_send(user, frame)
+        services.accept(user, frame)
     plans = []
     with connection.cursor() as cursor:
         for query in queries.captured_queries:
