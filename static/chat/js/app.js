@@ -1,5 +1,7 @@
-// The chat page: wires the sidebar, model picker, composer and settings to the JSON API and the
-// websocket, and keeps the open conversation in step with the server (docs/protocol.md).
+// The chat page: builds the sidebar, model picker, composer, settings, presets and the thread,
+// connects them to the session (session.js: the open conversation and everything said with the
+// server), and draws what the session reports. Page-wide concerns live here: the address bar,
+// the header (title, total cost, conversation menu, connection), Esc, and the thread's buttons.
 //
 // State for tests and assistive tech lives in the DOM: body[data-ready], #connection
 // [data-connection], and each reply's [data-status] and [data-seq].
@@ -9,23 +11,20 @@ import { copyWithFeedback } from "./clipboard.js";
 import { Composer } from "./composer.js";
 import { Drawer } from "./drawer.js";
 import { openEditor } from "./editor.js";
-import { describeError, usd } from "./format.js";
+import { usd } from "./format.js";
 import { ImageTray, noVisionMessage } from "./images.js";
+import { MessageList } from "./messages.js";
 import { ModelPicker } from "./picker.js";
 import { Popover } from "./popover.js";
 import { PresetsDialog, showPresetNote } from "./presets.js";
+import { ChatSession } from "./session.js";
 import { SettingsPanel } from "./settings.js";
 import { ShareDialog } from "./sharing.js";
 import { Sidebar } from "./sidebar.js";
-import { ChatSocket } from "./socket.js";
-import { newReply, Thread } from "./thread.js";
+import { Thread } from "./thread.js";
 import { Transfer } from "./transfer.js";
 import { ImageViewer } from "./viewer.js";
 
-// The server lets a socket watch MAX_WATCHED_CONVERSATIONS (20 by default); conversations left
-// recently stay watched so that their titles still reach the sidebar.
-const KEEP_WATCHING = 6;
-const ACCEPT_PATIENCE_MS = 10000;
 const CONNECTION_LABELS = {
   connecting: "Connecting…",
   open: "Connected",
@@ -35,18 +34,8 @@ const CONNECTION_LABELS = {
 
 const $ = (id) => document.getElementById(id);
 
-function newRequestId() {
-  if (crypto.randomUUID) return crypto.randomUUID();
-  // randomUUID needs a secure context; plain-HTTP deployments still get 128 random bits.
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-// The server's default title for a new conversation, shown until the real one arrives.
-function firstLine(content) {
-  const line = content.split("\n").find((part) => part.trim()) ?? "";
-  return line.trim().slice(0, 80) || "New chat";
-}
+// The note on a question not yet accepted.
+const pendingNote = (open) => (open ? "Sending…" : "Waiting for the connection…");
 
 function conversationFromUrl() {
   const id = Number(new URLSearchParams(location.search).get("c"));
@@ -55,31 +44,17 @@ function conversationFromUrl() {
 
 class ChatApp {
   constructor() {
-    this.conversationId = null;
-    this.conversation = null;
-    // request_id -> what the page asked for, until `accepted` or `error` answers it.
-    this.pending = new Map();
-    this.watched = [];
-    this.newChatSettings = { system_prompt: "", params: {} };
-    // The preset a new chat starts from, sent with its first question.
-    this.preset = null;
-    // `view` changes with every conversation switch: late answers for an old view are dropped.
-    this.view = 0;
-    // `shape` changes whenever the page itself adds or removes messages, so that a re-read
-    // asked for before such a change cannot undo it.
-    this.shape = 0;
-    this.refreshing = null;
-    this.refreshAgain = false;
-    this.resyncing = false;
-    // Snapshots still arriving in pieces, by reply.
-    this.partialSnapshots = new Map();
     this.siteName = document.title;
   }
 
   async start() {
-    this.thread = new Thread({
-      modelName: (id) => this.picker.modelById(id)?.name ?? id ?? "",
+    this.messages = new MessageList({
+      onUpdate: (message) => this.thread.schedulePaint(message),
       onChange: () => this.updateComposer(),
+    });
+    this.thread = new Thread({
+      messages: this.messages,
+      modelName: (id) => this.picker.modelById(id)?.name ?? id ?? "",
     });
     this.sidebar = new Sidebar({
       onOpen: (id) => this.open(id, { push: true }),
@@ -107,24 +82,32 @@ class ChatApp {
       modelName: (id) => this.picker.modelById(id)?.name ?? id,
     });
     this.conversationMenu = new Popover($("conv-menu-button"), $("conv-menu"));
-    this.socket = new ChatSocket({
+    this.session = new ChatSession({
       path: $("app").dataset.wsPath,
-      onFrame: (frame) => this.onFrame(frame),
-      onState: (state) => this.showConnection(state),
-      onOpen: () => this.resubscribe(),
-      // The server closed the socket on a frame larger than it takes (1009): that request is
-      // refused, with the server's reason, and its text given back.
-      onRefused: (frame, reason) =>
-        this.onError({
-          type: "error",
-          code: "content_too_long",
-          message: reason || "This message is too large to send.",
-          request_id: frame.request_id,
-        }),
-      onUnauthorized: () => api.goToLogin(),
+      messages: this.messages,
+      hooks: {
+        onConnection: (state) => this.showConnection(state),
+        onUnauthorized: () => api.goToLogin(),
+        onError: (text) => this.composer.showError(text),
+        onActivity: (id) => this.sidebar.touch(id),
+        onCreated: (id, created) => this.created(id, created),
+        onMessages: ({ scroll }) => this.showMessages({ scroll }),
+        onDetail: (conversation) => this.showDetail(conversation),
+        onTitle: (id, title, here) => {
+          this.sidebar.setTitle(id, title);
+          if (here) this.showTitle(title);
+        },
+        onRefused: (request, text) => this.refused(request, text),
+        onGone: (id) => {
+          this.sidebar.remove(id);
+          this.newChat();
+          this.composer.showError("That conversation no longer exists.");
+        },
+        onModelUnavailable: () => this.reloadModels(),
+      },
     });
     this.bindPage();
-    this.socket.connect();
+    this.session.connect();
     await this.picker.load();
     await this.sidebar.reload();
     const id = conversationFromUrl();
@@ -142,7 +125,7 @@ class ChatApp {
     });
     document.addEventListener("keydown", (event) => this.onKey(event));
     document.addEventListener("conversation-renamed", (event) => {
-      if (event.detail.id === this.conversationId) this.showTitle(event.detail.title);
+      if (event.detail.id === this.session.conversationId) this.showTitle(event.detail.title);
     });
     $("thread").addEventListener("click", (event) => this.onThreadClick(event));
     $("presets-button").addEventListener("click", (event) =>
@@ -153,13 +136,13 @@ class ChatApp {
     );
     // Titles are written once per conversation; a new one (billed like any) only when asked.
     $("retitle").addEventListener("click", () => {
-      if (this.conversationId === null) return;
+      if (this.session.conversationId === null) return;
       this.conversationMenu.close(false);
-      this.socket.send({ type: "retitle", conversation: this.conversationId });
+      this.session.retitle();
     });
     $("share-open").addEventListener("click", () => {
-      if (this.conversationId !== null) {
-        this.shareDialog.open(this.conversationId, $("conv-menu-button"));
+      if (this.session.conversationId !== null) {
+        this.shareDialog.open(this.session.conversationId, $("conv-menu-button"));
       }
     });
     $("preset-clear").addEventListener("click", () => {
@@ -173,7 +156,7 @@ class ChatApp {
     if (event.target.closest?.("dialog")) return;
     if (this.drawer.isOpen) {
       this.drawer.close();
-    } else if (this.thread.isBusy()) {
+    } else if (this.messages.isBusy()) {
       event.preventDefault();
       this.stop();
     }
@@ -181,12 +164,8 @@ class ChatApp {
 
   // Conversations ------------------------------------------------------------------------------
 
-  switchView() {
-    this.view += 1;
-    this.shape += 1;
-    this.refreshing = null;
-    this.refreshAgain = false;
-    this.resyncing = false;
+  // Another conversation (or a new chat) takes the page: nothing of the last one stays.
+  clearView() {
     this.thread.reset();
     this.composer.clearError();
     this.drawer.close();
@@ -194,30 +173,27 @@ class ChatApp {
 
   async open(id, { push = false } = {}) {
     if (push) history.pushState({}, "", `?c=${id}`);
-    this.switchView();
-    this.conversationId = id;
-    this.conversation = null;
+    this.session.open(id);
+    this.clearView();
     this.showConversationTools();
     this.sidebar.setActive(id);
     this.showTitle("Loading…");
     this.thread.setWelcome(false);
     this.updateComposer();
-    this.watch(id);
-    await this.refresh();
+    this.session.watch(id);
+    await this.session.refresh();
     this.composer.focus();
   }
 
   newChat({ push = true } = {}) {
     if (push && location.search) history.pushState({}, "", location.pathname);
-    this.switchView();
-    this.conversationId = null;
-    this.conversation = null;
+    this.session.open(null);
+    this.clearView();
     this.showConversationTools();
     this.sidebar.setActive(null);
     this.showTitle(null);
     this.showTotal("0");
-    this.newChatSettings = { system_prompt: "", params: {} };
-    this.settings.load(this.newChatSettings);
+    this.settings.load(this.session.newChatSettings);
     this.setPreset(null);
     this.chooseModel(null);
     this.thread.setWelcome(true);
@@ -226,162 +202,39 @@ class ChatApp {
   }
 
   deleted(id) {
-    this.unwatch(id);
-    if (id === this.conversationId) this.newChat();
+    this.session.unwatch(id);
+    if (id === this.session.conversationId) this.newChat();
   }
 
-  // Read the open conversation again. Calls made while one runs are folded into one more.
-  refresh() {
-    if (this.refreshing) {
-      this.refreshAgain = true;
-      return this.refreshing;
-    }
-    const view = this.view;
-    const run = async () => {
-      do {
-        this.refreshAgain = false;
-        await this.loadConversation(view);
-      } while (this.refreshAgain && view === this.view);
-    };
-    const promise = run().finally(() => {
-      if (this.refreshing === promise) this.refreshing = null;
-    });
-    this.refreshing = promise;
-    return promise;
-  }
-
-  async loadConversation(view) {
-    const id = this.conversationId;
-    const shape = this.shape;
-    if (id === null) return;
-    let detail;
-    try {
-      detail = await api.getConversation(id);
-    } catch (error) {
-      if (view !== this.view) return;
-      if (error.status === 404) {
-        this.sidebar.remove(id);
-        this.newChat();
-        this.composer.showError("That conversation no longer exists.");
-      } else {
-        this.composer.showError(error.message);
-      }
-      return;
-    }
-    if (view !== this.view) return;
-    this.showDetail(detail, { reshape: shape === this.shape });
-  }
-
-  // The conversation as the server answered it (a read, or a switch of versions).
-  showDetail(detail, { reshape }) {
-    const { messages, ...conversation } = detail;
-    this.conversation = conversation;
-    this.showTitle(conversation.title);
-    this.showTotal(conversation.total_cost);
-    if (!this.settings.isOpen) this.settings.load(conversation);
-    this.chooseModel(conversation.model);
-    this.thread.merge(messages, { reshape });
-    this.updateComposer();
-  }
-
-  // The websocket ------------------------------------------------------------------------------
-
-  watch(id) {
-    this.watched = this.watched.filter((other) => other !== id);
-    this.watched.push(id);
-    while (this.watched.length > KEEP_WATCHING) this.unwatch(this.watched[0]);
-    if (this.socket.isOpen) this.socket.send({ type: "watch", conversation: id });
-  }
-
-  unwatch(id) {
-    this.watched = this.watched.filter((other) => other !== id);
-    if (this.socket.isOpen) this.socket.send({ type: "unwatch", conversation: id });
-  }
-
-  // After (re)connecting: the server forgot what this socket watched.
-  resubscribe() {
-    this.watched = [];
-    this.resyncing = false;
-    this.partialSnapshots.clear();
-    if (this.conversationId !== null) this.watch(this.conversationId);
-  }
+  // What the session reports -------------------------------------------------------------------
 
   showConnection(state) {
     $("connection").dataset.connection = state;
     $("connection-label").textContent = CONNECTION_LABELS[state] ?? state;
-    this.thread.setPendingNote(state === "open" ? "Sending…" : "Waiting for the connection…");
+    this.thread.setPendingNote(pendingNote(state === "open"));
   }
 
-  onFrame(frame) {
-    const handlers = {
-      accepted: this.onAccepted,
-      started: this.onStarted,
-      snapshot: this.onSnapshot,
-      snapshot_part: this.onSnapshotPart,
-      delta: this.onDelta,
-      done: this.onDone,
-      title: this.onTitle,
-      watching: this.onWatching,
-      unwatched: this.onUnwatched,
-      error: this.onError,
-    };
-    handlers[frame.type]?.call(this, frame);
-  }
-
-  isHere(frame) {
-    return frame.conversation === this.conversationId;
-  }
-
-  onAccepted(frame) {
-    const request = this.pending.get(frame.request_id);
-    if (!request) return;
-    this.pending.delete(frame.request_id);
-    clearTimeout(request.timer);
-    const here = request.view === this.view;
-    if (request.kind === "send" && request.conversation === null) {
-      this.created(frame.conversation, request, here);
-    } else {
-      this.sidebar.touch(frame.conversation);
-    }
-    if (!here) return;
-    this.shape += 1;
-    if (request.kind === "send") {
-      this.thread.settleQuestion(request.key, frame.user_message);
-    } else if (request.kind === "edit") {
-      this.thread.truncateFrom(request.message);
-      // The edited question keeps its images (the server copies them).
-      this.thread.add({
-        id: frame.user_message,
-        role: "user",
-        content: request.content,
-        images: request.images ?? [],
-      });
-    } else if (request.kind === "regenerate") {
-      this.thread.truncateFrom(request.message);
-    }
-    this.thread.add(this.thread.get(frame.message) ?? newReply(frame.message, request.model));
-    if (request.stopRequested) this.socket.send({ type: "stop", message: frame.message });
+  // Questions or replies were added or removed.
+  showMessages({ scroll }) {
     this.thread.render();
     this.updateComposer();
-    this.thread.scrollToEnd();
+    if (scroll) this.thread.scrollToEnd();
   }
 
-  // The server made the conversation of a first question (and this socket now watches it).
-  created(id, request, here) {
-    this.watched = this.watched.filter((other) => other !== id);
-    this.watched.push(id);
-    const title = firstLine(request.content);
-    this.sidebar.touch(id, { title, model: request.model });
+  // The conversation as the server answered it (a read, or a switch of versions).
+  showDetail(conversation) {
+    this.showTitle(conversation.title);
+    this.showTotal(conversation.total_cost);
+    if (!this.settings.isOpen) this.settings.load(conversation);
+    this.chooseModel(conversation.model);
+    this.thread.render();
+    this.updateComposer();
+  }
+
+  // A new chat's first question made conversation `id`; `here` when the page still shows it.
+  created(id, { title, model, here }) {
+    this.sidebar.touch(id, { title, model });
     if (!here) return;
-    this.conversationId = id;
-    this.conversation = {
-      id,
-      title,
-      model: request.model,
-      system_prompt: this.newChatSettings.system_prompt,
-      params: this.newChatSettings.params,
-      total_cost: "0",
-    };
     this.setPreset(null);
     this.showConversationTools();
     history.pushState({}, "", `?c=${id}`);
@@ -389,113 +242,9 @@ class ChatApp {
     this.showTitle(title);
   }
 
-  onStarted(frame) {
-    this.sidebar.touch(frame.conversation);
-    if (!this.isHere(frame)) return;
-    const known = this.thread.get(frame.message);
-    if (known) {
-      known.model ??= frame.model;
-      return;
-    }
-    // Another tab (or a request whose answer was lost) started this reply. Its frames from the
-    // first delta on reach this page; the conversation's new shape (what the reply answers,
-    // what it replaced) is read from the server.
-    this.thread.track(newReply(frame.message, frame.model));
-    this.shape += 1;
-    this.refresh();
-  }
-
-  // A long snapshot comes in pieces: a `snapshot` with `more`, then `snapshot_part` frames.
-  // It is shown once whole (the server sends nothing else of that reply in between).
-  onSnapshot(frame) {
-    if (frame.more) {
-      this.partialSnapshots.set(frame.message, { ...frame });
-      return;
-    }
-    this.applySnapshot(frame);
-  }
-
-  onSnapshotPart(frame) {
-    const partial = this.partialSnapshots.get(frame.message);
-    if (!partial || partial.seq !== frame.seq) return;
-    partial.content += frame.content ?? "";
-    partial.reasoning += frame.reasoning ?? "";
-    if (frame.more) return;
-    this.partialSnapshots.delete(frame.message);
-    this.applySnapshot({ ...partial, more: false });
-  }
-
-  applySnapshot(frame) {
-    if (!this.isHere(frame)) return;
-    this.resyncing = false;
-    const shown = this.thread.snapshot(frame);
-    if (!shown && !this.refreshing) this.refresh();
-  }
-
-  onDelta(frame) {
-    if (!this.isHere(frame)) return;
-    const result = this.thread.delta(frame);
-    if (result === "gap") this.resync();
-    else if (result === "new" && !this.refreshing) this.refresh();
-  }
-
-  // A frame went missing: the server answers with an exact snapshot of each reply in flight.
-  resync() {
-    if (this.resyncing || this.conversationId === null || !this.socket.isOpen) return;
-    this.resyncing = true;
-    this.socket.send({ type: "resync", conversation: this.conversationId });
-  }
-
-  // The server let go of a conversation this socket watched longest (its watch limit).
-  onUnwatched(frame) {
-    this.watched = this.watched.filter((other) => other !== frame.conversation);
-  }
-
-  onDone(frame) {
-    this.sidebar.touch(frame.conversation);
-    if (!this.isHere(frame)) return;
-    this.thread.done(frame);
-    // The total cost changed; and if frames were missed, the saved text is the whole reply.
-    this.refresh();
-  }
-
-  onTitle(frame) {
-    this.sidebar.setTitle(frame.conversation, frame.title);
-    if (!this.isHere(frame)) return;
-    if (this.conversation) this.conversation.title = frame.title;
-    this.showTitle(frame.title);
-    // The title was billed too: the running total changed.
-    this.refresh();
-  }
-
-  onWatching(frame) {
-    if (!this.isHere(frame)) return;
-    this.resyncing = false;
-    // A reply that ended while this page was away, its `done` unseen: read how it ended.
-    if (this.thread.missedAnEnd(frame.streaming)) this.refresh();
-  }
-
-  onError(frame) {
-    const text = describeError(frame.code, frame.message);
-    const request = frame.request_id ? this.pending.get(frame.request_id) : null;
-    if (request) {
-      this.refused(frame.request_id, request, text);
-    } else if (frame.code === "not_found" && this.conversationId !== null) {
-      // A watch or stop for a conversation deleted elsewhere: the re-read tells.
-      this.refresh();
-    } else {
-      this.composer.showError(text);
-    }
-    if (frame.code === "model_unavailable") this.reloadModels();
-  }
-
   // A request the server turned down: nothing changed there, so undo what the page showed.
-  refused(requestId, request, text) {
-    this.pending.delete(requestId);
-    clearTimeout(request.timer);
-    if (request.view !== this.view) return;
+  refused(request, text) {
     if (request.kind === "send") {
-      this.thread.remove(request.key);
       this.composer.restoreDraft(request.content);
       this.tray.restore(request.images ?? []);
     }
@@ -504,30 +253,12 @@ class ChatApp {
     } else {
       this.composer.showError(text);
     }
-    if (request.kind === "regenerate") {
-      const node = this.thread.get(request.message)?.el;
-      for (const button of node?.querySelectorAll(".actions button") ?? []) button.disabled = false;
-    }
+    if (request.kind === "regenerate") this.enableActions(request.message, true);
     this.thread.render();
     this.updateComposer();
   }
 
   // Asking -------------------------------------------------------------------------------------
-
-  request(kind, frame, extra = {}) {
-    const requestId = newRequestId();
-    const model = this.picker.selected;
-    const request = { kind, view: this.view, model, ...extra };
-    this.pending.set(requestId, request);
-    // Never a silent hang: say so when the server is slow to answer.
-    request.timer = setTimeout(() => {
-      if (this.pending.has(requestId) && this.socket.isOpen) {
-        this.composer.showError("The server has not answered yet; still waiting…");
-      }
-    }, ACCEPT_PATIENCE_MS);
-    this.socket.send({ ...frame, request_id: requestId, model: model ?? undefined });
-    return request;
-  }
 
   // Why the composer's message cannot go now, checked before anything is sent ("" if it can).
   refusal() {
@@ -547,58 +278,41 @@ class ChatApp {
       this.composer.showError("Pick a model first.");
       return;
     }
-    const frame = { type: "send", conversation: this.conversationId, content };
-    if (this.conversationId === null) {
-      // A new chat's settings travel with its first question.
-      const { system_prompt: systemPrompt, params } = this.newChatSettings;
-      const all = { ...params };
-      // With a preset, an emptied system prompt must override the preset's.
-      if (systemPrompt || this.preset) all.system_prompt = systemPrompt;
-      if (Object.keys(all).length) frame.params = all;
-      if (this.preset) frame.preset = this.preset.id;
-    }
-    const images = this.tray.take();
-    if (images.length) frame.images = images.map((image) => image.id);
-    const key = `pending-${newRequestId()}`;
-    this.request("send", frame, { content, key, images, conversation: this.conversationId });
-    const note = this.socket.isOpen ? "Sending…" : "Waiting for the connection…";
-    this.thread.addQuestion(key, content, note, images);
-    this.shape += 1;
-    this.thread.render();
-    this.updateComposer();
-    this.thread.scrollToEnd();
-  }
-
-  stop() {
-    const streaming = this.thread.streamingReplies();
-    for (const message of streaming) this.socket.send({ type: "stop", message: message.id });
-    // A question not yet accepted is stopped as soon as its reply exists.
-    for (const request of this.pending.values()) {
-      if (request.view === this.view) request.stopRequested = true;
-    }
-    if (streaming.length || this.pending.size) this.composer.setStopping();
-  }
-
-  regenerate(message) {
-    for (const button of message.el?.querySelectorAll(".actions button") ?? []) {
-      button.disabled = true;
-    }
-    this.request("regenerate", { type: "regenerate", message: message.id }, {
-      message: message.id,
+    this.session.send(content, {
+      model: this.picker.selected,
+      images: this.tray.take(),
+      pendingNote: pendingNote(this.session.isOpen),
     });
   }
 
+  stop() {
+    if (this.session.stop()) this.composer.setStopping();
+  }
+
+  // A message's action buttons, off while its regeneration is asked for.
+  enableActions(key, enabled) {
+    for (const button of this.thread.element(key)?.querySelectorAll(".actions button") ?? []) {
+      button.disabled = !enabled;
+    }
+  }
+
+  regenerate(message) {
+    this.enableActions(message.id, false);
+    this.session.regenerate(message.id, { model: this.picker.selected });
+  }
+
   edit(message) {
-    const request = { message: message.id, images: message.images ?? [] };
-    request.editor = openEditor(message.el, message.content, `edit-${message.id}`, (content) => {
+    // The edited question keeps the images it had when its editor opened.
+    const images = message.images ?? [];
+    const node = this.thread.element(message.id);
+    const editor = openEditor(node, message.content, `edit-${message.id}`, (content) => {
       // The same check as the message box: a text over the limit is never sent.
       const tooLong = this.composer.lengthRefusal(content);
       if (tooLong) {
-        request.editor.fail(tooLong);
+        editor.fail(tooLong);
         return;
       }
-      request.content = content;
-      this.request("edit", { type: "edit", message: message.id, content }, request);
+      this.session.edit(message.id, content, { model: this.picker.selected, images, editor });
     });
   }
 
@@ -626,41 +340,28 @@ class ChatApp {
     }
   }
 
-  // Show the previous or next version at a message's place; the conversation continues from
-  // the version shown, so the page re-reads it whole from the server's answer.
+  // Show the previous or next version at a message's place.
   async showVersion(message, step) {
     const versions = message.versions ?? [];
     const target = versions[versions.indexOf(message.id) + step];
     if (target === undefined) return;
-    if (this.thread.isBusy()) {
+    if (this.messages.isBusy()) {
       this.composer.showError(
         "Wait for the reply to finish (or stop it) before switching versions.",
       );
       return;
     }
-    const view = this.view;
-    // A re-read asked for before this answer must not put the old version back.
-    this.shape += 1;
-    let detail;
-    try {
-      detail = await api.showVersion(target);
-    } catch (error) {
-      if (view === this.view) this.composer.showError(error.message);
-      return;
-    }
-    if (view !== this.view) return;
-    this.shape += 1;
+    if (!(await this.session.showVersion(target))) return;
     this.composer.clearError();
-    this.showDetail(detail, { reshape: true });
     // Keyboard users stay on the control they used, now on the version shown.
-    const group = this.thread.get(target)?.el?.querySelector(".versions");
+    const group = this.thread.element(target)?.querySelector(".versions");
     const [forward, back] = ["[data-action=version-next]", "[data-action=version-previous]"];
     const same = group?.querySelector(step > 0 ? forward : back);
     const other = group?.querySelector(step > 0 ? back : forward);
     (same && !same.disabled ? same : other)?.focus();
   }
 
-  // Models and settings ------------------------------------------------------------------------
+  // Models, settings and presets ---------------------------------------------------------------
 
   // The conversation's model, or the default for a new chat (see ModelPicker.choose).
   chooseModel(modelId) {
@@ -688,15 +389,14 @@ class ChatApp {
   }
 
   async pickModel(id) {
-    if (this.conversationId === null) {
+    if (this.session.conversationId === null) {
       this.picker.setSelected(id);
       this.paintModel();
       return;
     }
     try {
-      const updated = await api.updateConversation(this.conversationId, { model: id });
-      if (updated.id !== this.conversationId) return;
-      this.conversation = { ...this.conversation, model: updated.model };
+      const updated = await this.session.setModel(id);
+      if (!updated) return;
       this.picker.setSelected(updated.model);
       this.paintModel();
       this.composer.clearError();
@@ -711,42 +411,16 @@ class ChatApp {
   }
 
   async saveSettings(values) {
-    if (this.conversationId === null) {
-      // Parameters the form does not show (a preset's top_p) are kept.
-      const params = { ...this.newChatSettings.params };
-      delete params.temperature;
-      delete params.max_tokens;
-      this.newChatSettings = {
-        system_prompt: values.system_prompt,
-        params: { ...params, ...values.params },
-      };
-      return "Saved: they apply from this chat's first message.";
-    }
-    // Other parameters (top_p) are kept; the two in the form replace theirs.
-    const params = { ...(this.conversation?.params ?? {}) };
-    delete params.temperature;
-    delete params.max_tokens;
-    delete params.system_prompt;
-    const updated = await api.updateConversation(this.conversationId, {
-      system_prompt: values.system_prompt,
-      params: { ...params, ...values.params },
-    });
-    if (this.conversation && updated.id === this.conversationId) {
-      this.conversation.params = updated.params;
-      this.conversation.system_prompt = updated.system_prompt;
-    }
-    return "Saved.";
+    const toConversation = await this.session.saveSettings(values);
+    return toConversation ? "Saved." : "Saved: they apply from this chat's first message.";
   }
-
-  // Presets ------------------------------------------------------------------------------------
 
   // The settings a preset saved now would hold: the model picked and the settings form as it
   // reads (saved or not), over the parameters the form does not show.
   currentSettings() {
     const form = this.settings.read();
     if (form.error) return { error: form.error };
-    const saved = this.conversationId === null ? this.newChatSettings : this.conversation;
-    const params = { ...(saved?.params ?? {}) };
+    const params = { ...(this.session.savedSettings()?.params ?? {}) };
     delete params.temperature;
     delete params.max_tokens;
     delete params.system_prompt;
@@ -759,11 +433,11 @@ class ChatApp {
 
   startFromPreset(preset) {
     this.newChat();
-    this.newChatSettings = {
+    this.session.newChatSettings = {
       system_prompt: preset.system_prompt ?? "",
       params: { ...preset.params },
     };
-    this.settings.load(this.newChatSettings);
+    this.settings.load(this.session.newChatSettings);
     if (preset.model && this.picker.modelById(preset.model)) {
       this.picker.setSelected(preset.model);
       this.paintModel();
@@ -774,7 +448,7 @@ class ChatApp {
 
   // The preset a new chat starts from (sent with its first question), and its note.
   setPreset(preset) {
-    this.preset = preset;
+    this.session.preset = preset;
     showPresetNote(preset, (id) => this.picker.modelById(id));
   }
 
@@ -782,7 +456,7 @@ class ChatApp {
 
   // Share and export need a conversation; a new chat has none yet.
   showConversationTools() {
-    const id = this.conversationId;
+    const id = this.session.conversationId;
     $("conv-menu-root").hidden = id === null;
     if (id === null) this.conversationMenu.close(false);
     this.transfer.setConversation(id);
@@ -800,7 +474,7 @@ class ChatApp {
   }
 
   updateComposer() {
-    const busy = this.thread.isBusy();
+    const busy = this.messages.isBusy();
     if (busy !== this.composer.streaming) this.composer.setStreaming(busy);
     this.thread.tickWhileThinking();
   }

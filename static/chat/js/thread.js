@@ -1,43 +1,24 @@
-// The open conversation's messages: their state, how stream frames change it, and their DOM.
-//
-// A reply's text is built from `delta` frames numbered by `seq`. A `snapshot` replaces the text
-// and sets `seq`; deltas at or below it are already in the text and are skipped, and a delta that
-// skips a number is a gap (the caller asks for a fresh snapshot). Nothing is appended that cannot
-// be placed, so text is never doubled; `done` and a re-read from the server correct the rest.
+// The open conversation's messages as DOM (#thread): draws the MessageList (messages.js) and
+// keeps the view pinned to the end while new text arrives. Each message's element is kept
+// here, by message; render.js paints one.
 
 import { paintReply, paintUser, replyElement, userElement } from "./render.js";
 
 const PINNED_SLACK_PX = 80;
 const THINKING_TICK_MS = 250;
 
-export function newReply(id, model) {
-  return {
-    id,
-    role: "assistant",
-    status: "streaming",
-    seq: 0,
-    content: "",
-    reasoning: "",
-    model,
-    usage: null,
-    cost: null,
-    error: null,
-    reasoning_ms: null,
-  };
-}
-
 export class Thread {
-  // modelName(id): the name to show; onChange(): streaming may have started or ended.
-  constructor({ modelName, onChange }) {
+  // messages: the MessageList drawn; modelName(id): the name to show.
+  constructor({ messages, modelName }) {
+    this.messages = messages;
     this.modelName = modelName;
-    this.onChange = onChange;
     this.list = document.getElementById("thread");
     this.scroller = document.getElementById("messages");
     this.emptyState = document.getElementById("empty-state");
-    // Keys in display order: a message id, or a string for a question not yet accepted.
-    // `messages` maps a key to its state, which also holds its element (`el`).
-    this.order = [];
-    this.messages = new Map();
+    // message state -> its element, made on first render.
+    this.elements = new WeakMap();
+    // The last message shown (its reply may offer to regenerate).
+    this.last = undefined;
     this.dirty = new Set();
     this.paintQueued = false;
     this.pinned = true;
@@ -49,20 +30,17 @@ export class Thread {
     });
   }
 
+  // The list was reset for another conversation: nothing of the old one stays on screen.
   reset() {
-    this.order = [];
-    this.messages = new Map();
     this.dirty.clear();
     this.pinned = true;
     this.list.replaceChildren();
   }
 
-  get(key) {
-    return this.messages.get(key);
-  }
-
-  shows(key) {
-    return this.order.includes(key);
+  // The element of message `key` (an id, or a pending question's key), if it was drawn.
+  element(key) {
+    const message = this.messages.get(key);
+    return message ? this.elements.get(message) : undefined;
   }
 
   // The message an element inside the thread belongs to.
@@ -71,207 +49,33 @@ export class Thread {
     return id ? this.messages.get(Number(id)) : undefined;
   }
 
-  // Questions and replies the page adds itself -----------------------------------------------
-
-  addQuestion(key, content, pendingNote, images = []) {
-    this.messages.set(key, {
-      id: null,
-      key,
-      role: "user",
-      content,
-      images,
-      pending: true,
-      pendingNote,
-    });
-    this.order.push(key);
-  }
-
-  // The server accepted the question `key`: it is message `id` now.
-  settleQuestion(key, id) {
-    const question = this.messages.get(key);
-    const index = this.order.indexOf(key);
-    this.messages.delete(key);
-    if (question && !this.messages.has(id) && index >= 0) {
-      question.id = id;
-      question.pending = false;
-      this.messages.set(id, question);
-      this.order[index] = id;
-    } else if (index >= 0) {
-      this.order.splice(index, 1);
-    }
-  }
-
-  remove(key) {
-    const index = this.order.indexOf(key);
-    if (index >= 0) this.order.splice(index, 1);
-    this.messages.get(key)?.el?.remove();
-    this.messages.delete(key);
-  }
-
-  add(message) {
-    if (!this.messages.has(message.id)) this.messages.set(message.id, message);
-    if (!this.order.includes(message.id)) this.order.push(message.id);
-  }
-
-  // Known but not shown: a reply whose frames arrive before the page knows where it belongs.
-  track(message) {
-    if (!this.messages.has(message.id)) this.messages.set(message.id, message);
-    return this.messages.get(message.id);
-  }
-
-  // Remove message `id` and everything after it (an edit or a regeneration replaced them).
-  truncateFrom(id) {
-    const index = this.order.indexOf(id);
-    if (index < 0) return;
-    for (const key of this.order.splice(index)) {
-      this.messages.get(key)?.el?.remove();
-      this.messages.delete(key);
-    }
-  }
-
   setPendingNote(note) {
     for (const message of this.messages.values()) {
-      if (message.pending && message.el) {
+      const node = this.elements.get(message);
+      if (message.pending && node) {
         message.pendingNote = note;
-        paintUser(message.el, message);
+        paintUser(node, message);
       }
     }
   }
-
-  // The server's view ------------------------------------------------------------------------
-
-  // Merge the conversation as the server has it. A reply still streaming keeps the text built
-  // from frames (at least as new as the saved text); a finished message takes the server's
-  // version, which is final. With `reshape`, the server's order of messages replaces the page's.
-  merge(messages, { reshape }) {
-    for (const data of messages) {
-      const known = this.messages.get(data.id);
-      if (data.role === "assistant" && data.status === "streaming") {
-        if (known) {
-          known.model ??= data.model;
-          known.created ??= data.created;
-          continue;
-        }
-        // Saved text without a sequence number: the snapshot that follows a watch sets it.
-        const state = { ...data, seq: -1 };
-        if (state.reasoning) state.reasoningStartedAt = Date.parse(data.created) || Date.now();
-        this.messages.set(data.id, state);
-      } else if (known) {
-        Object.assign(known, data);
-        if (data.role === "assistant" && known.seq < 0) known.seq = 0;
-      } else {
-        this.messages.set(data.id, { ...data });
-      }
-    }
-    if (reshape) {
-      const pending = this.order.filter((key) => typeof key === "string");
-      this.order = [...messages.map((data) => data.id), ...pending];
-      for (const key of [...this.messages.keys()]) {
-        if (typeof key !== "string" && !this.order.includes(key)) this.remove(key);
-      }
-    }
-    this.render();
-  }
-
-  // Stream frames (already checked to be for this conversation) ----------------------------
-
-  // Returns false when the snapshot is for a reply the page does not show yet.
-  snapshot(frame) {
-    const message = this.track(newReply(frame.message, null));
-    const now = Date.now();
-    Object.assign(message, {
-      content: frame.content,
-      reasoning: frame.reasoning,
-      seq: frame.seq,
-      status: frame.status,
-    });
-    if (message.reasoning) message.reasoningStartedAt ??= Date.parse(message.created) || now;
-    if (message.content && message.reasoning) message.answerStartedAt ??= now;
-    this.schedulePaint(message);
-    this.onChange();
-    return this.shows(frame.message);
-  }
-
-  // Returns "ok", "gap" (a frame is missing), "new" (a reply the page did not know) or "skip".
-  delta(frame) {
-    let message = this.messages.get(frame.message);
-    let result = "ok";
-    if (!message) {
-      // Without its first frame this text cannot be placed; a snapshot will bring it.
-      if (frame.seq !== 1) return "skip";
-      message = this.track(newReply(frame.message, null));
-      result = "new";
-    }
-    if (message.seq < 0 || frame.seq <= message.seq) return "skip";
-    if (frame.seq > message.seq + 1) return "gap";
-    const now = Date.now();
-    message.seq = frame.seq;
-    if (frame.reasoning) {
-      message.reasoning = (message.reasoning ?? "") + frame.reasoning;
-      message.reasoningStartedAt ??= now;
-    }
-    if (frame.content) {
-      message.content = (message.content ?? "") + frame.content;
-      if (message.reasoning) message.answerStartedAt ??= now;
-    }
-    this.schedulePaint(message);
-    return result;
-  }
-
-  // The caller reads the conversation again after every `done`. When text frames of this reply
-  // were missed (its `seq` is past the page's), the reply stays "streaming" until that read
-  // brings the saved text: a finished reply is never shown without its text.
-  done(frame) {
-    const message = this.messages.get(frame.message);
-    if (message) {
-      const missedText = typeof frame.seq === "number" && (message.seq ?? 0) < frame.seq;
-      Object.assign(message, {
-        status: missedText ? message.status : frame.status,
-        usage: frame.usage,
-        cost: frame.cost,
-        reasoning_ms: frame.reasoning_ms,
-        error: frame.error ?? null,
-      });
-      this.schedulePaint(message);
-    }
-    this.onChange();
-  }
-
-  // True when a reply the page thinks is streaming is not among the server's `streaming` ids.
-  missedAnEnd(streamingIds) {
-    const inFlight = new Set(streamingIds);
-    return [...this.messages.values()].some(
-      (message) => message.status === "streaming" && message.id && !inFlight.has(message.id),
-    );
-  }
-
-  streamingReplies() {
-    return this.order
-      .map((key) => this.messages.get(key))
-      .filter((message) => message?.role === "assistant" && message.status === "streaming");
-  }
-
-  isBusy() {
-    return this.order.some((key) => {
-      const message = this.messages.get(key);
-      return message?.pending || (message?.role === "assistant" && message.status === "streaming");
-    });
-  }
-
-  // Drawing ----------------------------------------------------------------------------------
 
   render() {
     const nodes = [];
-    const last = this.order.at(-1);
-    for (const key of this.order) {
+    const order = this.messages.order;
+    this.last = this.messages.get(order.at(-1));
+    for (const key of order) {
       const message = this.messages.get(key);
       if (!message) continue;
-      message.el ??= message.role === "user" ? userElement(message) : replyElement(message);
-      message.isLast = key === last;
+      let node = this.elements.get(message);
+      if (!node) {
+        node = message.role === "user" ? userElement(message) : replyElement(message);
+        this.elements.set(message, node);
+      }
       this.paint(message);
-      nodes.push(message.el);
+      nodes.push(node);
     }
-    // Move only what changed place, so focus inside a message (an edit box) survives.
+    // Move only what changed place, so focus inside a message (an edit box) survives. What is
+    // no longer in the list (removed, replaced by an edit) leaves the page here.
     let cursor = this.list.firstChild;
     for (const node of nodes) {
       if (node === cursor) {
@@ -292,18 +96,19 @@ export class Thread {
   // The welcome text shows for a new chat until its first message.
   setWelcome(show) {
     this.welcome = show;
-    this.emptyState.hidden = !show || this.order.length > 0;
+    this.emptyState.hidden = !show || this.messages.order.length > 0;
   }
 
   paint(message) {
-    if (!message.el) return;
-    const busy = this.isBusy();
+    const node = this.elements.get(message);
+    if (!node) return;
+    const busy = this.messages.isBusy();
     if (message.role === "user") {
-      paintUser(message.el, message, { busy });
+      paintUser(node, message, { busy });
     } else {
-      paintReply(message.el, message, {
+      paintReply(node, message, {
         modelName: this.modelName(message.model),
-        isLast: message.isLast,
+        isLast: message === this.last,
         busy,
       });
     }
@@ -317,7 +122,9 @@ export class Thread {
     this.paintQueued = true;
     requestAnimationFrame(() => {
       this.paintQueued = false;
-      for (const dirty of this.dirty) if (dirty.el?.isConnected) this.paint(dirty);
+      for (const dirty of this.dirty) {
+        if (this.elements.get(dirty)?.isConnected) this.paint(dirty);
+      }
       this.dirty.clear();
       this.keepPinned();
       this.tickWhileThinking();
