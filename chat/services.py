@@ -514,6 +514,20 @@ def accept(user: User, frame: Send | Regenerate | Edit) -> GenerationPlan:
         return replay
 
 
+def _check_shown(message: Message, what: str, request_id: str) -> None:
+    """Only a message on the conversation's shown path can be regenerated or edited. One that
+    an edit, a regenerate or a switch of versions replaced (in another tab, say) would build its
+    prompt from the wrong turns and hide the conversation's current replies, a streaming one
+    included, which would go on being written and billed out of sight."""
+    if not message.active:
+        raise FrameError(
+            protocol.CONFLICT,
+            f"This {what} has been replaced since the page showed it. "
+            "Reload the conversation to see its latest version.",
+            request_id,
+        )
+
+
 def _accept_send(user: User, frame: Send, state: SenderState) -> GenerationPlan:
     """A question: in a new conversation (from a preset or not) or an existing one."""
     conversation = None
@@ -607,6 +621,7 @@ def _accept_regenerate(user: User, frame: Regenerate, state: SenderState) -> Gen
     )
     if old is None or old.conversation.owner_id != user.pk:
         raise FrameError(protocol.NOT_FOUND, "No such message.", frame.request_id)
+    _check_shown(old, "reply", frame.request_id)
     if old.status == Message.Status.STREAMING:
         raise FrameError(
             protocol.CONFLICT,
@@ -642,6 +657,7 @@ def _accept_edit(user: User, frame: Edit, state: SenderState) -> GenerationPlan:
     )
     if old is None or old.conversation.owner_id != user.pk:
         raise FrameError(protocol.NOT_FOUND, "No such message.", frame.request_id)
+    _check_shown(old, "question", frame.request_id)
     conversation = old.conversation
     if conversation.messages.filter(
         pk__gt=old.pk, active=True, status=Message.Status.STREAMING

@@ -371,3 +371,45 @@ def test_accepting_a_question_reads_no_users_whole_history(user, settings) -> No
         assert not step.startswith("SCAN chat_message"), (step, sql)
         # Seeking by user alone would read every message the user ever had.
         assert not step.endswith("(user_id=?)"), (step, sql)
+
+
+def _frame(**fields: Any) -> Any:
+    return parse_client_frame(json.dumps({"request_id": request_id(), **fields}))
+
+
+@pytest.mark.parametrize("finished", [False, True], ids=["streaming", "finished"])
+@pytest.mark.parametrize("stale", ["regenerate", "edit"])
+def test_a_stale_tab_cannot_regenerate_or_edit_what_an_edit_replaced(
+    user, settings, stale, finished
+) -> None:
+    """Another tab edited the second question: its old question and reply are inactive, and the
+    edited question's reply is streaming. A regenerate of the old reply, or an edit of the old
+    question, from a tab that has not seen the edit is refused and changes nothing: it would
+    otherwise send a prompt ending in an answer, stop showing the streaming reply (which would
+    go on being written and billed out of sight) and hang the new reply under a hidden
+    question. The same whether the edited question's reply is still streaming or finished."""
+    settings.LAVA_FORWARD_TOKEN = "t"
+    settings.MESSAGES_PER_MINUTE = 1000
+    model = ChatModel.objects.get(model_id=MODEL)
+    conversation = make_history(user, model, [("q1", "a1"), ("q2", "a2")])
+    _, _, old_question, old_reply = services.active_path(conversation)
+    edited = services.accept(user, _frame(type="edit", message=old_question.pk, content="q2'"))
+    status = Message.Status.COMPLETE if finished else Message.Status.STREAMING
+    Message.objects.filter(pk=edited.message_id).update(status=status)
+    before = list(conversation.messages.order_by("id").values_list("id", "active", "status"))
+
+    if stale == "regenerate":
+        frame = _frame(type="regenerate", message=old_reply.pk)
+    else:
+        frame = _frame(type="edit", message=old_question.pk, content="q2''")
+    with pytest.raises(FrameError) as refused:
+        services.accept(user, frame)
+
+    assert refused.value.code == "conflict"
+    assert "Reload the conversation" in refused.value.message
+    assert (
+        list(conversation.messages.order_by("id").values_list("id", "active", "status")) == before
+    )
+    path = services.active_path(conversation)
+    assert [m.content for m in path] == ["q1", "a1", "q2'", ""]
+    assert (path[-1].pk, path[-1].status) == (edited.message_id, status)
