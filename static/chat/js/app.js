@@ -1,36 +1,26 @@
-// The chat page: builds the sidebar, model picker, composer, settings, presets and the thread,
-// connects them to the session (session.js: the open conversation and everything said with the
-// server), and draws what the session reports. Page-wide concerns live here: the address bar,
-// the header (title, total cost, conversation menu, connection), Esc, and the thread's buttons.
+// The chat page: builds the sidebar, header, model picker, composer, settings, presets and the
+// thread, connects them to the session (session.js: the open conversation and everything said
+// with the server), and draws what the session reports. Page-wide concerns live here: the
+// address bar, opening a conversation or a new chat, Esc, and what follows the model chosen.
 //
 // State for tests and assistive tech lives in the DOM: body[data-ready], #connection
 // [data-connection], and each reply's [data-status] and [data-seq].
 
+import { ThreadActions } from "./actions.js";
 import * as api from "./api.js";
-import { copyWithFeedback } from "./clipboard.js";
 import { Composer } from "./composer.js";
 import { Drawer } from "./drawer.js";
-import { openEditor } from "./editor.js";
-import { usd } from "./format.js";
+import { ChatHeader } from "./header.js";
 import { ImageTray, noVisionMessage } from "./images.js";
 import { MessageList } from "./messages.js";
 import { ModelPicker } from "./picker.js";
-import { Popover } from "./popover.js";
 import { PresetsDialog, showPresetNote } from "./presets.js";
 import { ChatSession } from "./session.js";
 import { SettingsPanel } from "./settings.js";
-import { ShareDialog } from "./sharing.js";
 import { Sidebar } from "./sidebar.js";
 import { Thread } from "./thread.js";
 import { Transfer } from "./transfer.js";
 import { ImageViewer } from "./viewer.js";
-
-const CONNECTION_LABELS = {
-  connecting: "Connecting…",
-  open: "Connected",
-  reconnecting: "Reconnecting…",
-  offline: "Offline",
-};
 
 const $ = (id) => document.getElementById(id);
 
@@ -43,10 +33,6 @@ function conversationFromUrl() {
 }
 
 class ChatApp {
-  constructor() {
-    this.siteName = document.title;
-  }
-
   async start() {
     this.messages = new MessageList({
       onUpdate: (message) => this.thread.schedulePaint(message),
@@ -74,14 +60,13 @@ class ChatApp {
     this.settings = new SettingsPanel({ onSave: (values) => this.saveSettings(values) });
     this.drawer = new Drawer();
     this.viewer = new ImageViewer();
-    this.shareDialog = new ShareDialog();
+    this.header = new ChatHeader({ onRetitle: () => this.session.retitle() });
     this.transfer = new Transfer({ onImported: () => this.sidebar.reload() });
     this.presets = new PresetsDialog({
       currentSettings: () => this.currentSettings(),
       onStart: (preset) => this.startFromPreset(preset),
       modelName: (id) => this.picker.modelById(id)?.name ?? id,
     });
-    this.conversationMenu = new Popover($("conv-menu-button"), $("conv-menu"));
     this.session = new ChatSession({
       path: $("app").dataset.wsPath,
       messages: this.messages,
@@ -95,7 +80,7 @@ class ChatApp {
         onDetail: (conversation) => this.showDetail(conversation),
         onTitle: (id, title, here) => {
           this.sidebar.setTitle(id, title);
-          if (here) this.showTitle(title);
+          if (here) this.header.showTitle(title);
         },
         onRefused: (request, text) => this.refused(request, text),
         onGone: (id) => {
@@ -105,6 +90,13 @@ class ChatApp {
         },
         onModelUnavailable: () => this.reloadModels(),
       },
+    });
+    this.actions = new ThreadActions({
+      thread: this.thread,
+      session: this.session,
+      composer: this.composer,
+      viewer: this.viewer,
+      model: () => this.picker.selected,
     });
     this.bindPage();
     this.session.connect();
@@ -124,27 +116,12 @@ class ChatApp {
       else this.newChat({ push: false });
     });
     document.addEventListener("keydown", (event) => this.onKey(event));
-    document.addEventListener("conversation-renamed", (event) => {
-      if (event.detail.id === this.session.conversationId) this.showTitle(event.detail.title);
-    });
-    $("thread").addEventListener("click", (event) => this.onThreadClick(event));
     $("presets-button").addEventListener("click", (event) =>
       this.presets.open({ returnTo: event.currentTarget }),
     );
     $("save-preset").addEventListener("click", (event) =>
       this.presets.open({ returnTo: event.currentTarget, forSaving: true }),
     );
-    // Titles are written once per conversation; a new one (billed like any) only when asked.
-    $("retitle").addEventListener("click", () => {
-      if (this.session.conversationId === null) return;
-      this.conversationMenu.close(false);
-      this.session.retitle();
-    });
-    $("share-open").addEventListener("click", () => {
-      if (this.session.conversationId !== null) {
-        this.shareDialog.open(this.session.conversationId, $("conv-menu-button"));
-      }
-    });
     $("preset-clear").addEventListener("click", () => {
       this.newChat({ push: false });
     });
@@ -177,7 +154,7 @@ class ChatApp {
     this.clearView();
     this.showConversationTools();
     this.sidebar.setActive(id);
-    this.showTitle("Loading…");
+    this.header.showTitle("Loading…");
     this.thread.setWelcome(false);
     this.updateComposer();
     this.session.watch(id);
@@ -191,8 +168,8 @@ class ChatApp {
     this.clearView();
     this.showConversationTools();
     this.sidebar.setActive(null);
-    this.showTitle(null);
-    this.showTotal("0");
+    this.header.showTitle(null);
+    this.header.showTotal("0");
     this.settings.load(this.session.newChatSettings);
     this.setPreset(null);
     this.chooseModel(null);
@@ -209,8 +186,7 @@ class ChatApp {
   // What the session reports -------------------------------------------------------------------
 
   showConnection(state) {
-    $("connection").dataset.connection = state;
-    $("connection-label").textContent = CONNECTION_LABELS[state] ?? state;
+    this.header.showConnection(state);
     this.thread.setPendingNote(pendingNote(state === "open"));
   }
 
@@ -223,8 +199,8 @@ class ChatApp {
 
   // The conversation as the server answered it (a read, or a switch of versions).
   showDetail(conversation) {
-    this.showTitle(conversation.title);
-    this.showTotal(conversation.total_cost);
+    this.header.showTitle(conversation.title);
+    this.header.showTotal(conversation.total_cost);
     if (!this.settings.isOpen) this.settings.load(conversation);
     this.chooseModel(conversation.model);
     this.thread.render();
@@ -239,7 +215,7 @@ class ChatApp {
     this.showConversationTools();
     history.pushState({}, "", `?c=${id}`);
     this.sidebar.setActive(id);
-    this.showTitle(title);
+    this.header.showTitle(title);
   }
 
   // A request the server turned down: nothing changed there, so undo what the page showed.
@@ -253,7 +229,7 @@ class ChatApp {
     } else {
       this.composer.showError(text);
     }
-    if (request.kind === "regenerate") this.enableActions(request.message, true);
+    if (request.kind === "regenerate") this.actions.enable(request.message, true);
     this.thread.render();
     this.updateComposer();
   }
@@ -287,78 +263,6 @@ class ChatApp {
 
   stop() {
     if (this.session.stop()) this.composer.setStopping();
-  }
-
-  // A message's action buttons, off while its regeneration is asked for.
-  enableActions(key, enabled) {
-    for (const button of this.thread.element(key)?.querySelectorAll(".actions button") ?? []) {
-      button.disabled = !enabled;
-    }
-  }
-
-  regenerate(message) {
-    this.enableActions(message.id, false);
-    this.session.regenerate(message.id, { model: this.picker.selected });
-  }
-
-  edit(message) {
-    // The edited question keeps the images it had when its editor opened.
-    const images = message.images ?? [];
-    const node = this.thread.element(message.id);
-    const editor = openEditor(node, message.content, `edit-${message.id}`, (content) => {
-      // The same check as the message box: a text over the limit is never sent.
-      const tooLong = this.composer.lengthRefusal(content);
-      if (tooLong) {
-        editor.fail(tooLong);
-        return;
-      }
-      this.session.edit(message.id, content, { model: this.picker.selected, images, editor });
-    });
-  }
-
-  onThreadClick(event) {
-    const button = event.target.closest("button[data-action]");
-    if (!button) return;
-    const message = this.thread.messageAt(button);
-    const action = button.dataset.action;
-    if (action === "copy-code") {
-      const code = button.closest(".code-block")?.querySelector("code");
-      copyWithFeedback(button, code?.textContent ?? "");
-    } else if (action === "view-image") {
-      const img = button.querySelector("img");
-      this.viewer.show(img.src, img.alt, button);
-    } else if (!message) {
-      return;
-    } else if (action === "copy") {
-      copyWithFeedback(button, message.content);
-    } else if (action === "edit") {
-      this.edit(message);
-    } else if (action === "retry" || action === "regenerate") {
-      this.regenerate(message);
-    } else if (action === "version-previous" || action === "version-next") {
-      this.showVersion(message, action === "version-next" ? 1 : -1);
-    }
-  }
-
-  // Show the previous or next version at a message's place.
-  async showVersion(message, step) {
-    const versions = message.versions ?? [];
-    const target = versions[versions.indexOf(message.id) + step];
-    if (target === undefined) return;
-    if (this.messages.isBusy()) {
-      this.composer.showError(
-        "Wait for the reply to finish (or stop it) before switching versions.",
-      );
-      return;
-    }
-    if (!(await this.session.showVersion(target))) return;
-    this.composer.clearError();
-    // Keyboard users stay on the control they used, now on the version shown.
-    const group = this.thread.element(target)?.querySelector(".versions");
-    const [forward, back] = ["[data-action=version-next]", "[data-action=version-previous]"];
-    const same = group?.querySelector(step > 0 ? forward : back);
-    const other = group?.querySelector(step > 0 ? back : forward);
-    (same && !same.disabled ? same : other)?.focus();
   }
 
   // Models, settings and presets ---------------------------------------------------------------
@@ -454,23 +358,10 @@ class ChatApp {
 
   // Header and composer ------------------------------------------------------------------------
 
-  // Share and export need a conversation; a new chat has none yet.
+  // The header's menu and the export links follow the open conversation.
   showConversationTools() {
-    const id = this.session.conversationId;
-    $("conv-menu-root").hidden = id === null;
-    if (id === null) this.conversationMenu.close(false);
-    this.transfer.setConversation(id);
-  }
-
-  showTitle(title) {
-    $("chat-title").textContent = title || "New chat";
-    document.title = title ? `${title} · ${this.siteName}` : this.siteName;
-  }
-
-  showTotal(total) {
-    const element = $("total-cost");
-    element.dataset.total = total ?? "0";
-    element.textContent = `Total ${usd(total ?? "0")}`;
+    this.header.showConversation(this.session.conversationId);
+    this.transfer.setConversation(this.session.conversationId);
   }
 
   updateComposer() {
