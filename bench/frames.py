@@ -2,13 +2,13 @@
 
 .venv/bin/python -m bench.frames [--frames 20000] [--rounds 3]
 
-Starts daphne (`daphne.server.Server`, Twisted's asyncio reactor, the app's `daphnetuning`
-installed) in a child process pinned to core 0, with a one-route ASGI app that accepts a
-websocket and, when the client says "go", sends `--frames` text frames shaped like a reply's
-delta frames, then closes. The client (this process, on core 1) reads every frame and checks
-them. The child measures the CPU time of its event loop's thread over the sending loop only,
-so the client's reading is not counted; frames go out through daphne's `send`
-(`DIRECT_WEBSOCKET_FRAMES=false`) or through `daphnetuning.text_writer` (the default),
+Starts daphne (`daphne.server.Server`, Twisted's asyncio reactor, the app's runtime patches
+installed: `chutesweb.runtime`) in a child process pinned to core 0, with a one-route ASGI app
+that accepts a websocket and, when the client says "go", sends `--frames` text frames shaped
+like a reply's delta frames, then closes. The client (this process, on core 1) reads every
+frame and checks them. The child measures the CPU time of its event loop's thread over the
+sending loop only, so the client's reading is not counted; frames go out through daphne's `send`
+(`DIRECT_WEBSOCKET_FRAMES=false`) or through `daphne_frames.text_writer` (the default),
 alternately, `--rounds` times each. Prints the CPU µs per frame of each round and the medians.
 """
 
@@ -38,10 +38,11 @@ SERVER = textwrap.dedent(
     asyncioreactor.install()
     from daphne.server import Server
 
-    from chat import daphnetuning
+    from chutesweb import runtime
+    from chutesweb.runtime import daphne_frames
 
     direct, count = sys.argv[1] == "direct", int(sys.argv[2])
-    daphnetuning.install(direct_text_frames=direct)
+    runtime.install(direct_text_frames=direct)
     result = {}
 
     def frame(seq):
@@ -56,7 +57,7 @@ SERVER = textwrap.dedent(
         await receive()
         await send({"type": "websocket.accept"})
         await receive()  # "go"
-        write = daphnetuning.text_writer(send)
+        write = daphne_frames.text_writer(send)
         texts = [frame(seq) for seq in range(count)]
         started = time.thread_time()
         for text in texts:

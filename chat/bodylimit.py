@@ -9,8 +9,8 @@ limits, which are still bounded.
 
 Applied twice: `BodyLimit` wraps the HTTP application (uvicorn streams the body to it, so
 nothing over the limit is ever read), and under daphne, which reads and queues a whole body
-before the application sees any of it, `chat/daphnetuning.py` applies the same rule as soon as
-the request's headers are in.
+before the application sees any of it, `chutesweb/runtime/daphne_bodies.py` applies the same
+rule as soon as the request's headers are in.
 """
 
 from __future__ import annotations

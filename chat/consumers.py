@@ -16,7 +16,9 @@ from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from django.utils import timezone
 
-from . import daphnetuning, protocol, services, transport
+from chutesweb.runtime import daphne_frames, socket_buffers
+
+from . import protocol, services
 from .generation import Snapshot, conversation_group, done_frame_for, get_manager
 from .models import Message
 from .protocol import FrameError
@@ -75,10 +77,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.max_buffered = settings.MAX_SOCKET_BUFFER_BYTES
         self.bucket = FrameBucket(settings.FRAMES_PER_SECOND, settings.FRAME_BURST)
         self.frame_send = _frame_sender(self.base_send)
-        # Under daphne, text frames go straight to the connection (chat/daphnetuning.py).
-        self.write_text = daphnetuning.text_writer(self.frame_send)
-        # What the connection holds unsent, where the server lets it be known (chat/transport.py).
-        self.buffered = transport.write_buffer_probe(self.frame_send)
+        # Under daphne, text frames go straight to the connection (chutesweb/runtime).
+        self.write_text = daphne_frames.text_writer(self.frame_send)
+        # What the connection holds unsent, where the server lets it be known (chutesweb/runtime).
+        self.buffered = socket_buffers.write_buffer_probe(self.frame_send)
         self.manager = get_manager()
         await self.manager.ensure_started()
         await self.accept()

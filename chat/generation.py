@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import sys
 import time
 import uuid
 import weakref
@@ -28,6 +27,8 @@ from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
+
+from chutesweb.runtime import server_lifecycle
 
 from . import attachments, pricing, protocol, services, upstream
 from .models import Message
@@ -486,7 +487,10 @@ class GenerationManager:
             self._spawn(self._control_loop())
             self._spawn(self._flush_loop())
             self._spawn(self._reaper_loop())
-            _interrupt_before_server_exit(self)
+            # Under daphne, replies are finished before the reactor stops (uvicorn: lifespan).
+            server_lifecycle.before_server_exit(
+                lambda: self.shutdown(grace=settings.SHUTDOWN_GRACE_SECONDS)
+            )
             self._started = True
 
     async def _settle_orphans(self) -> None:
@@ -874,52 +878,6 @@ class GenerationManager:
         for task in list(self._tasks):
             if task not in tasks:
                 task.cancel()
-
-
-_shutdown_hooked = False
-
-
-def start_with_server() -> None:
-    """Under daphne, start this process's background work (saving, the reaper, the control
-    channel, the settling of replies an earlier run left streaming) as soon as the server runs,
-    not at the first websocket. Uvicorn does it on the ASGI lifespan's startup instead."""
-    if "twisted.internet.reactor" not in sys.modules:
-        return
-    from twisted.internet import reactor
-
-    def start() -> None:
-        task = asyncio.ensure_future(get_manager().ensure_started())
-        task.add_done_callback(_log_start_failure)
-
-    # Startup triggers run before the reactor starts its asyncio loop; the manager belongs to
-    # the running loop, so the start waits for the loop's first turn.
-    reactor.callWhenRunning(reactor.callLater, 0, start)
-
-
-def _log_start_failure(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("background work did not start", exc_info=task.exception())
-
-
-def _interrupt_before_server_exit(manager: GenerationManager) -> None:
-    """Under daphne (Twisted), finish this process's replies cleanly before the reactor stops.
-
-    On SIGTERM Twisted runs "before shutdown" triggers and waits for the Deferreds they return,
-    as daphne does for its own connections: replies are interrupted, their text saved and their
-    status set within SHUTDOWN_GRACE_SECONDS. Uvicorn reaches `shutdown()` through the ASGI
-    lifespan protocol instead (see chutesweb.asgi).
-    """
-    global _shutdown_hooked
-    if _shutdown_hooked or "twisted.internet.reactor" not in sys.modules:
-        return
-    from twisted.internet import defer, reactor
-
-    def before_shutdown() -> defer.Deferred[None]:
-        future = asyncio.ensure_future(manager.shutdown(grace=settings.SHUTDOWN_GRACE_SECONDS))
-        return defer.Deferred.fromFuture(future)
-
-    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
-    _shutdown_hooked = True
 
 
 def snapshot_event(snap: Snapshot) -> dict[str, Any]:

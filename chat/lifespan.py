@@ -1,7 +1,7 @@
 """The ASGI lifespan protocol (uvicorn, hypercorn): interrupt running replies cleanly on exit.
 
 Daphne does not speak lifespan; under daphne the same happens through a Twisted shutdown trigger
-(see `chat.generation`).
+(see `chutesweb/runtime/server_lifecycle.py`).
 """
 
 from __future__ import annotations

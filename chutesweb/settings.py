@@ -307,16 +307,18 @@ SHUTDOWN_GRACE_SECONDS = envfloat("SHUTDOWN_GRACE_SECONDS", "5")
 # `streaming` at once rather than waiting for them to go stale. One process needs none.
 WORKER_NAME = os.getenv("WORKER_NAME", "").strip()[:100]
 # Under daphne, send websocket frames at once rather than on the reactor's next turn
-# (chat/daphnetuning.py).
+# (chutesweb/runtime/twisted_writes.py).
 EAGER_SOCKET_WRITES = envbool("EAGER_SOCKET_WRITES", "true")
 # Under daphne, write a reply's text frames to the connection without going through daphne's
-# and autobahn's per-message layers (chat/daphnetuning.py).
+# and autobahn's per-message layers (chutesweb/runtime/daphne_frames.py).
 DIRECT_WEBSOCKET_FRAMES = envbool("DIRECT_WEBSOCKET_FRAMES", "true")
+# RUNTIME_PATCHES_OFF=name,name switches runtime patches off by name, to measure each one; read
+# from the environment by chutesweb/runtime, not here.
 # Leave everything loaded at start-up out of the garbage collector's full passes
-# (chutesweb/asgi.py).
+# (chutesweb/runtime/collector.py).
 GC_FREEZE = envbool("GC_FREEZE", "true")
 # Middle-generation collections between two full passes of the collector (Python's own is 10):
-# each full pass pauses every stream (chutesweb/asgi.py, docs/benchmarks.md).
+# each full pass pauses every stream (chutesweb/runtime/collector.py, docs/benchmarks.md).
 GC_FULL_PASS_EVERY = envint("GC_FULL_PASS_EVERY", "100")
 if GC_FULL_PASS_EVERY < 1:
     raise ImproperlyConfigured(f"GC_FULL_PASS_EVERY must be 1 or more, not {GC_FULL_PASS_EVERY}")

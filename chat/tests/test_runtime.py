@@ -1,4 +1,4 @@
-"""Daphne's per-frame costs removed (chat/daphnetuning.py), on a real reactor and real sockets.
+"""The server's runtime patches (chutesweb/runtime), on a real reactor and real sockets.
 
 The reactor runs in a child process (installing one in the test process would change it for
 every later test). The server there writes small messages, then a body far larger than the
@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 from autobahn.websocket.protocol import WebSocketProtocol
 
-from chat import daphnetuning
+from chutesweb import runtime
+from chutesweb.runtime import daphne_bodies, daphne_frames
 
 from . import processes
 
@@ -38,9 +39,9 @@ SCRIPT = textwrap.dedent(
     from autobahn import util
     from autobahn.websocket import protocol as websocket_protocol
 
-    from chat import daphnetuning
+    from chutesweb import runtime
 
-    installed = daphnetuning.install(eager_writes=sys.argv[1] == "on")
+    installed = runtime.install(eager_writes=sys.argv[1] == "on")
     eager = "eager_writes" in installed
     queued = []
     add_writer = reactor.addWriter
@@ -184,9 +185,10 @@ DIRECT_SCRIPT = (
     from daphne.server import Server
     from websockets.sync.client import connect
 
-    from chat import daphnetuning
+    from chutesweb import runtime
+    from chutesweb.runtime import daphne_frames
 
-    installed = daphnetuning.install(direct_text_frames=sys.argv[1] == "on")
+    installed = runtime.install(direct_text_frames=sys.argv[1] == "on")
     LIMIT = 100_000
     TEXTS = [
         "a",
@@ -206,7 +208,7 @@ DIRECT_SCRIPT = (
             return
         await receive()
         await send({"type": "websocket.accept"})
-        write = daphnetuning.text_writer(send)
+        write = daphne_frames.text_writer(send)
         result["writer"] = write is not None
         for index, text in enumerate(TEXTS):
             if write is not None and write(text):
@@ -281,7 +283,7 @@ def test_a_text_frame_is_the_bytes_autobahn_writes(size: int) -> None:
     )
     payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
     WebSocketProtocol.sendFrame(sender, opcode=1, payload=payload)
-    assert daphnetuning.text_frame(payload) == written[0]
+    assert daphne_frames.text_frame(payload) == written[0]
 
 
 class _Connection:
@@ -315,17 +317,17 @@ def _writer(
 ) -> Any:
     from daphne.server import Server
 
-    monkeypatch.setattr(daphnetuning, "_installed", {"direct_text_frames"})
+    monkeypatch.setattr(runtime, "_installed", {"direct_text_frames"})
     server = types.SimpleNamespace(connections={} if details is None else {connection: details})
     send = functools.partial(types.MethodType(Server.handle_reply, server), connection)
-    return daphnetuning.text_writer(send)
+    return daphne_frames.text_writer(send)
 
 
 def test_the_direct_writer_writes_the_frame_and_counts_it(monkeypatch: pytest.MonkeyPatch) -> None:
     connection = _Connection()
     write = _writer(monkeypatch, connection, {})
     assert write("h\u00e9llo") is True
-    assert connection.written == [daphnetuning.text_frame("h\u00e9llo".encode())]
+    assert connection.written == [daphne_frames.text_frame("h\u00e9llo".encode())]
     stats = connection.trafficStats
     assert (stats.outgoingWebSocketMessages, stats.outgoingOctetsAppLevel) == (1, 6)
     assert stats.outgoingOctetsWireLevel == 8
@@ -378,9 +380,9 @@ def test_no_direct_writer_for_another_send_or_when_turned_off(
     async def other_send(message: dict[str, object]) -> None:
         pass
 
-    assert daphnetuning.text_writer(other_send) is None
-    monkeypatch.setattr(daphnetuning, "_installed", set())
-    assert daphnetuning.text_writer(functools.partial(other_send)) is None
+    assert daphne_frames.text_writer(other_send) is None
+    monkeypatch.setattr(runtime, "_installed", set())
+    assert daphne_frames.text_writer(functools.partial(other_send)) is None
 
 
 FREED_SCRIPT = (
@@ -396,9 +398,9 @@ FREED_SCRIPT = (
     from daphne.server import Server
     from websockets.sync.client import connect
 
-    from chat import daphnetuning
+    from chutesweb import runtime
 
-    installed = sorted(daphnetuning.install()) if sys.argv[1] == "on" else []
+    installed = sorted(runtime.install()) if sys.argv[1] == "on" else []
     CONNECTIONS = 20
     result = {"installed": installed}
 
@@ -488,7 +490,7 @@ def test_body_limits_leave_a_changed_daphne_request_alone(
 
     monkeypatch.setattr(WebRequest, "gotLength", own_got_length, raising=False)
     chunk = WebRequest.handleContentChunk
-    assert daphnetuning._body_limits() is False
+    assert daphne_bodies.apply() is False
     assert WebRequest.gotLength is own_got_length
     assert WebRequest.handleContentChunk is chunk
     assert "WebRequest.gotLength is not Twisted's" in caplog.text
@@ -506,6 +508,6 @@ def test_body_limits_leave_a_changed_twisted_request_alone(
 
     monkeypatch.setattr(http.Request, "requestReceived", received)
     got_length = WebRequest.gotLength
-    assert daphnetuning._body_limits() is False
+    assert daphne_bodies.apply() is False
     assert WebRequest.gotLength is got_length
     assert "Request.requestReceived takes" in caplog.text

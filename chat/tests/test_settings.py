@@ -92,7 +92,7 @@ def test_under_daphne_reply_frames_go_directly_unless_told_not_to(value: str, di
     result = load_settings(
         {"DIRECT_WEBSOCKET_FRAMES": value},
         "(__import__('chutesweb.asgi'), "
-        "sorted(__import__('chat.daphnetuning', fromlist=['_'])._installed))[1]",
+        "sorted(__import__('chutesweb.runtime').runtime.in_force()))[1]",
     )
     assert result.returncode == 0, result.stderr
     installed = json.loads(result.stdout)

@@ -45,6 +45,7 @@ from chat.upstream import (
     pool_stats,
     stream_chat,
 )
+from chutesweb.runtime import httpcore_pool
 
 # The configuration
 
@@ -678,9 +679,9 @@ def _small_pool_client(max_connections: int, max_keepalive: int) -> tuple[httpx.
             max_connections=max_connections, max_keepalive_connections=max_keepalive
         )
     )
-    upstream._tune_pool(transport)
+    httpcore_pool.tune_transport(transport)
     pool = transport._pool
-    assert type(pool) is upstream._LinearPool
+    assert type(pool) is httpcore_pool._LinearPool
     opened: list[Any] = []
     connect = pool._network_backend.connect_tcp
 

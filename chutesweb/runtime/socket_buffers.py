@@ -12,7 +12,9 @@ expose it, so it is found through the server's own objects, for the servers this
   `get_write_buffer_size()`.
 
 Anything else (a test's in-process communicator, another server, a changed layout) gives no
-probe, and the socket is bounded by acknowledgements alone.
+probe, and the socket is bounded by acknowledgements alone. So does a server whose versions are
+not the ones these reads were written for (`daphne_write_buffer` and `uvicorn_write_buffer` in
+chutesweb/runtime/__init__.py): a warning is logged once and no probe is given.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import functools
 import logging
 from collections.abc import Callable
 from typing import Any
+
+from chutesweb.runtime import DAPHNE_WRITE_BUFFER, UVICORN_WRITE_BUFFER, enabled
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +37,15 @@ def write_buffer_probe(send: Any) -> Callable[[], int] | None:
     if isinstance(send, functools.partial) and len(send.args) == 1:
         transport = getattr(send.args[0], "transport", None)
         if transport is not None and all(hasattr(transport, name) for name in _TWISTED_BUFFER):
+            if not enabled(DAPHNE_WRITE_BUFFER):
+                return None
             return functools.partial(_twisted_queued, send.args[0])
         return None
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     size = getattr(transport, "get_write_buffer_size", None)
     if callable(size):
+        if not enabled(UVICORN_WRITE_BUFFER):
+            return None
         return functools.partial(_asyncio_queued, size)
     return None
 

@@ -23,6 +23,7 @@ import pytest
 import trustme
 
 from chat import netio, upstream
+from chutesweb.runtime import httpcore_pool
 
 pytestmark = pytest.mark.asyncio
 
@@ -65,7 +66,7 @@ def response(body: bytes, *, close: bool = False) -> bytes:
 
 def client(**kwargs: object) -> httpx.AsyncClient:
     transport = httpx.AsyncHTTPTransport(**kwargs)  # type: ignore[arg-type]
-    upstream._tune_pool(transport)
+    httpcore_pool.tune_transport(transport)
     return httpx.AsyncClient(transport=transport)
 
 
@@ -115,7 +116,7 @@ async def test_a_request_over_tls_is_verified_and_answered() -> None:
 
 def _plain_transport() -> httpx.AsyncHTTPTransport:
     transport = httpx.AsyncHTTPTransport(verify=ssl.create_default_context())
-    upstream._tune_pool(transport)
+    httpcore_pool.tune_transport(transport)
     return transport
 
 
