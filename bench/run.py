@@ -772,9 +772,12 @@ def environment(options: Options) -> dict[str, Any]:
         "command": "python -m bench.run " + shlex.join(sys.argv[1:]),
         "options": {
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.__dict__.items()},
-            # The app reads it from the environment it inherits (chat/daphnetuning.py).
+            # The app reads these from the environment it inherits (chutesweb/runtime).
             "eager_writes": os.getenv("EAGER_SOCKET_WRITES", "true").lower()
             not in ("0", "false", "no", "off"),
+            "runtime_patches_off": sorted(
+                {name.strip() for name in os.getenv("RUNTIME_PATCHES_OFF", "").split(",")} - {""}
+            ),
         },
     }
 
