@@ -18,6 +18,7 @@ import { PresetsDialog, showPresetNote } from "./presets.js";
 import { ChatSession } from "./session.js";
 import { SettingsPanel } from "./settings.js";
 import { Sidebar } from "./sidebar.js";
+import { ChatSocket } from "./socket.js";
 import { Thread } from "./thread.js";
 import { Transfer } from "./transfer.js";
 import { ImageViewer } from "./viewer.js";
@@ -67,12 +68,19 @@ class ChatApp {
       onStart: (preset) => this.startFromPreset(preset),
       modelName: (id) => this.picker.modelById(id)?.name ?? id,
     });
-    this.session = new ChatSession({
+    // The session sends on the socket and reads what it receives.
+    this.socket = new ChatSocket({
       path: $("app").dataset.wsPath,
+      onFrame: (frame) => this.session.receive(frame),
+      onState: (state) => this.showConnection(state),
+      onOpen: () => this.session.resubscribe(),
+      onRefused: (frame, reason) => this.session.tooLarge(frame, reason),
+      onUnauthorized: () => api.goToLogin(),
+    });
+    this.session = new ChatSession({
+      socket: this.socket,
       messages: this.messages,
       hooks: {
-        onConnection: (state) => this.showConnection(state),
-        onUnauthorized: () => api.goToLogin(),
         onError: (text) => this.composer.showError(text),
         onActivity: (id) => this.sidebar.touch(id),
         onCreated: (id, created) => this.created(id, created),
@@ -99,7 +107,7 @@ class ChatApp {
       model: () => this.picker.selected,
     });
     this.bindPage();
-    this.session.connect();
+    this.socket.connect();
     await this.picker.load();
     await this.sidebar.reload();
     const id = conversationFromUrl();
@@ -257,7 +265,7 @@ class ChatApp {
     this.session.send(content, {
       model: this.picker.selected,
       images: this.tray.take(),
-      pendingNote: pendingNote(this.session.isOpen),
+      pendingNote: pendingNote(this.socket.isOpen),
     });
   }
 

@@ -1,16 +1,16 @@
 // The chat session with the server (docs/protocol.md): the open conversation and its messages
-// (a MessageList), its re-reads and the changes saved to it over HTTP, the websocket, the
-// requests sent on it until `accepted` or `error` answers them, the conversations this socket
-// watches, and resyncs after a missed frame. What each frame received changes is in frames.js.
+// (a MessageList), its re-reads and the changes saved to it over HTTP, the requests sent on the
+// websocket until `accepted` or `error` answers them, the conversations the socket watches, and
+// resyncs after a missed frame. What each frame received changes is in frames.js.
 //
-// No DOM: the page passes callbacks (`hooks`, listed in the constructor) and draws what changed.
+// No DOM: the page gives it the socket (socket.js) and passes on what the socket receives, and
+// registers callbacks (`hooks`, listed in the constructor) to draw what changed.
 // `view` changes with every conversation switch: late answers for an old view are dropped.
 // `shape` changes whenever the page itself adds or removes messages, so that a re-read asked
 // for before such a change cannot undo it.
 
 import * as api from "./api.js";
 import { FrameHandler } from "./frames.js";
-import { ChatSocket } from "./socket.js";
 
 // The server lets a socket watch MAX_WATCHED_CONVERSATIONS (20 by default); conversations left
 // recently stay watched so that their titles still reach the sidebar.
@@ -33,13 +33,13 @@ function firstLine(content) {
 const NEW_CHAT_SETTINGS = () => ({ system_prompt: "", params: {} });
 
 export class ChatSession {
-  // path: the websocket's path; messages: the MessageList of the open conversation.
-  // hooks: onConnection(state), onUnauthorized(), onError(text), onActivity(conversationId),
-  // onCreated(id, {title, model, here}), onMessages({scroll}) (questions or replies were added
-  // or removed), onDetail(conversation) (the server's read was merged), onTitle(id, title,
-  // here), onRefused(request, text), onGone(id) (the open conversation no longer exists),
-  // onModelUnavailable().
-  constructor({ path, messages, hooks }) {
+  // socket: a ChatSocket; messages: the MessageList of the open conversation.
+  // hooks: onError(text), onActivity(conversationId), onCreated(id, {title, model, here}),
+  // onMessages({scroll}) (questions or replies were added or removed), onDetail(conversation)
+  // (the server's read was merged), onTitle(id, title, here), onRefused(request, text),
+  // onGone(id) (the open conversation no longer exists), onModelUnavailable().
+  constructor({ socket, messages, hooks }) {
+    this.socket = socket;
     this.messages = messages;
     this.hooks = hooks;
     this.conversationId = null;
@@ -57,30 +57,31 @@ export class ChatSession {
     this.refreshAgain = false;
     this.resyncing = false;
     this.frames = new FrameHandler(this);
-    this.socket = new ChatSocket({
-      path,
-      onFrame: (frame) => this.frames.handle(frame),
-      onState: (state) => hooks.onConnection(state),
-      onOpen: () => this.resubscribe(),
-      // The server closed the socket on a frame larger than it takes (1009): that request is
-      // refused, with the server's reason, and its text given back.
-      onRefused: (frame, reason) =>
-        this.frames.handle({
-          type: "error",
-          code: "content_too_long",
-          message: reason || "This message is too large to send.",
-          request_id: frame.request_id,
-        }),
-      onUnauthorized: () => hooks.onUnauthorized(),
+  }
+
+  // The socket's frames ------------------------------------------------------------------------
+
+  receive(frame) {
+    this.frames.handle(frame);
+  }
+
+  // The server closed the socket on a frame larger than it takes (1009): that request is
+  // refused, with the server's reason, and its text given back.
+  tooLarge(frame, reason) {
+    this.frames.handle({
+      type: "error",
+      code: "content_too_long",
+      message: reason || "This message is too large to send.",
+      request_id: frame.request_id,
     });
   }
 
-  connect() {
-    this.socket.connect();
-  }
-
-  get isOpen() {
-    return this.socket.isOpen;
+  // After (re)connecting: the server forgot what this socket watched.
+  resubscribe() {
+    this.watched = [];
+    this.resyncing = false;
+    this.frames.forgetPieces();
+    if (this.conversationId !== null) this.watch(this.conversationId);
   }
 
   // Conversations ------------------------------------------------------------------------------
@@ -215,14 +216,6 @@ export class ChatSession {
   unwatch(id) {
     this.watched = this.watched.filter((other) => other !== id);
     if (this.socket.isOpen) this.socket.send({ type: "unwatch", conversation: id });
-  }
-
-  // After (re)connecting: the server forgot what this socket watched.
-  resubscribe() {
-    this.watched = [];
-    this.resyncing = false;
-    this.frames.forgetPieces();
-    if (this.conversationId !== null) this.watch(this.conversationId);
   }
 
   // A frame went missing: the server answers with an exact snapshot of each reply in flight.
