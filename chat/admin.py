@@ -17,7 +17,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 
-from . import budgets, protocol, sync, upstream, usage
+from . import budgets, errors, protocol, sync, upstream, usage
 from .models import (
     Charge,
     ChatModel,
@@ -399,7 +399,7 @@ class PresetForm(ModelForm):
         raw = self.cleaned_data.get("params")
         try:
             params = protocol.parse_params(raw)
-        except protocol.FrameError as exc:
+        except errors.Refused as exc:
             raise ValidationError(exc.message) from None
         if params.system_prompt is not None:
             raise ValidationError("Set the system prompt in its own field.")

@@ -13,10 +13,10 @@ from django.db.models import Q, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from . import attachments, budgets, pricing, protocol, services
-from .http import AuthenticatedHttpRequest, api_login_required, json_error
+from . import attachments, budgets, errors, pricing, protocol, services
+from .errors import Refused
+from .http import AuthenticatedHttpRequest, api_login_required, json_error, refused
 from .models import Conversation, Message
-from .protocol import FrameError
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -123,14 +123,14 @@ def _read_json(request: HttpRequest) -> dict[str, Any]:
     try:
         data = json.loads(request.body or b"{}")
     except (ValueError, RecursionError):
-        raise FrameError(protocol.INVALID_FRAME, "The body is not valid JSON.") from None
+        raise Refused(errors.INVALID_FRAME, "The body is not valid JSON.") from None
     if not isinstance(data, dict):
-        raise FrameError(protocol.INVALID_FRAME, "The body must be a JSON object.")
+        raise Refused(errors.INVALID_FRAME, "The body must be a JSON object.")
     # Caught here, for every field at once: such a string fails when it is saved or compared.
     bad = protocol.lone_surrogate_at(data)
     if bad is not None:
         where = f"'{protocol.json_path(bad)}'"
-        raise FrameError(protocol.INVALID_FRAME, protocol.lone_surrogate_message(where))
+        raise Refused(errors.INVALID_FRAME, protocol.lone_surrogate_message(where))
     return data
 
 
@@ -138,14 +138,14 @@ def _apply_changes(conversation: Conversation, data: dict[str, Any]) -> list[str
     fields: list[str] = []
     unknown = set(data) - {"title", "system_prompt", "params", "model"}
     if unknown:
-        raise FrameError(protocol.INVALID_FRAME, f"Unknown field '{sorted(unknown)[0]}'.")
+        raise Refused(errors.INVALID_FRAME, f"Unknown field '{sorted(unknown)[0]}'.")
     if "title" in data:
         title = data["title"]
         if not isinstance(title, str) or not title.strip():
-            raise FrameError(protocol.INVALID_FRAME, "The title must be non-empty text.")
+            raise Refused(errors.INVALID_FRAME, "The title must be non-empty text.")
         if len(title) > MAX_TITLE_CHARS:
-            raise FrameError(
-                protocol.CONTENT_TOO_LONG, f"Titles are limited to {MAX_TITLE_CHARS} characters."
+            raise Refused(
+                errors.CONTENT_TOO_LONG, f"Titles are limited to {MAX_TITLE_CHARS} characters."
             )
         conversation.title = title.strip()
         conversation.title_is_custom = True
@@ -157,13 +157,13 @@ def _apply_changes(conversation: Conversation, data: dict[str, Any]) -> list[str
     if "params" in data:
         params = protocol.parse_params(data["params"])
         if params.system_prompt is not None:
-            raise FrameError(protocol.INVALID_FRAME, "Set 'system_prompt' at the top level.")
+            raise Refused(errors.INVALID_FRAME, "Set 'system_prompt' at the top level.")
         conversation.params = params.as_json()
         fields.append("params")
     if "model" in data:
         model_id = data["model"]
         if not isinstance(model_id, str):
-            raise FrameError(protocol.INVALID_FRAME, "'model' must be a model id.")
+            raise Refused(errors.INVALID_FRAME, "'model' must be a model id.")
         conversation.model = services.usable_model(model_id, "")
         fields.append("model")
     return fields
@@ -183,8 +183,8 @@ def conversation(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         return HttpResponse(status=HTTPStatus.NO_CONTENT)
     try:
         fields = _apply_changes(found, _read_json(request))
-    except FrameError as exc:
-        return json_error(exc.code, exc.message, HTTPStatus.BAD_REQUEST)
+    except Refused as exc:
+        return refused(exc)
     if fields:
         found.save(update_fields=[*fields, "updated_at"])
     return JsonResponse(conversation_detail(found))
@@ -200,7 +200,7 @@ def me(request: AuthenticatedHttpRequest) -> JsonResponse:
             data = _read_json(request)
             unknown = set(data) - {"default_model"}
             if unknown:
-                raise FrameError(protocol.INVALID_FRAME, f"Unknown field '{sorted(unknown)[0]}'.")
+                raise Refused(errors.INVALID_FRAME, f"Unknown field '{sorted(unknown)[0]}'.")
             if "default_model" in data:
                 model_id = data["default_model"]
                 if model_id is None:
@@ -208,9 +208,9 @@ def me(request: AuthenticatedHttpRequest) -> JsonResponse:
                 elif isinstance(model_id, str):
                     profile.default_model = services.usable_model(model_id, "")
                 else:
-                    raise FrameError(protocol.INVALID_FRAME, "'default_model' must be a model id.")
-        except FrameError as exc:
-            return json_error(exc.code, exc.message, HTTPStatus.BAD_REQUEST)
+                    raise Refused(errors.INVALID_FRAME, "'default_model' must be a model id.")
+        except Refused as exc:
+            return refused(exc)
         profile.save(update_fields=["default_model"])
     current = budgets.standing(request.user)
     return JsonResponse(

@@ -14,11 +14,11 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import attachments, exports, protocol, services
+from . import attachments, errors, exports, protocol, services
 from .api import conversation_detail
-from .http import AuthenticatedHttpRequest, api_login_required, json_error
+from .errors import Refused
+from .http import AuthenticatedHttpRequest, api_login_required, json_error, refused
 from .models import Attachment, Conversation, Preset, ShareLink
-from .protocol import FrameError
 
 
 def _not_found(what: str = "conversation") -> JsonResponse:
@@ -29,14 +29,14 @@ def _body(request: HttpRequest) -> dict[str, Any]:
     try:
         data = json.loads(request.body or b"{}")
     except (ValueError, RecursionError):
-        raise FrameError(protocol.INVALID_FRAME, "The body is not valid JSON.") from None
+        raise Refused(errors.INVALID_FRAME, "The body is not valid JSON.") from None
     if not isinstance(data, dict):
-        raise FrameError(protocol.INVALID_FRAME, "The body must be a JSON object.")
+        raise Refused(errors.INVALID_FRAME, "The body must be a JSON object.")
     # Caught here, for every field at once: such a string fails when it is saved or compared.
     bad = protocol.lone_surrogate_at(data)
     if bad is not None:
         where = f"'{protocol.json_path(bad)}'"
-        raise FrameError(protocol.INVALID_FRAME, protocol.lone_surrogate_message(where))
+        raise Refused(errors.INVALID_FRAME, protocol.lone_surrogate_message(where))
     return data
 
 
@@ -78,9 +78,8 @@ def image(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 def show_version(request: AuthenticatedHttpRequest, pk: int) -> JsonResponse:
     try:
         conversation = services.show_version(request.user, pk)
-    except FrameError as exc:
-        status = HTTPStatus.NOT_FOUND if exc.code == "not_found" else HTTPStatus.CONFLICT
-        return json_error(exc.code, exc.message, status)
+    except Refused as exc:
+        return refused(exc)
     return JsonResponse(conversation_detail(conversation))
 
 
@@ -173,10 +172,10 @@ def shares(request: AuthenticatedHttpRequest, pk: int) -> JsonResponse:
             for name in ("include_reasoning", "include_costs", "include_system_prompt"):
                 value = data.get(name, False)
                 if not isinstance(value, bool):
-                    raise FrameError(protocol.INVALID_FRAME, f"'{name}' must be true or false.")
+                    raise Refused(errors.INVALID_FRAME, f"'{name}' must be true or false.")
                 flags[name] = value
-        except FrameError as exc:
-            return json_error(exc.code, exc.message, HTTPStatus.BAD_REQUEST)
+        except Refused as exc:
+            return refused(exc)
         share = services.create_share(conversation, **flags)
         return JsonResponse(share_json(share, request), status=HTTPStatus.CREATED)
     live = conversation.shares.filter(revoked_at__isnull=True)
@@ -223,16 +222,16 @@ def preset_json(preset: Preset, request: HttpRequest) -> dict[str, Any]:
 def _apply_preset(preset: Preset, data: dict[str, Any]) -> None:
     unknown = set(data) - {"name", "model", "system_prompt", "params"}
     if unknown:
-        raise FrameError(protocol.INVALID_FRAME, f"Unknown field '{sorted(unknown)[0]}'.")
+        raise Refused(errors.INVALID_FRAME, f"Unknown field '{sorted(unknown)[0]}'.")
     if "name" in data or preset.pk is None:
         name = data.get("name")
         if not isinstance(name, str) or not name.strip() or len(name) > 80:
-            raise FrameError(protocol.INVALID_FRAME, "The name must be 1 to 80 characters.")
+            raise Refused(errors.INVALID_FRAME, "The name must be 1 to 80 characters.")
         preset.name = name.strip()
     if "model" in data:
         model_id = data["model"]
         if model_id is not None and not isinstance(model_id, str):
-            raise FrameError(protocol.INVALID_FRAME, "'model' must be a model id.")
+            raise Refused(errors.INVALID_FRAME, "'model' must be a model id.")
         preset.model = None if model_id is None else services.usable_model(model_id, "")
     if "system_prompt" in data:
         preset.system_prompt = (
@@ -241,7 +240,7 @@ def _apply_preset(preset: Preset, data: dict[str, Any]) -> None:
     if "params" in data:
         params = protocol.parse_params(data["params"])
         if params.system_prompt is not None:
-            raise FrameError(protocol.INVALID_FRAME, "Set 'system_prompt' at the top level.")
+            raise Refused(errors.INVALID_FRAME, "Set 'system_prompt' at the top level.")
         preset.params = params.as_json()
 
 
@@ -258,8 +257,8 @@ def presets(request: AuthenticatedHttpRequest) -> JsonResponse:
         preset = Preset(owner=request.user)
         try:
             _apply_preset(preset, _body(request))
-        except FrameError as exc:
-            return json_error(exc.code, exc.message, HTTPStatus.BAD_REQUEST)
+        except Refused as exc:
+            return refused(exc)
         preset.save()
         return JsonResponse(preset_json(preset, request), status=HTTPStatus.CREATED)
     return JsonResponse({"presets": [preset_json(p, request) for p in _visible_presets(request)]})
@@ -281,7 +280,7 @@ def preset(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         return HttpResponse(status=HTTPStatus.NO_CONTENT)
     try:
         _apply_preset(found, _body(request))
-    except FrameError as exc:
-        return json_error(exc.code, exc.message, HTTPStatus.BAD_REQUEST)
+    except Refused as exc:
+        return refused(exc)
     found.save()
     return JsonResponse(preset_json(found, request))

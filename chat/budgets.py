@@ -17,10 +17,10 @@ from django.contrib.auth.models import User
 from django.db.models import Q, Sum
 from django.utils import timezone
 
-from . import protocol, rows
+from . import errors, rows
+from .errors import Refused
 from .models import Charge, Profile
 from .pricing import usd
-from .protocol import FrameError
 
 ZERO = Decimal(0)
 
@@ -99,8 +99,8 @@ def check_budget(user: User, worst_case: Decimal, request_id: str) -> None:
             if current.reserved
             else ""
         )
-        raise FrameError(
-            protocol.BUDGET_EXCEEDED,
+        raise Refused(
+            errors.BUDGET_EXCEEDED,
             f"This reply could cost up to {usd(worst_case)}, and {usd(remaining)} is left of "
             f"your {usd(limit)} monthly limit{running}. Pick a cheaper model, lower "
             "the maximum reply length, or ask an admin to raise your limit.",

@@ -18,10 +18,10 @@ from django.utils import timezone
 
 from chutesweb.runtime import daphne_frames, socket_buffers
 
-from . import protocol, services
+from . import errors, protocol, services
+from .errors import Refused
 from .generation import Snapshot, conversation_group, done_frame_for, get_manager
 from .models import Message
-from .protocol import FrameError
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -104,8 +104,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         request_id = None
         try:
             if verdict is FrameBucket.REFUSE:
-                raise FrameError(
-                    protocol.RATE_LIMITED,
+                raise Refused(
+                    errors.RATE_LIMITED,
                     "Too many frames: slow down. Further frames are ignored for a moment.",
                 )
             frame = protocol.parse_client_frame(text_data)
@@ -124,7 +124,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.handle_resync(frame.conversation)
             elif isinstance(frame, protocol.Retitle):
                 await self.handle_retitle(frame.conversation)
-        except FrameError as exc:
+        except Refused as exc:
             await self.send_frame(
                 protocol.error_frame(exc.code, exc.message, exc.request_id or request_id)
             )
@@ -176,8 +176,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_frame(protocol.watching_frame(conversation_id, streaming))
             return
         if len(self.watching) >= settings.MAX_WATCHED_CONVERSATIONS:
-            raise FrameError(
-                protocol.INVALID_FRAME,
+            raise Refused(
+                errors.INVALID_FRAME,
                 f"A connection can watch at most {settings.MAX_WATCHED_CONVERSATIONS} "
                 "conversations; unwatch one first.",
             )

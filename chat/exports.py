@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import pricing, protocol
+from . import errors, pricing, protocol
 from .attachments import ImageRefused, StorageFull, inspect, reserve_storage
 from .models import Attachment, ChatModel, Conversation, Message
 
@@ -168,7 +168,7 @@ def _params(value: Any, where: str) -> dict[str, Any]:
     """The conversation's parameters, through the same check as every other way in."""
     try:
         params = protocol.parse_params(value if value is not None else {})
-    except protocol.FrameError as exc:
+    except errors.Refused as exc:
         raise ImportRefused(f"{where}: {exc.message.rstrip('.')}") from None
     _require(params.system_prompt is None, where, "must not hold system_prompt")
     return params.as_json()

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from .errors import Refused
+
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
@@ -22,6 +24,12 @@ class AuthenticatedHttpRequest(HttpRequest):
 
 def json_error(code: str, message: str, status: int) -> JsonResponse:
     return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+def refused(exc: Refused) -> JsonResponse:
+    """A refused request as the JSON API answers it: its code and message, with the code's
+    HTTP status (chat/errors.py)."""
+    return json_error(exc.code, exc.message, exc.status)
 
 
 def api_login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

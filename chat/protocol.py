@@ -15,45 +15,11 @@ from typing import Any
 
 from django.conf import settings
 
-# Error codes a refused frame can carry.
-INVALID_FRAME = "invalid_frame"
-NOT_FOUND = "not_found"
-MODEL_UNAVAILABLE = "model_unavailable"
-CONTENT_TOO_LONG = "content_too_long"
-TOO_MANY_GENERATIONS = "too_many_generations"
-RATE_LIMITED = "rate_limited"
-BUDGET_EXCEEDED = "budget_exceeded"
-NOT_CONFIGURED = "not_configured"
-CONFLICT = "conflict"
-VISION_REQUIRED = "vision_required"
-ERROR_CODES = frozenset(
-    {
-        VISION_REQUIRED,
-        INVALID_FRAME,
-        NOT_FOUND,
-        MODEL_UNAVAILABLE,
-        CONTENT_TOO_LONG,
-        TOO_MANY_GENERATIONS,
-        RATE_LIMITED,
-        BUDGET_EXCEEDED,
-        NOT_CONFIGURED,
-        CONFLICT,
-    }
-)
+from .errors import CONTENT_TOO_LONG, INVALID_FRAME, Refused
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_SYSTEM_PROMPT_CHARS = 20_000
 MAX_MODEL_ID_CHARS = 200
-
-
-class FrameError(Exception):
-    """A frame refused before anything was changed. The socket stays open."""
-
-    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
 
 
 @dataclass(frozen=True)
@@ -134,8 +100,8 @@ class Ack:
 ClientFrame = Send | Regenerate | Edit | Stop | Watch | Unwatch | Resync | Retitle | Ack
 
 
-def _invalid(message: str, request_id: str | None = None) -> FrameError:
-    return FrameError(INVALID_FRAME, message, request_id)
+def _invalid(message: str, request_id: str | None = None) -> Refused:
+    return Refused(INVALID_FRAME, message, request_id)
 
 
 def _id(data: dict[str, Any], key: str, request_id: str | None = None) -> int:
@@ -261,7 +227,7 @@ def parse_params(raw: Any, request_id: str = "") -> Params:
         if has_lone_surrogate(system_prompt):
             raise _invalid(lone_surrogate_message("'params.system_prompt'"), request_id or None)
         if len(system_prompt) > MAX_SYSTEM_PROMPT_CHARS:
-            raise FrameError(
+            raise Refused(
                 CONTENT_TOO_LONG,
                 f"The system prompt is longer than {MAX_SYSTEM_PROMPT_CHARS} characters.",
                 request_id or None,
@@ -284,7 +250,7 @@ def stored_params(raw: object) -> Params:
         if key in raw:
             try:
                 parse_params({key: raw[key]})
-            except FrameError:
+            except Refused:
                 continue
             kept[key] = raw[key]
     return parse_params(kept)
@@ -296,7 +262,7 @@ def _content(data: dict[str, Any], request_id: str) -> str:
         raise _invalid("'content' must be non-empty text.", request_id)
     limit = settings.MAX_MESSAGE_CHARS
     if len(content) > limit:
-        raise FrameError(
+        raise Refused(
             CONTENT_TOO_LONG,
             f"The message is {len(content):,} characters long; the limit is {limit:,}.",
             request_id,
@@ -314,18 +280,16 @@ def _images(data: dict[str, Any], request_id: str) -> tuple[int, ...]:
         raise _invalid("'images' must be a list of uploaded image ids.", request_id)
     limit = settings.MAX_IMAGES_PER_MESSAGE
     if len(images) > limit:
-        raise FrameError(
-            CONTENT_TOO_LONG, f"A message can carry at most {limit} images.", request_id
-        )
+        raise Refused(CONTENT_TOO_LONG, f"A message can carry at most {limit} images.", request_id)
     return tuple(dict.fromkeys(images))
 
 
 def parse_client_frame(text: str | None) -> ClientFrame:
-    """Parse one text frame. Raises FrameError with a code and a message for the user."""
+    """Parse one text frame. Raises Refused with a code and a message for the user."""
     if text is None:
         raise _invalid("Send JSON text frames.")
     if len(text) > settings.MAX_FRAME_CHARS:
-        raise FrameError(
+        raise Refused(
             CONTENT_TOO_LONG, f"Frames are limited to {settings.MAX_FRAME_CHARS:,} characters."
         )
     try:

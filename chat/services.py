@@ -19,8 +19,9 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import budgets, pricing, protocol, rows
+from . import budgets, errors, pricing, protocol, rows
 from .attachments import data_uri, image_tokens
+from .errors import Refused
 from .models import (
     Attachment,
     Charge,
@@ -32,7 +33,7 @@ from .models import (
     Profile,
     ShareLink,
 )
-from .protocol import Edit, FrameError, Params, Regenerate, Send
+from .protocol import Edit, Params, Regenerate, Send
 from .upstream import NOT_CONFIGURED_MESSAGE, UpstreamConfig
 
 logger = logging.getLogger(__name__)
@@ -179,27 +180,27 @@ class Outcome:
 
 
 def owned_conversation(user: User, conversation_id: int) -> Conversation:
-    """The user's conversation, or FrameError(not_found) whether or not it exists."""
+    """The user's conversation, or Refused(not_found) whether or not it exists."""
     conversation = Conversation.objects.filter(pk=conversation_id, owner=user).first()
     if conversation is None:
-        raise FrameError(protocol.NOT_FOUND, "No such conversation.")
+        raise Refused(errors.NOT_FOUND, "No such conversation.")
     return conversation
 
 
 def usable_model(model_id: str | None, request_id: str) -> ChatModel:
     if not model_id:
-        raise FrameError(protocol.MODEL_UNAVAILABLE, "Pick a model first.", request_id)
+        raise Refused(errors.MODEL_UNAVAILABLE, "Pick a model first.", request_id)
     model = rows.one_by(ChatModel, "model_id", model_id)
     if model is None or not model.enabled:
-        raise FrameError(
-            protocol.MODEL_UNAVAILABLE,
+        raise Refused(
+            errors.MODEL_UNAVAILABLE,
             f"The model '{model_id}' is not available. Pick another model.",
             request_id,
         )
     if not model.priced:
         # Never bill at an unknown rate.
-        raise FrameError(
-            protocol.MODEL_UNAVAILABLE,
+        raise Refused(
+            errors.MODEL_UNAVAILABLE,
             f"The model '{model_id}' has no price yet. Pick another model.",
             request_id,
         )
@@ -260,15 +261,15 @@ def _sender_state(user: User, request_id: str) -> SenderState:
 
 def _check_limits(state: SenderState, request_id: str) -> None:
     if state.streaming >= settings.MAX_CONCURRENT_GENERATIONS:
-        raise FrameError(
-            protocol.TOO_MANY_GENERATIONS,
+        raise Refused(
+            errors.TOO_MANY_GENERATIONS,
             f"You already have {state.streaming} replies in progress. "
             "Wait for one to finish or stop it.",
             request_id,
         )
     if state.recent >= settings.MESSAGES_PER_MINUTE:
-        raise FrameError(
-            protocol.RATE_LIMITED,
+        raise Refused(
+            errors.RATE_LIMITED,
             f"You can send {settings.MESSAGES_PER_MINUTE} messages a minute. Try again shortly.",
             request_id,
         )
@@ -276,7 +277,7 @@ def _check_limits(state: SenderState, request_id: str) -> None:
 
 def _check_configured(request_id: str) -> None:
     if not UpstreamConfig.from_settings().configured:
-        raise FrameError(protocol.NOT_CONFIGURED, NOT_CONFIGURED_MESSAGE, request_id)
+        raise Refused(errors.NOT_CONFIGURED, NOT_CONFIGURED_MESSAGE, request_id)
 
 
 def active_path(conversation: Conversation) -> list[Message]:
@@ -350,8 +351,8 @@ def build_prompt(
             turns.pop(0)
     room = model.context_length - total
     if room < min(max_tokens, MIN_REPLY_TOKENS):
-        raise FrameError(
-            protocol.CONTENT_TOO_LONG,
+        raise Refused(
+            errors.CONTENT_TOO_LONG,
             f"The message is too long for {model.name}'s context of "
             f"{model.context_length:,} tokens. Shorten it or pick a model with a longer context.",
             request_id,
@@ -520,8 +521,8 @@ def _check_shown(message: Message, what: str, request_id: str) -> None:
     prompt from the wrong turns and hide the conversation's current replies, a streaming one
     included, which would go on being written and billed out of sight."""
     if not message.active:
-        raise FrameError(
-            protocol.CONFLICT,
+        raise Refused(
+            errors.CONFLICT,
             f"This {what} has been replaced since the page showed it. "
             "Reload the conversation to see its latest version.",
             request_id,
@@ -589,8 +590,8 @@ def _accept_send(user: User, frame: Send, state: SenderState) -> GenerationPlan:
         ).update(message=question)
         if attached != len(images):
             # Removed meanwhile (never-sent images are swept after a while).
-            raise FrameError(
-                protocol.NOT_FOUND,
+            raise Refused(
+                errors.NOT_FOUND,
                 "An image was not found; upload it again.",
                 frame.request_id,
             )
@@ -620,11 +621,11 @@ def _accept_regenerate(user: User, frame: Regenerate, state: SenderState) -> Gen
         .first()
     )
     if old is None or old.conversation.owner_id != user.pk:
-        raise FrameError(protocol.NOT_FOUND, "No such message.", frame.request_id)
+        raise Refused(errors.NOT_FOUND, "No such message.", frame.request_id)
     _check_shown(old, "reply", frame.request_id)
     if old.status == Message.Status.STREAMING:
-        raise FrameError(
-            protocol.CONFLICT,
+        raise Refused(
+            errors.CONFLICT,
             "This reply is still being written. Stop it first.",
             frame.request_id,
         )
@@ -656,14 +657,14 @@ def _accept_edit(user: User, frame: Edit, state: SenderState) -> GenerationPlan:
         .first()
     )
     if old is None or old.conversation.owner_id != user.pk:
-        raise FrameError(protocol.NOT_FOUND, "No such message.", frame.request_id)
+        raise Refused(errors.NOT_FOUND, "No such message.", frame.request_id)
     _check_shown(old, "question", frame.request_id)
     conversation = old.conversation
     if conversation.messages.filter(
         pk__gt=old.pk, active=True, status=Message.Status.STREAMING
     ).exists():
-        raise FrameError(
-            protocol.CONFLICT,
+        raise Refused(
+            errors.CONFLICT,
             "A reply to this question is still being written. Stop it first.",
             frame.request_id,
         )
@@ -683,8 +684,8 @@ def _accept_edit(user: User, frame: Edit, state: SenderState) -> GenerationPlan:
     # The edited question keeps its images (copied: the old one stays as it was).
     copies = list(old.attachments.all())
     if copies and not model.vision:
-        raise FrameError(
-            protocol.VISION_REQUIRED,
+        raise Refused(
+            errors.VISION_REQUIRED,
             f"{model.name} cannot read images. Pick a vision model for this question.",
             frame.request_id,
         )
@@ -713,14 +714,14 @@ def _unsent_images(
     if not ids:
         return []
     if not model.vision:
-        raise FrameError(
-            protocol.VISION_REQUIRED,
+        raise Refused(
+            errors.VISION_REQUIRED,
             f"{model.name} cannot read images. Pick a model marked vision, or remove the images.",
             request_id,
         )
     images = list(Attachment.objects.filter(pk__in=ids, owner=user, message__isnull=True))
     if len(images) != len(ids):
-        raise FrameError(protocol.NOT_FOUND, "An image was not found; upload it again.", request_id)
+        raise Refused(errors.NOT_FOUND, "An image was not found; upload it again.", request_id)
     return images
 
 
@@ -731,7 +732,7 @@ def usable_preset(user: User, preset_id: int, request_id: str) -> Preset:
         .first()
     )
     if preset is None:
-        raise FrameError(protocol.NOT_FOUND, "No such preset.", request_id)
+        raise Refused(errors.NOT_FOUND, "No such preset.", request_id)
     return preset
 
 
@@ -781,7 +782,7 @@ def owned_reply(user: User, message_id: int) -> Message:
         .first()
     )
     if reply is None or reply.conversation.owner_id != user.pk:
-        raise FrameError(protocol.NOT_FOUND, "No such message.")
+        raise Refused(errors.NOT_FOUND, "No such message.")
     return reply
 
 
@@ -1134,7 +1135,7 @@ def plan_title(message_id: int, *, again: bool = False) -> TitlePlan | None:
         )
         try:
             budgets.check_budget(reply.user, worst_case, "")
-        except FrameError:
+        except Refused:
             return None  # the first line of the question stays the title
         charge = Charge.objects.create(
             user=reply.user,
@@ -1161,7 +1162,7 @@ def plan_title(message_id: int, *, again: bool = False) -> TitlePlan | None:
 
 def first_exchange_reply(user: User, conversation_id: int) -> int:
     """The finished reply of the conversation's first question as it reads now: what a new
-    title is written from. FrameError when there is none yet."""
+    title is written from. Refused when there is none yet."""
     conversation = owned_conversation(user, conversation_id)
     path = [m for m in active_path(conversation)]
     question = next((m for m in path if m.role == Message.Role.USER), None)
@@ -1177,7 +1178,7 @@ def first_exchange_reply(user: User, conversation_id: int) -> int:
         None,
     )
     if reply is None:
-        raise FrameError(protocol.CONFLICT, "A title is written once the first reply is complete.")
+        raise Refused(errors.CONFLICT, "A title is written once the first reply is complete.")
     return reply.pk
 
 
@@ -1252,12 +1253,10 @@ def show_version(user: User, message_id: int) -> Conversation:
             Message.objects.filter(pk=message_id, user=user).select_related("conversation").first()
         )
         if target is None or target.conversation.owner_id != user.pk:
-            raise FrameError(protocol.NOT_FOUND, "No such message.")
+            raise Refused(errors.NOT_FOUND, "No such message.")
         conversation = target.conversation
         if conversation.messages.filter(status=Message.Status.STREAMING).exists():
-            raise FrameError(
-                protocol.CONFLICT, "A reply is still being written. Wait or stop it first."
-            )
+            raise Refused(errors.CONFLICT, "A reply is still being written. Wait or stop it first.")
         rows = list(conversation.messages.values_list("pk", "parent_id"))
         parent_of = dict(rows)
         children: dict[int | None, list[int]] = {}

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from chat import budgets, protocol, services
+from chat import budgets, errors, protocol, services
 from chat.models import Conversation, Preset
 
 from .test_api_conversations import make_conversation, patch
@@ -214,8 +214,8 @@ def test_preset_params_are_refused_naming_the_field(
 @pytest.mark.parametrize(("params", "field"), BAD_PARAMS)
 def test_send_frame_params_are_refused_naming_the_field(params: dict[str, Any], field: str) -> None:
     frame = send_frame("hi", model=MODEL, params=params, request_id="r1")
-    with pytest.raises(protocol.FrameError) as refused:
+    with pytest.raises(errors.Refused) as refused:
         protocol.parse_client_frame(json.dumps(frame))
-    assert refused.value.code == protocol.INVALID_FRAME
+    assert refused.value.code == errors.INVALID_FRAME
     assert refused.value.request_id == "r1"
     assert field in refused.value.message

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from chat import exports, protocol
+from chat import errors, exports, protocol
 from chat.models import Conversation, Message, Preset
 
 from .test_api_conversations import make_conversation, patch
@@ -61,9 +61,9 @@ def wire(value: Any) -> str:
 def test_a_frame_with_a_lone_surrogate_is_an_invalid_frame_naming_the_field(
     frame: dict[str, Any], field: str
 ) -> None:
-    with pytest.raises(protocol.FrameError) as refused:
+    with pytest.raises(errors.Refused) as refused:
         protocol.parse_client_frame(wire(frame))
-    assert refused.value.code == protocol.INVALID_FRAME
+    assert refused.value.code == errors.INVALID_FRAME
     assert refused.value.request_id == "r1"
     assert field in refused.value.message
     assert "surrogate" in refused.value.message
@@ -93,7 +93,7 @@ async def test_a_lone_surrogate_over_the_socket_is_answered_and_the_socket_stays
         await socket.send(frame)
         answer = await socket.recv()
         assert answer["type"] == "error", answer
-        assert answer["code"] == protocol.INVALID_FRAME
+        assert answer["code"] == errors.INVALID_FRAME
         assert answer["request_id"] == frame["request_id"]
     # Still open and answering, and nothing was written.
     await socket.send({"type": "unwatch", "conversation": 987_654_321})
@@ -123,7 +123,7 @@ def test_a_conversation_change_with_a_lone_surrogate_is_a_400_naming_the_field(
     response = patch(user_client, f"/api/conversations/{conversation.pk}", body)
     assert response.status_code == HTTPStatus.BAD_REQUEST
     error = response.json()["error"]
-    assert error["code"] == protocol.INVALID_FRAME
+    assert error["code"] == errors.INVALID_FRAME
     assert field in error["message"] and "surrogate" in error["message"]
     conversation.refresh_from_db()
     assert (conversation.title, conversation.system_prompt) == ("Keep me", "")
@@ -278,9 +278,9 @@ def test_any_frame_with_a_lone_surrogate_anywhere_is_an_invalid_frame(
     injected: tuple[dict[str, Any], tuple[Any, ...]],
 ) -> None:
     document, path = injected
-    with pytest.raises(protocol.FrameError) as refused:
+    with pytest.raises(errors.Refused) as refused:
         protocol.parse_client_frame(wire(document))
-    assert refused.value.code == protocol.INVALID_FRAME
+    assert refused.value.code == errors.INVALID_FRAME
     assert f"'{protocol.json_path(path)}'" in refused.value.message
     refused.value.message.encode()
 

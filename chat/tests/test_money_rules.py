@@ -16,9 +16,10 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from chat import budgets, pricing, protocol, services
+from chat import budgets, errors, pricing, services
+from chat.errors import Refused
 from chat.models import Charge, ChatModel, Conversation, Message, Profile
-from chat.protocol import FrameError, Params, Send
+from chat.protocol import Params, Send
 
 from .wsclient import MODEL, request_id
 
@@ -208,9 +209,9 @@ def test_the_reply_gets_the_room_left_in_the_context_down_to_its_minimum() -> No
     room = services.MIN_REPLY_TOKENS
     body, _ = _prompt(conversation, history, _model(context=TURN + room), Params(max_tokens=5000))
     assert body["max_tokens"] == room
-    with pytest.raises(FrameError) as refused:
+    with pytest.raises(Refused) as refused:
         _prompt(conversation, history, _model(context=TURN + room - 1), Params(max_tokens=5000))
-    assert refused.value.code == protocol.CONTENT_TOO_LONG
+    assert refused.value.code == errors.CONTENT_TOO_LONG
 
 
 def test_a_small_max_tokens_needs_only_its_own_room() -> None:
@@ -218,9 +219,9 @@ def test_a_small_max_tokens_needs_only_its_own_room() -> None:
     history = _exchange(conversation, "user")
     body, _ = _prompt(conversation, history, _model(context=TURN + 10), Params(max_tokens=10))
     assert body["max_tokens"] == 10
-    with pytest.raises(FrameError) as refused:
+    with pytest.raises(Refused) as refused:
         _prompt(conversation, history, _model(context=TURN + 9), Params(max_tokens=10))
-    assert refused.value.code == protocol.CONTENT_TOO_LONG
+    assert refused.value.code == errors.CONTENT_TOO_LONG
 
 
 def _turns(conversation: Conversation, *turns: tuple[str, int]) -> list[Message]:
@@ -264,9 +265,9 @@ def test_a_question_too_long_for_the_context_is_refused_saying_so() -> None:
     conversation = Conversation()
     model = _model(context=2000)
     model.name = "Tiny"
-    with pytest.raises(FrameError) as refused:
+    with pytest.raises(Refused) as refused:
         _prompt(conversation, _turns(conversation, ("user", 10_000)), model)
-    assert (refused.value.code, refused.value.request_id) == (protocol.CONTENT_TOO_LONG, "rid")
+    assert (refused.value.code, refused.value.request_id) == (errors.CONTENT_TOO_LONG, "rid")
     assert refused.value.message == (
         "The message is too long for Tiny's context of 2,000 tokens. "
         "Shorten it or pick a model with a longer context."
@@ -326,10 +327,10 @@ def _state(streaming: int = 0, recent: int = 0) -> services.SenderState:
 def test_replies_in_progress_are_limited_at_exactly_the_setting(settings: Any) -> None:
     settings.MAX_CONCURRENT_GENERATIONS = 3
     services._check_limits(_state(streaming=2), "rid")
-    with pytest.raises(FrameError) as refused:
+    with pytest.raises(Refused) as refused:
         services._check_limits(_state(streaming=3), "rid")
     assert (refused.value.code, refused.value.request_id) == (
-        protocol.TOO_MANY_GENERATIONS,
+        errors.TOO_MANY_GENERATIONS,
         "rid",
     )
     assert refused.value.message == (
@@ -340,9 +341,9 @@ def test_replies_in_progress_are_limited_at_exactly_the_setting(settings: Any) -
 def test_sends_a_minute_are_limited_at_exactly_the_setting(settings: Any) -> None:
     settings.MESSAGES_PER_MINUTE = 5
     services._check_limits(_state(recent=4), "rid")
-    with pytest.raises(FrameError) as refused:
+    with pytest.raises(Refused) as refused:
         services._check_limits(_state(recent=5), "rid")
-    assert (refused.value.code, refused.value.request_id) == (protocol.RATE_LIMITED, "rid")
+    assert (refused.value.code, refused.value.request_id) == (errors.RATE_LIMITED, "rid")
     assert refused.value.message == "You can send 5 messages a minute. Try again shortly."
 
 
@@ -753,9 +754,9 @@ def test_a_worst_case_exactly_equal_to_what_is_left_passes_the_check(
     Charge.objects.create(user=user, model_id=MODEL, state="settled", cost=Decimal("0.25"))
     Charge.objects.create(user=user, model_id=MODEL, state="reserved", reserved=Decimal("0.5"))
     budgets.check_budget(user, Decimal("0.25"), "rid")
-    with pytest.raises(FrameError) as refused:
+    with pytest.raises(Refused) as refused:
         budgets.check_budget(user, Decimal("0.25") + pricing.COST_QUANTUM, "rid")
-    assert (refused.value.code, refused.value.request_id) == (protocol.BUDGET_EXCEEDED, "rid")
+    assert (refused.value.code, refused.value.request_id) == (errors.BUDGET_EXCEEDED, "rid")
     assert refused.value.message == (
         "This reply could cost up to $0.250000000001, and $0.25 is left of your $1.00 "
         "monthly limit ($0.50 is held for replies still being written). Pick a cheaper "
@@ -767,7 +768,7 @@ def test_a_worst_case_exactly_equal_to_what_is_left_passes_the_check(
 def test_a_refusal_with_nothing_running_and_nothing_left_says_so(user: User, settings: Any) -> None:
     settings.MONTHLY_BUDGET_USD = Decimal("1")
     Charge.objects.create(user=user, model_id=MODEL, state="settled", cost=Decimal("1.5"))
-    with pytest.raises(FrameError) as refused:
+    with pytest.raises(Refused) as refused:
         budgets.check_budget(user, Decimal("0.01"), "")
     assert refused.value.request_id is None
     assert refused.value.message.startswith(

@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chat import protocol
+from chat import errors, protocol
 
 ids = st.integers(min_value=0, max_value=2**63 - 1)
 
@@ -65,7 +65,7 @@ def test_stored_params_keep_each_valid_key_and_drop_each_invalid_one(raw: object
         for key in protocol.PARAM_KEYS:
             try:
                 value = getattr(protocol.parse_params({key: raw.get(key)}), key)
-            except protocol.FrameError:
+            except errors.Refused:
                 continue
             if value is not None:
                 expected[key] = value
@@ -89,8 +89,8 @@ def test_params_refuse_nan_infinity_and_bools_naming_the_field(literal: str) -> 
         text = text[:-1] + f', "params": {{"{key}": {literal}}}}}'
         try:
             protocol.parse_client_frame(text)
-        except protocol.FrameError as exc:
-            assert exc.code == protocol.INVALID_FRAME
+        except errors.Refused as exc:
+            assert exc.code == errors.INVALID_FRAME
             assert f"'params.{key}'" in exc.message
         else:
             raise AssertionError(f"{key}: {literal} was accepted")

@@ -14,8 +14,9 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from chat import services
+from chat.errors import Refused
 from chat.models import Charge, ChatModel, Conversation, Message
-from chat.protocol import FrameError, Params, parse_client_frame
+from chat.protocol import Params, parse_client_frame
 
 from .wsclient import (
     MODEL,
@@ -112,7 +113,7 @@ def test_a_question_too_long_for_the_context_is_refused(user) -> None:
     )
     conversation = make_history(user, model, [("word " * 2000, "")])
     history = [m for m in services.active_path(conversation) if m.content]
-    with pytest.raises(FrameError) as refused:
+    with pytest.raises(Refused) as refused:
         services.build_prompt(conversation, history, model, Params(), "r")
     assert refused.value.code == "content_too_long"
     assert "Tiny" in refused.value.message
@@ -402,7 +403,7 @@ def test_a_stale_tab_cannot_regenerate_or_edit_what_an_edit_replaced(
         frame = _frame(type="regenerate", message=old_reply.pk)
     else:
         frame = _frame(type="edit", message=old_question.pk, content="q2''")
-    with pytest.raises(FrameError) as refused:
+    with pytest.raises(Refused) as refused:
         services.accept(user, frame)
 
     assert refused.value.code == "conflict"

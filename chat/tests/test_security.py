@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from chat import protocol
+from chat import errors, protocol
 from chat.models import Charge, ChatModel, Conversation, Message
 from chat.sse import SSEDecoder
 from chat.upstream import UpstreamConfig
@@ -226,8 +226,8 @@ frames = st.builds(
 def test_any_text_is_parsed_or_refused_with_a_clear_error(text: str) -> None:
     try:
         protocol.parse_client_frame(text)
-    except protocol.FrameError as exc:
-        assert exc.code in protocol.ERROR_CODES
+    except errors.Refused as exc:
+        assert exc.code in errors.CODES
         assert exc.message
 
 
@@ -235,8 +235,8 @@ def test_any_text_is_parsed_or_refused_with_a_clear_error(text: str) -> None:
 def test_any_json_frame_is_parsed_or_refused_with_a_clear_error(frame: dict[str, Any]) -> None:
     try:
         parsed = protocol.parse_client_frame(json.dumps(frame))
-    except protocol.FrameError as exc:
-        assert exc.code in protocol.ERROR_CODES
+    except errors.Refused as exc:
+        assert exc.code in errors.CODES
         assert exc.message
     else:
         assert type(parsed).__name__.lower() == str(frame["type"])
