@@ -287,7 +287,7 @@ export class ChatSession {
     return Boolean(streaming.length || this.pending.size);
   }
 
-  // Titles are written once per conversation; a new one (billed like any) only when asked.
+  // A new title for the open conversation (billed like any).
   retitle() {
     this.socket.send({ type: "retitle", conversation: this.conversationId });
   }
