@@ -73,7 +73,7 @@ format: $(VENV)/.dev
 
 # The functions mutated (mutmut's names; `?` stands for the separator in a method's name): the
 # money rules, the stream reader and the delivery rule. docs/reliability.md, "Mutation testing".
-MUTANTS := 'chat.pricing.*' 'chat.budgets.*' 'chat.sse.*' 'chat.reasoning.*' \
+MUTANTS := 'chat.pricing.*' 'chat.budgets.*' 'chat.upstream.sse.*' 'chat.upstream.reasoning.*' \
 	'chat.services.x__price__*' 'chat.services.x__bounded__*' 'chat.services.x__settlement__*' \
 	'chat.services.x_finish_generation__*' 'chat.services.x_finish_title__*' \
 	'chat.services.x__check_limits__*' 'chat.services.x_build_prompt__*' \

@@ -17,7 +17,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 
-from . import budgets, errors, protocol, sync, upstream, usage
+from . import budgets, errors, protocol, sync, usage
 from .models import (
     Charge,
     ChatModel,
@@ -30,6 +30,8 @@ from .models import (
     UsageReport,
 )
 from .services import save_catalogue_entry, set_models_enabled
+from .upstream.catalogue import fetch_models
+from .upstream.errors import UpstreamError
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User as Account
@@ -142,8 +144,8 @@ class ChatModelAdmin(admin.ModelAdmin):
         error = ""
         changes: list[sync.Change] = []
         try:
-            catalogue = async_to_sync(upstream.fetch_models)()
-        except upstream.UpstreamError as exc:
+            catalogue = async_to_sync(fetch_models)()
+        except UpstreamError as exc:
             error = exc.message
         else:
             changes = sync.preview(catalogue, settings.PRICE_MARKUP_PERCENT)

@@ -30,9 +30,13 @@ from django.utils import timezone
 
 from chutesweb.runtime import server_lifecycle
 
-from . import attachments, pricing, protocol, services, upstream
+from . import attachments, pricing, protocol, services
 from .models import Message
 from .services import GenerationPlan, Outcome
+from .upstream import client as upstream_client
+from .upstream.errors import UpstreamError
+from .upstream.settings import config_from_settings
+from .upstream.text import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +113,11 @@ class Generation:
         self._unsaved_reasoning: list[str] = []
         self._save_whole = False
         self._saving = (0, 0)
-        self.usage: upstream.Usage | None = None
+        self.usage: upstream_client.Usage | None = None
         self.finish_reason = ""
         self.lava_request_id = ""
         self.chutes_invocation_id = ""
-        self.error: upstream.UpstreamError | None = None
+        self.error: UpstreamError | None = None
         # The estimate past which the reply has certainly gone beyond the max_tokens it was
         # reserved for (a provider that ignores it): there the upstream request is closed.
         max_tokens = plan.body.get("max_tokens")
@@ -221,8 +225,8 @@ class Generation:
             await self._finish()
 
     async def _read(self) -> None:
-        config = upstream.UpstreamConfig.from_settings()
-        events = upstream.stream_chat(
+        config = config_from_settings()
+        events = upstream_client.stream_chat(
             self.plan.body,
             config=config,
             reasoning_model=self.plan.reasoning_model,
@@ -231,7 +235,7 @@ class Generation:
         try:
             async with contextlib.aclosing(events):
                 async for event in events:
-                    if isinstance(event, upstream.TextDelta):
+                    if isinstance(event, upstream_client.TextDelta):
                         if event.text:
                             if (
                                 self._reasoning_started is not None
@@ -240,27 +244,27 @@ class Generation:
                                 self._reasoning_ended = time.monotonic()
                             self._pending_content.append(event.text)
                             await self._queued()
-                    elif isinstance(event, upstream.ReasoningDelta):
+                    elif isinstance(event, upstream_client.ReasoningDelta):
                         if event.text:
                             if self._reasoning_started is None:
                                 self._reasoning_started = time.monotonic()
                             self._pending_reasoning.append(event.text)
                             await self._queued()
-                    elif isinstance(event, upstream.Usage):
+                    elif isinstance(event, upstream_client.Usage):
                         self.usage = event
-                    elif isinstance(event, upstream.Finish):
+                    elif isinstance(event, upstream_client.Finish):
                         self.finish_reason = event.reason or ""
-                    elif isinstance(event, upstream.RequestIds):
+                    elif isinstance(event, upstream_client.RequestIds):
                         self.responded = True
                         self.lava_request_id = event.lava_request_id or ""
                         self.chutes_invocation_id = event.chutes_invocation_id or ""
-        except upstream.UpstreamError as exc:
+        except UpstreamError as exc:
             self.error = exc
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.exception("generation %s failed unexpectedly", self.message_id)
-            self.error = upstream.UpstreamError(
+            self.error = UpstreamError(
                 "upstream_error", "Something went wrong while generating this reply."
             )
 
@@ -345,7 +349,7 @@ class Generation:
         if usage is None and not self.responded:
             # The upstream never answered (refused, failed before a response, stopped while
             # waiting): nothing was produced and nothing is billed.
-            usage = upstream.Usage(prompt_tokens=0, completion_tokens=0, cached_tokens=0)
+            usage = upstream_client.Usage(prompt_tokens=0, completion_tokens=0, cached_tokens=0)
         return Outcome(
             plan=self.plan,
             status=status,
@@ -430,8 +434,8 @@ def _storable(outcome: Outcome) -> Outcome:
     U+FFFD, pairs joined."""
     return dataclasses.replace(
         outcome,
-        content=upstream.clean_text(outcome.content),
-        reasoning=upstream.clean_text(outcome.reasoning),
+        content=clean_text(outcome.content),
+        reasoning=clean_text(outcome.reasoning),
     )
 
 
@@ -626,25 +630,25 @@ class GenerationManager:
             return None
         parts: list[str] = []
         thought: list[str] = []
-        usage: upstream.Usage | None = None
+        usage: upstream_client.Usage | None = None
         lava_request_id = ""
-        events = upstream.stream_chat(
+        events = upstream_client.stream_chat(
             plan.body,
-            config=upstream.UpstreamConfig.from_settings(),
+            config=config_from_settings(),
             reasoning_model=plan.reasoning_model,
         )
         try:
             async with contextlib.aclosing(events):
                 async for event in events:
-                    if isinstance(event, upstream.TextDelta):
+                    if isinstance(event, upstream_client.TextDelta):
                         parts.append(event.text)
-                    elif isinstance(event, upstream.ReasoningDelta):
+                    elif isinstance(event, upstream_client.ReasoningDelta):
                         thought.append(event.text)
-                    elif isinstance(event, upstream.Usage):
+                    elif isinstance(event, upstream_client.Usage):
                         usage = event
-                    elif isinstance(event, upstream.RequestIds):
+                    elif isinstance(event, upstream_client.RequestIds):
                         lava_request_id = event.lava_request_id or ""
-        except upstream.UpstreamError as exc:
+        except UpstreamError as exc:
             # The first line of the question stays the title; what was used is still billed.
             logger.info("title for conversation %s failed: %s", plan.conversation_id, exc.code)
         title = await database_sync_to_async(services.finish_title)(

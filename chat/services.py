@@ -34,7 +34,8 @@ from .models import (
     ShareLink,
 )
 from .protocol import Edit, Params, Regenerate, Send
-from .upstream import NOT_CONFIGURED_MESSAGE, UpstreamConfig
+from .upstream.errors import NOT_CONFIGURED_MESSAGE
+from .upstream.settings import config_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ def _check_limits(state: SenderState, request_id: str) -> None:
 
 
 def _check_configured(request_id: str) -> None:
-    if not UpstreamConfig.from_settings().configured:
+    if not config_from_settings().configured:
         raise Refused(errors.NOT_CONFIGURED, NOT_CONFIGURED_MESSAGE, request_id)
 
 

@@ -16,7 +16,7 @@ from django.db import transaction
 
 from .models import ChatModel, PriceChange
 from .services import save_catalogue_entry
-from .upstream import CatalogueModel
+from .upstream.catalogue import CatalogueModel
 
 PRICE_PLACES = Decimal("0.000001")
 SYNCED_FIELDS = (

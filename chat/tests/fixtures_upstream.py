@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 
 from chat.fakeupstream import FakeUpstream
-from chat.upstream import UpstreamConfig, UpstreamError, _Reply, aclose_clients, stream_chat
+from chat.upstream.client import _Reply, stream_chat
+from chat.upstream.config import UpstreamConfig
+from chat.upstream.errors import UpstreamError
+from chat.upstream.http import aclose_clients
 
 TOKEN = "aks_test_fixture-secret-0123456789"
 MODEL = "unsloth/Mistral-Nemo-Instruct-2407"

@@ -14,9 +14,10 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from chat import generation, services, upstream
+from chat import generation, services
 from chat.generation import control_group, get_manager
 from chat.models import Charge, Message
+from chat.upstream import client as upstream_client
 
 from .wsclient import MODEL, message, open_socket, send_and_accept, text_of
 
@@ -117,12 +118,12 @@ async def test_the_flush_loop_survives_a_failure_that_is_not_the_databases(
 
 
 def _fake_stream(*texts: str) -> Any:
-    async def stream_chat(body: Any, **kwargs: Any) -> AsyncIterator[upstream.Event]:
-        yield upstream.RequestIds("req-1", None)
+    async def stream_chat(body: Any, **kwargs: Any) -> AsyncIterator[upstream_client.Event]:
+        yield upstream_client.RequestIds("req-1", None)
         for text in texts:
-            yield upstream.TextDelta(text)
-        yield upstream.Usage(prompt_tokens=10, completion_tokens=4)
-        yield upstream.Finish("stop")
+            yield upstream_client.TextDelta(text)
+        yield upstream_client.Usage(prompt_tokens=10, completion_tokens=4)
+        yield upstream_client.Finish("stop")
 
     return stream_chat
 
@@ -132,7 +133,9 @@ async def test_text_no_database_can_store_is_saved_with_pairs_joined_and_the_res
 ) -> None:
     """Whatever reaches the generation, its end is written: a surrogate pair split in two
     deltas is joined, a lone surrogate is replaced by U+FFFD."""
-    monkeypatch.setattr(upstream, "stream_chat", _fake_stream("ok \ud83d", "\ude42 a\udc00b"))
+    monkeypatch.setattr(
+        upstream_client, "stream_chat", _fake_stream("ok \ud83d", "\ude42 a\udc00b")
+    )
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "hello")
     frames = await socket.done(accepted["message"])

@@ -235,7 +235,7 @@ async def test_an_import_does_not_count_against_the_sends_per_minute(fake, alice
 
 
 async def test_text_held_for_a_closing_think_tag_counts_towards_the_cut(fake, alice) -> None:
-    """A reasoning model's answer is held back until its lone </think> (chat.reasoning); a
+    """A reasoning model's answer is held back until its lone </think> (chat.upstream.reasoning); a
     provider that never sends one nor stops is cut all the same, and what it sent is kept."""
     model = "deepseek-ai/DeepSeek-R1-0528"
     fake.push_script(tokens=2000, text="word " * 2000, interval_ms=1, usage=False, reasoning=None)

@@ -24,7 +24,6 @@ from chat.fakeupstream import (
     sse_event,
 )
 from chat.fakeupstream.catalogue import MODELS
-from chat.sse import SSEDecoder
 from chat.tests.fixtures_upstream import (
     MODEL,
     REASONING_MODEL,
@@ -32,6 +31,7 @@ from chat.tests.fixtures_upstream import (
     chat_body,
     fake_fixture,  # noqa: F401 - fixture
 )
+from chat.upstream.sse import SSEDecoder
 
 REPO = Path(__file__).resolve().parents[2]
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

@@ -23,10 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat import upstream
 from chat.fakeupstream import DONE_EVENT, FakeUpstream, delta_chunk, sse_event
-from chat.reasoning import Piece, ReasoningSplitter
-from chat.sse import MAX_EVENT_BYTES, SSEDecoder, SSEEvent
 from chat.tests.fixtures_upstream import (
     MODEL,
     chat_body,
@@ -35,20 +32,15 @@ from chat.tests.fixtures_upstream import (
     fake_fixture,  # noqa: F401 - fixture
     read_body,
 )
-from chat.upstream import (
-    Finish,
-    ReasoningDelta,
-    RequestIds,
-    TextDelta,
-    UpstreamConfig,
-    UpstreamError,
-    Usage,
-    aclose_clients,
-    error_for_status,
-    fetch_models,
-    fetch_request_cost,
-    parse_catalogue,
-)
+from chat.upstream import http as upstream_http
+from chat.upstream.catalogue import fetch_models, parse_catalogue
+from chat.upstream.client import Finish, ReasoningDelta, RequestIds, TextDelta, Usage
+from chat.upstream.config import UpstreamConfig
+from chat.upstream.errors import UpstreamError
+from chat.upstream.http import aclose_clients, error_for_status
+from chat.upstream.lava import fetch_request_cost
+from chat.upstream.reasoning import Piece, ReasoningSplitter
+from chat.upstream.sse import MAX_EVENT_BYTES, SSEDecoder, SSEEvent
 
 PROPERTY = settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -422,7 +414,7 @@ def test_an_error_body_nested_deeper_than_the_decoder_goes_is_still_an_error() -
 async def answering(status: int, body: bytes) -> AsyncIterator[UpstreamConfig]:
     """The shared client of this loop, answering every request with `body`."""
     transport = httpx.MockTransport(lambda request: httpx.Response(status, content=body))
-    upstream._clients[asyncio.get_running_loop()] = httpx.AsyncClient(transport=transport)
+    upstream_http._clients[asyncio.get_running_loop()] = httpx.AsyncClient(transport=transport)
     try:
         yield UpstreamConfig("http://mock/v1/forward", "http://mock/v1", secret_key="s")
     finally:

@@ -368,7 +368,7 @@ def test_chutes_prices_with_the_markup_reproduce_the_seeded_lava_prices(
     admin_client: Client, fake_in_thread
 ) -> None:
     from chat import sync
-    from chat.upstream import parse_catalogue
+    from chat.upstream.catalogue import parse_catalogue
 
     changes = sync.preview(parse_catalogue({"data": default_catalogue()}), Decimal("0.8"))
     changed_fields = {name for change in changes for name in change.fields}

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from chat.reasoning import Piece, ReasoningSplitter, infer_reasoning_model
+from chat.upstream.reasoning import Piece, ReasoningSplitter, infer_reasoning_model
 
 
 def run(deltas: list[dict[str, Any]], **options: Any) -> tuple[str, str, list[list[Piece]]]:

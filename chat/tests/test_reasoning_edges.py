@@ -1,7 +1,7 @@
 """The reasoning splitter's edges a mutation of the code showed unprotected (docs/reliability.md,
 "Mutation testing"): line ends inside the answer are trimmed only where the answer begins, and a
 finished splitter stays finished: the stream reader finishes it again when a malformed stream
-ends the reply and the body is then closed (chat/upstream.py, `_end_text`), and that second
+ends the reply and the body is then closed (chat/upstream/client.py, `_end_text`), and that second
 finish must release nothing.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from chat.reasoning import Piece, ReasoningSplitter
+from chat.upstream.reasoning import Piece, ReasoningSplitter
 
 # Each form reasoning comes in, fed up to the first text of the answer, and that text.
 _FORMS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [

@@ -192,7 +192,7 @@ INSTALL = textwrap.dedent(
     from daphne.http_protocol import WebRequest
     from daphne.server import Server
 
-    from chat import netio
+    from chat.upstream import netio
     from chutesweb import runtime
     from chutesweb.runtime import daphne_frames, httpcore_pool, socket_buffers
 

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from chat import errors, protocol
 from chat.models import Charge, ChatModel, Conversation, Message
-from chat.sse import SSEDecoder
-from chat.upstream import UpstreamConfig
+from chat.upstream.config import UpstreamConfig
+from chat.upstream.sse import SSEDecoder
 
 from .conftest import PASSWORD
 from .wsclient import MODEL, counts, open_socket, send_and_accept

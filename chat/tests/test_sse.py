@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from chat.sse import SSEDecoder, SSEEvent
+from chat.upstream.sse import SSEDecoder, SSEEvent
 
 
 def decode(*parts: bytes) -> tuple[list[SSEEvent], bool, bool]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from chat.sse import SSEDecoder, SSEEvent
+from chat.upstream.sse import SSEDecoder, SSEEvent
 
 
 def _read(*chunks: bytes, max_event_bytes: int = 1024) -> tuple[list[SSEEvent], SSEDecoder]:

@@ -21,7 +21,8 @@ from chat.tests.fixtures_upstream import (
     config_for,
     fake_fixture,  # noqa: F401 - fixture
 )
-from chat.upstream import Finish, TextDelta, UpstreamConfig, Usage
+from chat.upstream.client import Finish, TextDelta, Usage
+from chat.upstream.config import UpstreamConfig
 
 TEXT = [
     sse_event(delta_chunk({"role": "assistant", "content": "A whole "})),

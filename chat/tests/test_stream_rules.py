@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from chat.reasoning import Piece, ReasoningSplitter, infer_reasoning_model
-from chat.sse import SSEDecoder, SSEEvent
+from chat.upstream.reasoning import Piece, ReasoningSplitter, infer_reasoning_model
+from chat.upstream.sse import SSEDecoder, SSEEvent
 
 
 def _read(*chunks: bytes) -> tuple[list[SSEEvent], SSEDecoder]:

@@ -27,13 +27,9 @@ from chat.tests.fixtures_upstream import (
     fake_fixture,  # noqa: F401 - fixture
     read_body,
 )
-from chat.upstream import (
-    Finish,
-    ReasoningDelta,
-    TextDelta,
-    UpstreamConfig,
-    error_for_status,
-)
+from chat.upstream.client import Finish, ReasoningDelta, TextDelta
+from chat.upstream.config import UpstreamConfig
+from chat.upstream.http import error_for_status
 
 NEWLINES = "\r\n"
 SMILE = "\U0001f642"

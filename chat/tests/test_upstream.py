@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 
-from chat import upstream
 from chat.fakeupstream import FakeUpstream, expected_text, plan_reply
 from chat.fakeupstream.script import make_script
 from chat.tests.fixtures_upstream import (
@@ -28,23 +27,14 @@ from chat.tests.fixtures_upstream import (
     config_for,
     fake_fixture,  # noqa: F401 - fixture
 )
-from chat.upstream import (
-    Finish,
-    ReasoningDelta,
-    RequestIds,
-    TextDelta,
-    UpstreamConfig,
-    UpstreamError,
-    Usage,
-    aclose_clients,
-    error_for_status,
-    fetch_models,
-    fetch_request_cost,
-    get_client,
-    parse_catalogue,
-    pool_stats,
-    stream_chat,
-)
+from chat.upstream import http as upstream_http
+from chat.upstream.catalogue import fetch_models, parse_catalogue
+from chat.upstream.client import Finish, ReasoningDelta, RequestIds, TextDelta, Usage, stream_chat
+from chat.upstream.config import UpstreamConfig
+from chat.upstream.errors import UpstreamError
+from chat.upstream.http import aclose_clients, error_for_status, get_client, pool_stats
+from chat.upstream.lava import fetch_request_cost
+from chat.upstream.settings import config_from_settings
 from chutesweb.runtime import httpcore_pool
 
 # The configuration
@@ -106,7 +96,7 @@ def test_the_config_is_read_from_settings(settings: Any) -> None:
     settings.LAVA_CUSTOMER_ID = "cus_9"
     settings.UPSTREAM_IDLE_TIMEOUT = 42
     settings.UPSTREAM_MAX_RETRIES = 1
-    config = UpstreamConfig.from_settings()
+    config = config_from_settings()
     assert (config.forward_url, config.api_base) == (
         "https://lava.example/v1/forward",
         "https://chutes.example/v1",
@@ -453,7 +443,7 @@ async def test_a_reply_slower_than_the_total_deadline_times_out(fake: FakeUpstre
 async def canned_stream(content: bytes) -> AsyncIterator[UpstreamConfig]:
     """The shared client of this loop, answering every request with `content`."""
     transport = httpx.MockTransport(lambda request: httpx.Response(200, content=content))
-    upstream._clients[asyncio.get_running_loop()] = httpx.AsyncClient(transport=transport)
+    upstream_http._clients[asyncio.get_running_loop()] = httpx.AsyncClient(transport=transport)
     try:
         yield UpstreamConfig("http://mock/v1/forward", "http://mock/v1", secret_key=TOKEN)
     finally:

@@ -62,8 +62,8 @@ linear_pool, in httpcore_pool.py
                   and closes the connection a cancelled request leaves
 
 asyncio_backend, in httpcore_pool.py
-    touches       the pool's _network_backend, set to chat/netio.py's asyncio backend (which
-                  implements httpcore's public network-backend interface)
+    touches       the pool's _network_backend, set to chat/upstream/netio.py's asyncio backend
+                  (which implements httpcore's public network-backend interface)
     versions      httpcore 1.0.9, httpx 0.28.1
     works around  https://github.com/encode/httpx/issues/3215 (and
                   https://github.com/encode/httpcore/pull/930, closed as wontfix)
@@ -288,8 +288,8 @@ ASYNCIO_BACKEND = Patch(
         "https://github.com/encode/httpcore/pull/930, closed as wontfix)"
     ),
     delete_when=(
-        "httpx's transport takes a network backend (pass chat/netio.py's there), or httpcore's "
-        "own backend costs no more per request"
+        "httpx's transport takes a network backend (pass chat/upstream/netio.py's there), or "
+        "httpcore's own backend costs no more per request"
     ),
     attributes=(
         "httpx:AsyncHTTPTransport#_pool",

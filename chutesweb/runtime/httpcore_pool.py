@@ -1,10 +1,10 @@
 """The upstream client's connection pool: httpcore's, with linear bookkeeping (`_LinearPool`),
-and the asyncio network backend of chat/netio.py.
+and the asyncio network backend of chat/upstream/netio.py.
 
 httpx builds its transport's httpcore pool itself and takes no network backend, so both are put
 into the pool of each transport the app makes (`tune_transport`), each only on the httpcore and
-httpx it was written for (chutesweb/runtime/__init__.py). chat/netio.py implements httpcore's
-public network-backend interface; only setting it on httpx's pool reads private names.
+httpx it was written for (chutesweb/runtime/__init__.py). chat/upstream/netio.py implements
+httpcore's public network-backend interface; only setting it on httpx's pool reads private names.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import httpcore
 import httpx
 from httpcore import AsyncConnectionInterface
 
-from chat import netio
+from chat.upstream import netio
 from chutesweb.runtime import ASYNCIO_BACKEND, LINEAR_POOL, enabled
 
 
@@ -105,8 +105,8 @@ class _LinearPool(httpcore.AsyncConnectionPool):
 
 def tune_transport(transport: httpx.AsyncHTTPTransport) -> None:
     """Give the transport's pool the linear bookkeeping and the asyncio network backend
-    (chat/netio.py), each on the httpcore and httpx it was written for; otherwise the pool stays
-    httpcore's own."""
+    (chat/upstream/netio.py), each on the httpcore and httpx it was written for; otherwise the
+    pool stays httpcore's own."""
     pool = getattr(transport, "_pool", None)
     if type(pool) is not httpcore.AsyncConnectionPool:
         return

@@ -9,8 +9,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from chat import upstream
 from chat.models import Charge
+from chat.upstream.errors import UpstreamError
+from chat.upstream.lava import fetch_request_cost
+from chat.upstream.settings import config_from_settings
 
 
 class Command(BaseCommand):
@@ -41,13 +43,11 @@ class Command(BaseCommand):
         if not options["all"]:
             charges = charges.filter(reconciled_at__isnull=True)
         checked = differences = failures = 0
-        config = upstream.UpstreamConfig.from_settings()
+        config = config_from_settings()
         for charge in charges.select_related("user").order_by("created_at"):
             try:
-                billed = async_to_sync(upstream.fetch_request_cost)(
-                    charge.lava_request_id, config=config
-                )
-            except upstream.UpstreamError as exc:
+                billed = async_to_sync(fetch_request_cost)(charge.lava_request_id, config=config)
+            except UpstreamError as exc:
                 failures += 1
                 self.stderr.write(f"{charge.lava_request_id}: could not fetch ({exc.message})")
                 continue

@@ -1,6 +1,7 @@
-"""The upstream client's asyncio network backend (chat/netio.py), over real loopback sockets.
+"""The upstream client's asyncio network backend (chat/upstream/netio.py), over real loopback
+sockets.
 
-The rest of the upstream tests run through it too (every request of `upstream.get_client()`);
+The rest of the upstream tests run through it too (every request of `get_client()`);
 these cover what they do not reach: TLS, as production talks to Lava, a keep-alive connection
 the server closed while idle, a body larger than the read buffer's high-water mark, and the
 mapping of failures to httpx's exceptions.
@@ -22,7 +23,10 @@ import httpx
 import pytest
 import trustme
 
-from chat import netio, upstream
+from chat.upstream import netio
+from chat.upstream.client import TextDelta, stream_chat
+from chat.upstream.config import UpstreamConfig
+from chat.upstream.http import aclose_clients, get_client
 from chutesweb.runtime import httpcore_pool
 
 pytestmark = pytest.mark.asyncio
@@ -71,8 +75,8 @@ def client(**kwargs: object) -> httpx.AsyncClient:
 
 
 async def test_the_upstream_client_uses_the_asyncio_backend() -> None:
-    shared = upstream.get_client(
-        upstream.UpstreamConfig(
+    shared = get_client(
+        UpstreamConfig(
             forward_url="http://127.0.0.1:9/v1/forward",
             api_base="http://127.0.0.1:9/v1",
             forward_token="t",
@@ -82,7 +86,7 @@ async def test_the_upstream_client_uses_the_asyncio_backend() -> None:
         pool = shared._transport._pool  # type: ignore[attr-defined]
         assert isinstance(pool._network_backend, netio.AsyncioBackend)
     finally:
-        await upstream.aclose_clients()
+        await aclose_clients()
 
 
 async def test_a_request_over_tls_is_verified_and_answered() -> None:
@@ -258,7 +262,7 @@ async def test_a_compressed_event_stream_is_still_decoded() -> None:
         await writer.drain()
 
     async with serve(handler) as (port, _):
-        config = upstream.UpstreamConfig(
+        config = UpstreamConfig(
             forward_url=f"http://127.0.0.1:{port}/v1/forward",
             api_base=f"http://127.0.0.1:{port}/v1",
             forward_token="t",
@@ -267,14 +271,14 @@ async def test_a_compressed_event_stream_is_still_decoded() -> None:
         try:
             texts = [
                 event.text
-                async for event in upstream.stream_chat(
+                async for event in stream_chat(
                     {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
                     config=config,
                 )
-                if isinstance(event, upstream.TextDelta)
+                if isinstance(event, TextDelta)
             ]
         finally:
-            await upstream.aclose_clients()
+            await aclose_clients()
     assert "".join(texts) == "Hello there"
 
 
