@@ -73,8 +73,10 @@ format: $(VENV)/.dev
 
 # The functions mutated (mutmut's names; `?` stands for the separator in a method's name): the
 # money rules, the stream reader and the delivery rule. docs/reliability.md, "Mutation testing".
-MUTANTS := 'chat.pricing.*' 'chat.budgets.*' 'chat.upstream.sse.*' 'chat.upstream.reasoning.*' \
-	'chat.services.x__price__*' 'chat.services.x__bounded__*' 'chat.services.x__settlement__*' \
+MUTANTS := 'chat.billing.prices.*' 'chat.billing.budgets.*' \
+	'chat.upstream.sse.*' 'chat.upstream.reasoning.*' \
+	'chat.billing.settlement.x_price_reply__*' 'chat.billing.settlement.x_bounded__*' \
+	'chat.billing.settlement.x_settled_fields__*' \
 	'chat.services.x_finish_generation__*' 'chat.services.x_finish_title__*' \
 	'chat.services.x__check_limits__*' 'chat.services.x_build_prompt__*' \
 	'chat.consumers.x?ChatConsumer?deliver__*' 'chat.consumers.x?ChatConsumer?_deliver_delta__*' \

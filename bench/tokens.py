@@ -1,4 +1,4 @@
-"""How close the token estimate (`chat.pricing.text_weight`) is to real tokenizers' counts.
+"""How close the token estimate (`chat.billing.prices.text_weight`) is to real tokenizers' counts.
 
 .venv/bin/python -m bench.tokens [--fit] [--no-write]
 
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chat import pricing
+from chat.billing import prices
 
 DATA = Path(__file__).resolve().parent.parent / "chat" / "tests" / "data"
 SAMPLES = DATA / "token_samples"
@@ -77,7 +77,7 @@ def rows_from(samples: dict[str, str], count: dict[str, Callable[[str], int]]) -
             name,
             text,
             {tokenizer: count[tokenizer](text) for tokenizer in TOKENIZERS},
-            pricing.class_counts(text),
+            prices.class_counts(text),
         )
         for name, text in samples.items()
     ]
@@ -85,7 +85,7 @@ def rows_from(samples: dict[str, str], count: dict[str, Callable[[str], int]]) -
 
 def estimate(row: Row, units: dict[str, int]) -> int:
     total = sum(units[name] * n for name, n in row.counts.items())
-    return -(-total // pricing.UNITS_PER_TOKEN)
+    return -(-total // prices.UNITS_PER_TOKEN)
 
 
 def bytes_rule(row: Row) -> int:
@@ -107,7 +107,7 @@ def worst(
 
 
 def shipped_units() -> dict[str, int]:
-    return {cls.name: cls.units for cls in pricing.CHAR_CLASSES}
+    return {cls.name: cls.units for cls in prices.CHAR_CLASSES}
 
 
 # Fitting -------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ FIXED = ("space", "newline")
 def smooth(rows: list[Row], units: dict[str, float], power: int = POWER) -> float:
     total = 0.0
     for row in rows:
-        e = sum(units[name] * n for name, n in row.counts.items()) / pricing.UNITS_PER_TOKEN
+        e = sum(units[name] * n for name, n in row.counts.items()) / prices.UNITS_PER_TOKEN
         for tokenizer in TOKENIZERS:
             ratio = e / row.real[tokenizer]
             total += ratio**power + ratio ** (-power)
@@ -164,7 +164,7 @@ def fit(
             def objective(x: float, i: int = i, rest: list[float] = rest) -> float:
                 total = 0.0
                 for base, c, real in zip(rest, counts, reals, strict=True):
-                    estimate = (base + x * c[i]) / pricing.UNITS_PER_TOKEN
+                    estimate = (base + x * c[i]) / prices.UNITS_PER_TOKEN
                     for r in real:
                         total += (estimate / r) ** power + (r / estimate) ** power
                 return total
@@ -292,7 +292,7 @@ def time_text_weight() -> dict[str, float]:
         number = 20_000 if len(text) < 10 else 200
 
         def call(text: str = text) -> float:
-            return pricing.text_weight(text)
+            return prices.text_weight(text)
 
         best = min(timeit.repeat(call, number=number, repeat=7))
         result[label] = best / number * 1e6

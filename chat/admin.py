@@ -17,7 +17,8 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 
-from . import budgets, errors, protocol, sync, usage
+from . import errors, protocol, sync
+from .billing import budgets, usage
 from .models import (
     Charge,
     ChatModel,

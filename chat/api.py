@@ -13,7 +13,8 @@ from django.db.models import Q, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from . import attachments, budgets, errors, pricing, protocol, services
+from . import attachments, errors, protocol, services
+from .billing import budgets, prices
 from .errors import Refused
 from .http import AuthenticatedHttpRequest, api_login_required, json_error, refused
 from .models import Conversation, Message
@@ -55,7 +56,7 @@ def message_json(message: Message, versions: list[int] | None = None) -> dict[st
         }
         if message.role == Message.Role.ASSISTANT
         else None,
-        "cost": None if message.cost is None else pricing.plain(message.cost),
+        "cost": None if message.cost is None else prices.plain(message.cost),
         "error": error,
         "reasoning_ms": message.reasoning_ms,
         "parent": message.parent_id,
@@ -80,7 +81,7 @@ def conversation_detail(conversation: Conversation) -> dict[str, Any]:
         **conversation_summary(conversation),
         "system_prompt": conversation.system_prompt,
         "params": conversation.params,
-        "total_cost": pricing.plain(total or Decimal(0)),
+        "total_cost": prices.plain(total or Decimal(0)),
         "messages": [message_json(m, versions.get(m.pk)) for m in messages],
     }
 
@@ -219,12 +220,10 @@ def me(request: AuthenticatedHttpRequest) -> JsonResponse:
             "default_model": profile.default_model.model_id if profile.default_model else None,
             # This month, as decimal strings in USD; limit and remaining are null without a limit.
             "budget": {
-                "limit": None if current.limit is None else pricing.plain(current.limit),
-                "spent": pricing.plain(current.spent),
-                "reserved": pricing.plain(current.reserved),
-                "remaining": None
-                if current.remaining is None
-                else pricing.plain(current.remaining),
+                "limit": None if current.limit is None else prices.plain(current.limit),
+                "spent": prices.plain(current.spent),
+                "reserved": prices.plain(current.reserved),
+                "remaining": None if current.remaining is None else prices.plain(current.remaining),
             },
         }
     )

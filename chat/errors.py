@@ -1,10 +1,11 @@
 """The one error of the chat domain: a request refused before anything was changed.
 
-Validation (`chat/protocol.py`), the domain functions (`chat/services.py`, `chat/budgets.py`)
-and the JSON API's own checks raise `Refused` with a stable code and a message written for the
-user. Each transport says it its own way: the websocket as an `error` frame, the socket staying
-open (`chat/consumers.py`); the JSON API as `{"error": {"code", "message"}}` with the code's
-HTTP status (`chat/http.py`). Nothing below this module knows which transport asked.
+Validation (`chat/protocol.py`), the domain functions (`chat/services.py`,
+`chat/billing/budgets.py`) and the JSON API's own checks raise `Refused` with a stable code and a
+message written for the user. Each transport says it its own way: the websocket as an `error`
+frame, the socket staying open (`chat/consumers.py`); the JSON API as
+`{"error": {"code", "message"}}` with the code's HTTP status (`chat/http.py`). Nothing below this
+module knows which transport asked.
 """
 
 from __future__ import annotations

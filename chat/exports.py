@@ -14,8 +14,9 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import errors, pricing, protocol
+from . import errors, protocol
 from .attachments import ImageRefused, StorageFull, inspect, reserve_storage
+from .billing import prices
 from .models import Attachment, ChatModel, Conversation, Message
 
 FORMAT = "chutes-chat/1"
@@ -46,7 +47,7 @@ def message_record(message: Message) -> dict[str, Any]:
         "prompt_tokens": message.prompt_tokens,
         "completion_tokens": message.completion_tokens,
         "usage_estimated": message.usage_estimated,
-        "cost": None if message.cost is None else pricing.plain(message.cost),
+        "cost": None if message.cost is None else prices.plain(message.cost),
         "error": message.error_code or None,
         "created": _iso(message.created_at),
         "images": [
@@ -100,13 +101,13 @@ def export_markdown(conversation: Conversation) -> str:
         details = [f"{message.prompt_tokens} + {message.completion_tokens} tokens"]
         if message.cost is not None:
             total += message.cost
-            details.append(f"{pricing.usd(message.cost)}")
+            details.append(f"{prices.usd(message.cost)}")
         if message.usage_estimated:
             details.append("estimated")
         if message.status != Message.Status.COMPLETE:
             details.append(message.status)
         lines += ["", f"*{', '.join(details)}*"]
-    lines += ["", "---", f"Total: {pricing.usd(total)}", ""]
+    lines += ["", "---", f"Total: {prices.usd(total)}", ""]
     return "\n".join(lines)
 
 

@@ -30,7 +30,8 @@ from django.utils import timezone
 
 from chutesweb.runtime import server_lifecycle
 
-from . import attachments, pricing, protocol, services
+from . import attachments, protocol, services
+from .billing import prices
 from .models import Message
 from .services import GenerationPlan, Outcome
 from .upstream import client as upstream_client
@@ -50,7 +51,7 @@ TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError)
 MAX_SAVE_FAILURES = 3
 SAVE_FAILED = "save_failed"
 SAVE_FAILED_MESSAGE = "This reply could not be saved; the text saved so far is kept."
-# Tokens beyond max_tokens x pricing.MAX_OVERCOUNT (by estimate) before a reply is cut: room
+# Tokens beyond max_tokens x prices.MAX_OVERCOUNT (by estimate) before a reply is cut: room
 # for a short reply whose few tokens the estimate over-counts.
 CUT_SLACK_TOKENS = 16
 
@@ -122,7 +123,7 @@ class Generation:
         # reserved for (a provider that ignores it): there the upstream request is closed.
         max_tokens = plan.body.get("max_tokens")
         self._token_limit = (
-            max_tokens * pricing.MAX_OVERCOUNT + CUT_SLACK_TOKENS
+            max_tokens * prices.MAX_OVERCOUNT + CUT_SLACK_TOKENS
             if isinstance(max_tokens, int) and max_tokens > 0
             else None
         )

@@ -19,8 +19,9 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import budgets, errors, pricing, protocol, rows
+from . import errors, protocol, rows
 from .attachments import data_uri, image_tokens
+from .billing import budgets, prices, settlement
 from .errors import Refused
 from .models import (
     Attachment,
@@ -292,7 +293,7 @@ def active_path(conversation: Conversation) -> list[Message]:
 
 def _turn(message: Message, model: ChatModel) -> tuple[dict[str, Any], int]:
     """One message as the upstream reads it, and its estimated tokens (images included)."""
-    tokens = pricing.estimate_prompt_tokens([{"content": message.content}])
+    tokens = prices.estimate_prompt_tokens([{"content": message.content}])
     images = (
         list(message.attachments.all())
         # The conversation is loaded with the message by every caller: no query per message.
@@ -304,7 +305,7 @@ def _turn(message: Message, model: ChatModel) -> tuple[dict[str, Any], int]:
     if not model.vision:
         # History from a vision model, continued with one that cannot see.
         note = f"{message.content}\n\n[{len(images)} image(s) attached, not shown to this model]"
-        return {"role": message.role, "content": note}, pricing.estimate_tokens(note) + 4
+        return {"role": message.role, "content": note}, prices.estimate_tokens(note) + 4
     parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
     parts += [{"type": "image_url", "image_url": {"url": data_uri(a)}} for a in images]
     tokens += sum(max(image_tokens(a.width, a.height), MIN_IMAGE_TOKENS) for a in images)
@@ -341,7 +342,7 @@ def build_prompt(
     stored = protocol.stored_params(conversation.params)
     requested = params.max_tokens or stored.max_tokens
     max_tokens = min(requested or settings.DEFAULT_MAX_TOKENS, model.max_output_tokens)
-    fixed = pricing.estimate_prompt_tokens(system)
+    fixed = prices.estimate_prompt_tokens(system)
     total = fixed + sum(sizes)
     while len(turns) > 1 and total + max_tokens > model.context_length:
         total -= sizes.pop(0)
@@ -390,8 +391,8 @@ def _start_reply(
     body, prompt_estimate = build_prompt(conversation, history, model, params, request_id)
     input_price, output_price = model.input_price, model.output_price
     assert input_price is not None and output_price is not None
-    worst_case = pricing.cost(
-        pricing.upper_prompt_tokens(prompt_estimate), body["max_tokens"], input_price, output_price
+    worst_case = prices.cost(
+        prices.upper_prompt_tokens(prompt_estimate), body["max_tokens"], input_price, output_price
     )
     budgets.check_budget(user, worst_case, request_id)
     now = timezone.now()
@@ -838,48 +839,6 @@ def flush_progress(updates: list[Progress], heartbeat_ids: list[int]) -> set[int
     return refused
 
 
-def _price(message: Message) -> Decimal | None:
-    """Price the reply's usage, estimating the completion when the provider did not report it.
-    Mutates `message`; the caller saves it. Returns the usage's own cost (before any bound)."""
-    if message.usage_estimated:
-        message.completion_tokens = pricing.estimate_tokens(message.content + message.reasoning)
-    if message.input_price is None or message.output_price is None:
-        message.cost = None
-    else:
-        message.cost = pricing.cost(
-            message.prompt_tokens,
-            message.completion_tokens,
-            message.input_price,
-            message.output_price,
-        )
-    return message.cost
-
-
-def _bounded(cost: Decimal | None, reserved: Decimal | None) -> Decimal | None:
-    """What the user is billed for usage that cost `cost`: never more than the worst case that
-    was reserved against their limit when the call was accepted, so no reply can take a user
-    past their limit. Usage beyond it (a provider that ignored max_tokens, a prompt beyond its
-    estimate's bound) stays recorded on the charge (`usage_cost`)."""
-    if cost is None or reserved is None or reserved <= 0:
-        return cost
-    return min(cost, reserved)
-
-
-def _settlement(message: Message, usage_cost: Decimal | None) -> dict[str, Any]:
-    """A reserved charge's fields once its reply has ended and been priced."""
-    return {
-        "state": Charge.State.SETTLED.value,
-        "prompt_tokens": message.prompt_tokens,
-        "completion_tokens": message.completion_tokens,
-        "cached_tokens": message.cached_tokens,
-        "estimated": message.usage_estimated,
-        "cost": message.cost,
-        "usage_cost": usage_cost,
-        "lava_request_id": message.lava_request_id,
-        "settled_at": timezone.now(),
-    }
-
-
 def finish_generation(outcome: Outcome) -> Message | None:
     """Write the end of a reply once: text, reasoning, usage, cost and status; settle its
     charge. Returns the reply as written (for its `done` frame), or None when it was deleted
@@ -913,8 +872,8 @@ def finish_generation(outcome: Outcome) -> Message | None:
         message.completion_tokens = outcome.completion_tokens
         message.cached_tokens = outcome.cached_tokens
         message.usage_estimated = False
-    usage_cost = _price(message)
-    message.cost = _bounded(usage_cost, plan.reserved)
+    usage_cost = settlement.price_reply(message)
+    message.cost = settlement.bounded(usage_cost, plan.reserved)
     # Three statements written once (rows.update), rather than compiled for every reply. The
     # reply's row first, then its charge: the order the reaper (`interrupt`) takes them in, so
     # the two cannot deadlock on PostgreSQL.
@@ -923,8 +882,8 @@ def finish_generation(outcome: Outcome) -> Message | None:
             saved = Message.objects.filter(pk=message.pk).values("content", "reasoning").first()
             message.content = saved["content"] if saved else ""
             message.reasoning = saved["reasoning"] if saved else ""
-            usage_cost = _price(message)
-            message.cost = _bounded(usage_cost, plan.reserved)
+            usage_cost = settlement.price_reply(message)
+            message.cost = settlement.bounded(usage_cost, plan.reserved)
         # Only the fields the end changes, in one statement.
         written = rows.update(
             Message,
@@ -934,7 +893,9 @@ def finish_generation(outcome: Outcome) -> Message | None:
         if plan.charge_id is not None:
             # Whatever its state: if the reaper settled it on an estimate meanwhile (a process
             # that stalled), the reply's real end and usage replace that, as on the reply.
-            rows.update(Charge, {"pk": plan.charge_id}, **_settlement(message, usage_cost))
+            rows.update(
+                Charge, {"pk": plan.charge_id}, **settlement.settled_fields(message, usage_cost)
+            )
         if not written:
             return None
         rows.update(Conversation, {"pk": message.conversation_id}, updated_at=message.finished_at)
@@ -1017,11 +978,13 @@ def _interrupt_one(message_id: int) -> Message | None:
         message.error_message = INTERRUPTED_MESSAGE
         message.usage_estimated = True
         message.finished_at = timezone.now()
-        usage_cost = _price(message)
+        usage_cost = settlement.price_reply(message)
         charge = Charge.objects.filter(message=message).only("pk", "reserved", "state").first()
-        message.cost = _bounded(usage_cost, charge.reserved if charge else None)
+        message.cost = settlement.bounded(usage_cost, charge.reserved if charge else None)
         if charge is not None and charge.state == Charge.State.RESERVED:
-            Charge.objects.filter(pk=charge.pk).update(**_settlement(message, usage_cost))
+            Charge.objects.filter(pk=charge.pk).update(
+                **settlement.settled_fields(message, usage_cost)
+            )
         message.save()
         return message
 
@@ -1126,10 +1089,10 @@ def plan_title(message_id: int, *, again: bool = False) -> TitlePlan | None:
         }
         if model.reasoning and "qwen3" in model.model_id.lower():
             body["chat_template_kwargs"] = {"enable_thinking": False}
-        prompt_estimate = pricing.estimate_prompt_tokens(messages)
+        prompt_estimate = prices.estimate_prompt_tokens(messages)
         assert model.input_price is not None and model.output_price is not None
-        worst_case = pricing.cost(
-            pricing.upper_prompt_tokens(prompt_estimate),
+        worst_case = prices.cost(
+            prices.upper_prompt_tokens(prompt_estimate),
             body["max_tokens"],
             model.input_price,
             model.output_price,
@@ -1207,17 +1170,17 @@ def finish_title(
         charge = Charge.objects.select_for_update().get(pk=plan.charge_id)
         if prompt_tokens is None or completion_tokens is None:
             charge.prompt_tokens = plan.prompt_estimate
-            charge.completion_tokens = pricing.estimate_tokens(text + reasoning)
+            charge.completion_tokens = prices.estimate_tokens(text + reasoning)
             charge.estimated = True
         else:
             charge.prompt_tokens = prompt_tokens
             charge.completion_tokens = completion_tokens
             charge.estimated = False
         assert charge.input_price is not None and charge.output_price is not None
-        charge.usage_cost = pricing.cost(
+        charge.usage_cost = prices.cost(
             charge.prompt_tokens, charge.completion_tokens, charge.input_price, charge.output_price
         )
-        charge.cost = _bounded(charge.usage_cost, plan.reserved)
+        charge.cost = settlement.bounded(charge.usage_cost, plan.reserved)
         charge.state = Charge.State.SETTLED
         charge.lava_request_id = lava_request_id[:100]
         charge.settled_at = timezone.now()
@@ -1298,7 +1261,7 @@ def create_share(
             if include_reasoning and message.reasoning:
                 item["reasoning"] = message.reasoning
             if include_costs and message.cost is not None:
-                item["cost"] = pricing.plain(message.cost)
+                item["cost"] = prices.plain(message.cost)
         messages.append(item)
     snapshot: dict[str, Any] = {"title": conversation.title, "messages": messages}
     if include_system_prompt and conversation.system_prompt:

@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from . import budgets, usage
+from .billing import budgets, usage
 from .http import AuthenticatedHttpRequest, api_login_required
 from .models import Charge, ChatModel
 

@@ -15,6 +15,7 @@ from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from chat import generation, services
+from chat.billing import settlement
 from chat.generation import control_group, get_manager
 from chat.models import Charge, Message
 from chat.upstream import client as upstream_client
@@ -205,14 +206,14 @@ async def test_the_reaper_settles_every_stale_reply_even_when_one_cannot_be(
     first = await message(accepted["message"])
     broken = await _plant_stale(alice, first.conversation_id, first.model_id, "cannot price")
     fine = await _plant_stale(alice, first.conversation_id, first.model_id, "half an answer")
-    price = services._price
+    price = settlement.price_reply
 
     def price_or_fail(reply: Message) -> Decimal | None:
         if reply.pk == broken.pk:
             raise ValueError("a row the database refuses")
         return price(reply)
 
-    monkeypatch.setattr(services, "_price", price_or_fail)
+    monkeypatch.setattr(settlement, "price_reply", price_or_fail)
     reaped = await get_manager().reap()
     assert sorted(reaped) == sorted([broken.pk, fine.pk])
     settled = await message(fine.pk)

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 
-from chat import budgets, pricing, services
+from chat import services
+from chat.billing import budgets, prices
 from chat.models import Charge, Conversation
 
 from .wsclient import MODEL, message, open_socket, request_id, send_and_accept, text_of
@@ -40,7 +41,7 @@ async def test_a_reply_is_billed_at_most_what_was_reserved_for_it(fake, alice, s
     [charge] = await charges_of(accepted["message"])
     reply = await message(accepted["message"])
     assert (reply.prompt_tokens, reply.completion_tokens) == (fake.log[-1].prompt_tokens, 50_000)
-    true_cost = pricing.cost(reply.prompt_tokens, 50_000, PRICE, PRICE)
+    true_cost = prices.cost(reply.prompt_tokens, 50_000, PRICE, PRICE)
     assert charge.usage_cost == true_cost > charge.reserved > 0
     assert charge.cost == charge.reserved == reply.cost
     assert Decimal(frames[-1]["cost"]) == charge.reserved
@@ -55,7 +56,7 @@ async def test_a_reply_within_its_reservation_is_billed_its_real_cost(fake, alic
     await socket.close()
     [charge] = await charges_of(accepted["message"])
     reply = await message(accepted["message"])
-    real = pricing.cost(reply.prompt_tokens, 3, PRICE, PRICE)
+    real = prices.cost(reply.prompt_tokens, 3, PRICE, PRICE)
     assert charge.cost == charge.usage_cost == reply.cost == real < charge.reserved
 
 
@@ -69,11 +70,11 @@ async def test_a_reply_the_provider_does_not_end_at_max_tokens_is_cut(fake, alic
     await fake.wait_until(lambda: entry.finished is not None)
     # Reading stopped and the request was closed long before the provider's 2000 tokens.
     assert entry.client_gone and entry.tokens_sent < 200
-    limit = 20 * pricing.MAX_OVERCOUNT + 16
+    limit = 20 * prices.MAX_OVERCOUNT + 16
     reply = await message(accepted["message"])
     assert (reply.status, reply.finish_reason) == ("complete", "length")
     assert reply.content == text_of(frames, accepted["message"])
-    assert limit < pricing.text_weight(reply.content) <= limit + 2
+    assert limit < prices.text_weight(reply.content) <= limit + 2
     [charge] = await charges_of(accepted["message"])
     assert charge.cost is not None and charge.cost <= charge.reserved
 
@@ -110,7 +111,7 @@ async def test_a_worst_case_exactly_equal_to_what_is_left_is_accepted(fake, alic
     accepted = await send_and_accept(socket, "exactly enough", params={"max_tokens": 100})
     await socket.done(accepted["message"])
     # One smallest amount less and the same send is refused.
-    settings.MONTHLY_BUDGET_USD = worst - pricing.COST_QUANTUM + (await standing_of(alice)).spent
+    settings.MONTHLY_BUDGET_USD = worst - prices.COST_QUANTUM + (await standing_of(alice)).spent
     await socket.send(
         {
             "type": "send",
@@ -133,14 +134,14 @@ async def test_the_reservation_covers_the_prompt_at_its_upper_bound(fake, alice)
     await socket.done(accepted["message"])
     await socket.close()
     [charge] = await charges_of(accepted["message"])
-    estimate = pricing.estimate_prompt_tokens(
+    estimate = prices.estimate_prompt_tokens(
         [{"role": "user", "content": "how big is my prompt? " * 50}]
     )
     max_tokens = fake.log[-1].body["max_tokens"]
-    assert charge.reserved == pricing.cost(
-        pricing.upper_prompt_tokens(estimate), max_tokens, PRICE, PRICE
+    assert charge.reserved == prices.cost(
+        prices.upper_prompt_tokens(estimate), max_tokens, PRICE, PRICE
     )
-    assert pricing.upper_prompt_tokens(estimate) > estimate
+    assert prices.upper_prompt_tokens(estimate) > estimate
 
 
 @pytest.mark.parametrize("kind", ["regenerate", "edit"])
@@ -253,7 +254,7 @@ async def test_text_held_for_a_closing_think_tag_counts_towards_the_cut(fake, al
     # Without a </think>, the held text is the answer.
     assert reply.content == text_of(frames, accepted["message"])
     assert reply.content.startswith("word word") and reply.reasoning == ""
-    assert pricing.text_weight(reply.content) > 20 * pricing.MAX_OVERCOUNT
+    assert prices.text_weight(reply.content) > 20 * prices.MAX_OVERCOUNT
 
 
 @pytest.mark.parametrize("bad", [-1_000_000_000, "8192", 1e9, None, [], True])

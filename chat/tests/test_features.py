@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from PIL import Image
 
-from chat import pricing
+from chat.billing import prices
 from chat.models import ChatModel, Conversation, Message, Preset, ShareLink
 
 from .test_api_conversations import make_conversation
@@ -116,7 +116,7 @@ async def test_an_image_goes_to_a_vision_model_as_a_data_uri_and_is_stored(fake,
     # Billed with the image's tokens as the provider counted them.
     reply = await database_sync_to_async(Message.objects.get)(pk=accepted["message"])
     assert reply.prompt_tokens == fake.log[-1].prompt_tokens
-    assert reply.cost == pricing.cost(
+    assert reply.cost == prices.cost(
         reply.prompt_tokens, reply.completion_tokens, reply.input_price, reply.output_price
     )
 

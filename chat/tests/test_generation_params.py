@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from chat import budgets, errors, protocol, services
+from chat import errors, protocol, services
+from chat.billing import budgets
 from chat.models import Conversation, Preset
 
 from .test_api_conversations import make_conversation, patch

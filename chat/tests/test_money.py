@@ -16,7 +16,8 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
-from chat import pricing, services
+from chat import services
+from chat.billing import prices
 from chat.fakeupstream import default_catalogue
 from chat.models import Charge, ChatModel, Message, PriceChange, Profile
 
@@ -53,21 +54,21 @@ PRICE = Decimal("0.27216")
 def test_cost_is_exact_to_the_last_decimal(
     prompt: int, completion: int, input_price: str, output_price: str, expected: str
 ) -> None:
-    cost = pricing.cost(prompt, completion, Decimal(input_price), Decimal(output_price))
+    cost = prices.cost(prompt, completion, Decimal(input_price), Decimal(output_price))
     assert isinstance(cost, Decimal)
-    assert pricing.plain(cost) == expected
+    assert prices.plain(cost) == expected
 
 
 def test_token_estimates_round_the_character_weights_up() -> None:
     # Measured against real tokenizers in test_token_estimate.py; here, the arithmetic.
-    assert pricing.estimate_tokens("") == 0
+    assert prices.estimate_tokens("") == 0
     # Lowercase letters weigh 0.26: four are 1.04 tokens, billed as 2, never rounded down.
-    assert pricing.estimate_tokens("abc") == 1
-    assert pricing.estimate_tokens("abcd") == 2
+    assert prices.estimate_tokens("abc") == 1
+    assert prices.estimate_tokens("abcd") == 2
     # Common ideographs weigh 0.62: 2.48 tokens, 3 (four bytes a token said 3 too).
-    assert pricing.estimate_tokens("漢字漢字") == 3
+    assert prices.estimate_tokens("漢字漢字") == 3
     # Cyrillic weighs 0.35: five letters are 1.75 tokens, 2, where four bytes a token said 3.
-    assert pricing.estimate_tokens("слово") == 2
+    assert prices.estimate_tokens("слово") == 2
 
 
 # Costs of real replies ---------------------------------------------------------------------
@@ -93,7 +94,7 @@ async def test_a_price_change_mid_stream_does_not_change_that_replys_cost(fake, 
     await socket.close()
     reply = await message(accepted["message"])
     assert reply.input_price == reply.output_price == PRICE
-    expected = pricing.cost(reply.prompt_tokens, reply.completion_tokens, PRICE, PRICE)
+    expected = prices.cost(reply.prompt_tokens, reply.completion_tokens, PRICE, PRICE)
     assert reply.cost == expected
     assert Decimal(done["cost"]) == expected
     charge = await database_sync_to_async(Charge.objects.get)(message_id=reply.pk)
@@ -113,10 +114,10 @@ async def test_a_stopped_reply_is_billed_from_an_estimate(fake, alice) -> None:
     assert done["usage"]["estimated"] is True
     assert reply.usage_estimated
     # The prompt as estimated at accept time, the completion from the text the user saw.
-    prompt = pricing.estimate_prompt_tokens([{"role": "user", "content": "stop me"}])
-    completion = pricing.estimate_tokens(reply.content)
+    prompt = prices.estimate_prompt_tokens([{"role": "user", "content": "stop me"}])
+    completion = prices.estimate_tokens(reply.content)
     assert (reply.prompt_tokens, reply.completion_tokens) == (prompt, completion)
-    assert reply.cost == pricing.cost(prompt, completion, PRICE, PRICE)
+    assert reply.cost == prices.cost(prompt, completion, PRICE, PRICE)
     charge = await database_sync_to_async(Charge.objects.get)(message_id=reply.pk)
     assert (charge.state, charge.cost, charge.estimated) == ("settled", reply.cost, True)
 
@@ -173,9 +174,9 @@ async def test_concurrent_sends_near_the_limit_never_end_above_it(fake, alice, s
         send_frame(f"question {i}", model=MODEL, params={"max_tokens": max_tokens})
         for i in range(10)
     ]
-    worst = pricing.cost(
-        pricing.upper_prompt_tokens(
-            pricing.estimate_prompt_tokens([{"role": "user", "content": "question 0"}])
+    worst = prices.cost(
+        prices.upper_prompt_tokens(
+            prices.estimate_prompt_tokens([{"role": "user", "content": "question 0"}])
         ),
         max_tokens,
         PRICE,
@@ -205,7 +206,7 @@ async def test_concurrent_sends_near_the_limit_never_end_above_it(fake, alice, s
 
 
 def test_standing_counts_settled_costs_and_open_reservations(user) -> None:
-    from chat import budgets
+    from chat.billing import budgets
 
     Profile.objects.filter(user=user).update(budget_mode="custom", monthly_limit=Decimal("1"))
     Charge.objects.create(user=user, model_id=MODEL, state="settled", cost=Decimal("0.25"))
@@ -252,8 +253,8 @@ def test_the_usage_page_and_csv_totals_equal_the_billed_calls(
     page = user_client.get("/usage/")
     assert page.status_code == HTTPStatus.OK
     html = page.content.decode()
-    assert f'id="usage-total">{pricing.usd(expected)}<' in html
-    assert pricing.usd(expected) == "$2.50012345679"
+    assert f'id="usage-total">{prices.usd(expected)}<' in html
+    assert prices.usd(expected) == "$2.50012345679"
     assert "Qwen/Qwen3-32B" in html
 
     response = user_client.get("/usage.csv")

@@ -14,7 +14,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 
-from chat import pricing, services
+from chat import services
+from chat.billing import prices
 from chat.models import Attachment, ChatModel, Conversation, Message
 from chat.protocol import Params
 
@@ -33,10 +34,10 @@ def test_a_cost_halfway_between_twelfth_decimals_rounds_to_the_even_one_in_any_d
 ) -> None:
     with decimal.localcontext(rounding=rounding):
         # 0.5e-12, 1.5e-12, 2.5e-12 and 3.5e-12 USD.
-        assert pricing.cost(1, 0, HALF_QUANTUM_PRICE, Decimal(0)) == Decimal("0E-12")
-        assert pricing.cost(3, 0, HALF_QUANTUM_PRICE, Decimal(0)) == Decimal("2E-12")
-        assert pricing.cost(5, 0, HALF_QUANTUM_PRICE, Decimal(0)) == Decimal("2E-12")
-        assert pricing.cost(0, 7, Decimal(0), HALF_QUANTUM_PRICE) == Decimal("4E-12")
+        assert prices.cost(1, 0, HALF_QUANTUM_PRICE, Decimal(0)) == Decimal("0E-12")
+        assert prices.cost(3, 0, HALF_QUANTUM_PRICE, Decimal(0)) == Decimal("2E-12")
+        assert prices.cost(5, 0, HALF_QUANTUM_PRICE, Decimal(0)) == Decimal("2E-12")
+        assert prices.cost(0, 7, Decimal(0), HALF_QUANTUM_PRICE) == Decimal("4E-12")
 
 
 # Images in the prompt ------------------------------------------------------------------------
@@ -110,4 +111,4 @@ def test_a_model_that_cannot_see_gets_a_note_of_the_images_in_their_place(user: 
     )
     note = f"{QUESTION}\n\n[1 image(s) attached, not shown to this model]"
     assert body["messages"] == [{"role": "user", "content": note}]
-    assert estimate == pricing.estimate_tokens(note) + pricing.MESSAGE_OVERHEAD_TOKENS
+    assert estimate == prices.estimate_tokens(note) + prices.MESSAGE_OVERHEAD_TOKENS

@@ -16,7 +16,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from chat import budgets, errors, pricing, services
+from chat import errors, services
+from chat.billing import budgets, prices, settlement
 from chat.errors import Refused
 from chat.models import Charge, ChatModel, Conversation, Message, Profile
 from chat.protocol import Params, Send
@@ -30,7 +31,7 @@ def _expected_class(code_point: int) -> int:
     """The class a code point falls in, read from the declarations: the last class that lists
     it (later classes are carved out of earlier ones), else the first ("other")."""
     found = 0
-    for index, cls in enumerate(pricing.CHAR_CLASSES):
+    for index, cls in enumerate(prices.CHAR_CLASSES):
         if any(first <= code_point <= last for first, last in cls.ranges):
             found = index
     return found
@@ -38,7 +39,7 @@ def _expected_class(code_point: int) -> int:
 
 def _boundaries() -> list[int]:
     points = {0, 0x7F, 0x80, 0xFF, 0x10FFFF}
-    for cls in pricing.CHAR_CLASSES:
+    for cls in prices.CHAR_CLASSES:
         for first, last in cls.ranges:
             points |= {first - 1, first, last, last + 1}
     return sorted(p for p in points if 0 <= p <= 0x10FFFF)
@@ -46,13 +47,13 @@ def _boundaries() -> list[int]:
 
 def test_the_weight_tables_give_every_range_boundary_its_class_weight() -> None:
     # The tables are built once at import; building them again here is what runs the code.
-    classes, units, ascii_units = pricing._tables()
+    classes, units, ascii_units = prices._tables()
     assert len(classes) == len(units) == 0x110000
     # A bytes.translate table is 256 entries long; ASCII text only reads the first 128.
     assert len(ascii_units) == 256
     for code_point in _boundaries():
         expected = _expected_class(code_point)
-        weight = pricing.CHAR_CLASSES[expected].units
+        weight = prices.CHAR_CLASSES[expected].units
         assert classes[code_point] == expected, hex(code_point)
         assert ord(units[code_point]) == weight, hex(code_point)
         if code_point < 0x80:
@@ -63,19 +64,19 @@ def test_the_weight_tables_give_every_range_boundary_its_class_weight() -> None:
 def test_a_class_that_weighs_nothing_or_more_than_a_byte_holds_is_refused(
     monkeypatch: pytest.MonkeyPatch, units: int
 ) -> None:
-    broken = pricing.CharClass("broken", units, ((0x41, 0x41),))
-    monkeypatch.setattr(pricing, "CHAR_CLASSES", (*pricing.CHAR_CLASSES, broken))
+    broken = prices.CharClass("broken", units, ((0x41, 0x41),))
+    monkeypatch.setattr(prices, "CHAR_CLASSES", (*prices.CHAR_CLASSES, broken))
     with pytest.raises(ValueError, match="broken"):
-        pricing._tables()
+        prices._tables()
 
 
 @pytest.mark.parametrize("units", [1, 255])
 def test_the_lightest_and_heaviest_weights_a_byte_holds_are_accepted(
     monkeypatch: pytest.MonkeyPatch, units: int
 ) -> None:
-    edge = pricing.CharClass("edge", units, ((0x41, 0x41),))
-    monkeypatch.setattr(pricing, "CHAR_CLASSES", (*pricing.CHAR_CLASSES, edge))
-    _, weights, _ = pricing._tables()
+    edge = prices.CharClass("edge", units, ((0x41, 0x41),))
+    monkeypatch.setattr(prices, "CHAR_CLASSES", (*prices.CHAR_CLASSES, edge))
+    _, weights, _ = prices._tables()
     assert ord(weights[0x41]) == units
 
 
@@ -97,42 +98,42 @@ def test_the_lightest_and_heaviest_weights_a_byte_holds_are_accepted(
 def test_a_call_costs_its_tokens_times_the_prices_per_million(
     prompt: int, completion: int, input_price: str, output_price: str, expected: str
 ) -> None:
-    # Hand-computed: a comparison with pricing.cost itself would follow any change to it.
-    assert pricing.cost(prompt, completion, Decimal(input_price), Decimal(output_price)) == (
+    # Hand-computed: a comparison with prices.cost itself would follow any change to it.
+    assert prices.cost(prompt, completion, Decimal(input_price), Decimal(output_price)) == (
         Decimal(expected)
     )
 
 
 def test_usage_that_could_not_be_priced_stays_unpriced_whatever_was_reserved() -> None:
-    assert services._bounded(None, Decimal("1")) is None
-    assert services._bounded(None, None) is None
-    assert services._bounded(Decimal("2"), None) == Decimal("2")
+    assert settlement.bounded(None, Decimal("1")) is None
+    assert settlement.bounded(None, None) is None
+    assert settlement.bounded(Decimal("2"), None) == Decimal("2")
 
 
 # Prompt estimates --------------------------------------------------------------------------
 
 
 def test_a_message_without_text_counts_its_overhead_only() -> None:
-    assert pricing.estimate_prompt_tokens([{"role": "assistant"}]) == (
-        pricing.MESSAGE_OVERHEAD_TOKENS
+    assert prices.estimate_prompt_tokens([{"role": "assistant"}]) == (
+        prices.MESSAGE_OVERHEAD_TOKENS
     )
-    assert pricing.estimate_prompt_tokens([{"role": "user", "content": []}]) == (
-        pricing.MESSAGE_OVERHEAD_TOKENS
+    assert prices.estimate_prompt_tokens([{"role": "user", "content": []}]) == (
+        prices.MESSAGE_OVERHEAD_TOKENS
     )
 
 
 def test_the_text_parts_of_a_message_count_and_its_image_parts_add_no_text() -> None:
     text = {"type": "text", "text": "hello world"}
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
-    alone = pricing.estimate_prompt_tokens([{"role": "user", "content": [text]}])
-    assert alone == pricing.estimate_tokens("hello world") + pricing.MESSAGE_OVERHEAD_TOKENS
-    assert pricing.estimate_prompt_tokens([{"role": "user", "content": [text, image]}]) == alone
+    alone = prices.estimate_prompt_tokens([{"role": "user", "content": [text]}])
+    assert alone == prices.estimate_tokens("hello world") + prices.MESSAGE_OVERHEAD_TOKENS
+    assert prices.estimate_prompt_tokens([{"role": "user", "content": [text, image]}]) == alone
 
 
 # The reply's room: max_tokens and the context ------------------------------------------------
 
 LETTERS = "a" * 100  # 26 tokens by estimate, and 4 of overhead a message: 30
-TURN = pricing.estimate_tokens(LETTERS) + pricing.MESSAGE_OVERHEAD_TOKENS
+TURN = prices.estimate_tokens(LETTERS) + prices.MESSAGE_OVERHEAD_TOKENS
 
 
 def _model(context: int = 100_000, max_output: int = 8192) -> ChatModel:
@@ -232,7 +233,7 @@ def _turns(conversation: Conversation, *turns: tuple[str, int]) -> list[Message]
 
 
 def _size(length: int) -> int:
-    return pricing.estimate_tokens("a" * length) + pricing.MESSAGE_OVERHEAD_TOKENS
+    return prices.estimate_tokens("a" * length) + prices.MESSAGE_OVERHEAD_TOKENS
 
 
 def test_only_the_oldest_exchange_is_dropped_when_that_makes_room() -> None:
@@ -293,7 +294,7 @@ def test_the_system_prompt_sent_is_the_sends_own_then_the_conversations() -> Non
     history = _exchange(conversation, "user")
     body, estimate = _prompt(conversation, history, _model())
     assert body["messages"][0] == {"role": "system", "content": "Be brief."}
-    system = pricing.estimate_prompt_tokens([{"content": "Be brief."}])
+    system = prices.estimate_prompt_tokens([{"content": "Be brief."}])
     assert estimate == system + TURN
     body, _ = _prompt(conversation, history, _model(), Params(system_prompt="Be long."))
     assert body["messages"][0] == {"role": "system", "content": "Be long."}
@@ -412,7 +413,7 @@ def test_a_reply_with_usage_is_billed_its_usage_on_the_reply_and_its_charge(
     assert reply is not None
     stored = Message.objects.get(pk=plan.message_id)
     charge = _charge(plan)
-    cost = pricing.cost(40, 7, PRICE, PRICE)
+    cost = prices.cost(40, 7, PRICE, PRICE)
     assert (stored.prompt_tokens, stored.completion_tokens, stored.cached_tokens) == (40, 7, 2)
     assert (stored.usage_estimated, stored.cost, stored.status) == (False, cost, "complete")
     assert (charge.state, charge.prompt_tokens, charge.completion_tokens) == ("settled", 40, 7)
@@ -438,13 +439,13 @@ def test_a_reply_missing_either_count_is_billed_from_estimates(
         )
     )
     stored = Message.objects.get(pk=plan.message_id)
-    completion_estimate = pricing.estimate_tokens("the answer" + "the thought")
+    completion_estimate = prices.estimate_tokens("the answer" + "the thought")
     assert (stored.prompt_tokens, stored.completion_tokens) == (
         plan.prompt_estimate,
         completion_estimate,
     )
     assert stored.usage_estimated is True and stored.cached_tokens == 0
-    cost = pricing.cost(plan.prompt_estimate, completion_estimate, PRICE, PRICE)
+    cost = prices.cost(plan.prompt_estimate, completion_estimate, PRICE, PRICE)
     charge = _charge(plan)
     assert stored.cost == charge.cost == charge.usage_cost == cost
     assert charge.estimated is True
@@ -456,7 +457,7 @@ def test_usage_above_the_reservation_is_billed_the_reservation_and_kept_whole(
     plan = accept()
     services.finish_generation(_outcome(plan, completion_tokens=1_000_000))
     charge = _charge(plan)
-    assert charge.usage_cost == pricing.cost(40, 1_000_000, PRICE, PRICE)
+    assert charge.usage_cost == prices.cost(40, 1_000_000, PRICE, PRICE)
     assert charge.cost == plan.reserved == Message.objects.get(pk=plan.message_id).cost
 
 
@@ -464,7 +465,7 @@ def test_usage_exactly_at_the_reservation_is_billed_whole(
     accept: Callable[..., services.GenerationPlan],
 ) -> None:
     plan = accept()
-    at = dataclasses.replace(plan, reserved=pricing.cost(40, 7, PRICE, PRICE))
+    at = dataclasses.replace(plan, reserved=prices.cost(40, 7, PRICE, PRICE))
     services.finish_generation(_outcome(at))
     charge = _charge(plan)
     assert charge.cost == charge.usage_cost == at.reserved
@@ -477,7 +478,7 @@ def test_an_end_over_the_saved_text_is_billed_at_most_the_reservation_too(
     services.finish_generation(_outcome(plan, completion_tokens=1_000_000, keep_saved_text=True))
     charge = _charge(plan)
     assert charge.cost == plan.reserved == Message.objects.get(pk=plan.message_id).cost
-    assert charge.usage_cost == pricing.cost(40, 1_000_000, PRICE, PRICE)
+    assert charge.usage_cost == prices.cost(40, 1_000_000, PRICE, PRICE)
 
 
 def test_a_call_that_reserved_nothing_is_billed_its_usage(
@@ -485,7 +486,7 @@ def test_a_call_that_reserved_nothing_is_billed_its_usage(
 ) -> None:
     plan = dataclasses.replace(accept(), reserved=Decimal(0))
     services.finish_generation(_outcome(plan))
-    assert _charge(plan).cost == pricing.cost(40, 7, PRICE, PRICE)
+    assert _charge(plan).cost == prices.cost(40, 7, PRICE, PRICE)
 
 
 def test_usage_at_an_unknown_price_is_not_given_a_cost() -> None:
@@ -493,7 +494,7 @@ def test_usage_at_an_unknown_price_is_not_given_a_cost() -> None:
         reply = Message(
             content="x", input_price=input_price, output_price=output_price, usage_estimated=False
         )
-        assert services._price(reply) is None and reply.cost is None
+        assert settlement.price_reply(reply) is None and reply.cost is None
 
 
 def test_the_end_written_over_the_saved_text_is_billed_for_that_text(
@@ -512,9 +513,9 @@ def test_the_end_written_over_the_saved_text_is_billed_for_that_text(
     )
     stored = Message.objects.get(pk=plan.message_id)
     assert (stored.content, stored.reasoning) == ("saved so far", "hmm")
-    estimate = pricing.estimate_tokens("saved so far" + "hmm")
+    estimate = prices.estimate_tokens("saved so far" + "hmm")
     assert stored.completion_tokens == estimate
-    assert _charge(plan).cost == pricing.cost(plan.prompt_estimate, estimate, PRICE, PRICE)
+    assert _charge(plan).cost == prices.cost(plan.prompt_estimate, estimate, PRICE, PRICE)
 
 
 def test_a_reply_deleted_meanwhile_is_still_settled(
@@ -524,7 +525,7 @@ def test_a_reply_deleted_meanwhile_is_still_settled(
     Message.objects.filter(pk=plan.message_id).delete()
     assert services.finish_generation(_outcome(plan)) is None
     charge = _charge(plan)
-    assert (charge.state, charge.cost) == ("settled", pricing.cost(40, 7, PRICE, PRICE))
+    assert (charge.state, charge.cost) == ("settled", prices.cost(40, 7, PRICE, PRICE))
 
 
 def test_the_end_of_a_reply_is_stored_field_for_field(
@@ -570,7 +571,7 @@ def test_an_end_over_the_saved_text_of_a_reply_deleted_meanwhile_is_billed_for_n
     assert ended is None
     charge = _charge(plan)
     assert (charge.state, charge.completion_tokens) == ("settled", 0)
-    assert charge.cost == pricing.cost(plan.prompt_estimate, 0, PRICE, PRICE)
+    assert charge.cost == prices.cost(plan.prompt_estimate, 0, PRICE, PRICE)
 
 
 def test_long_upstream_strings_are_stored_cut_to_their_columns(
@@ -628,7 +629,7 @@ def test_a_title_with_usage_is_billed_its_usage(user: User) -> None:
     assert services.finish_title(plan, "A Title", "", 60, 5, "lava-t") == "A Title"
     charge = Charge.objects.get(pk=plan.charge_id)
     assert (charge.prompt_tokens, charge.completion_tokens, charge.estimated) == (60, 5, False)
-    assert charge.cost == charge.usage_cost == pricing.cost(60, 5, PRICE, PRICE)
+    assert charge.cost == charge.usage_cost == prices.cost(60, 5, PRICE, PRICE)
     assert (charge.state, charge.lava_request_id) == ("settled", "lava-t")
     assert charge.settled_at is not None
 
@@ -641,13 +642,13 @@ def test_a_title_missing_either_count_is_billed_from_estimates(
     plan = _title_plan(user)
     services.finish_title(plan, "A Title", "some thought", prompt, completion, "")
     charge = Charge.objects.get(pk=plan.charge_id)
-    estimate = pricing.estimate_tokens("A Title" + "some thought")
+    estimate = prices.estimate_tokens("A Title" + "some thought")
     assert (charge.prompt_tokens, charge.completion_tokens, charge.estimated) == (
         50,
         estimate,
         True,
     )
-    assert charge.cost == charge.usage_cost == pricing.cost(50, estimate, PRICE, PRICE)
+    assert charge.cost == charge.usage_cost == prices.cost(50, estimate, PRICE, PRICE)
 
 
 @pytest.mark.django_db
@@ -755,7 +756,7 @@ def test_a_worst_case_exactly_equal_to_what_is_left_passes_the_check(
     Charge.objects.create(user=user, model_id=MODEL, state="reserved", reserved=Decimal("0.5"))
     budgets.check_budget(user, Decimal("0.25"), "rid")
     with pytest.raises(Refused) as refused:
-        budgets.check_budget(user, Decimal("0.25") + pricing.COST_QUANTUM, "rid")
+        budgets.check_budget(user, Decimal("0.25") + prices.COST_QUANTUM, "rid")
     assert (refused.value.code, refused.value.request_id) == (errors.BUDGET_EXCEEDED, "rid")
     assert refused.value.message == (
         "This reply could cost up to $0.250000000001, and $0.25 is left of your $1.00 "

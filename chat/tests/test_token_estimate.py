@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chat import pricing
+from chat.billing import prices
 
 FIXTURE = json.loads(
     (Path(__file__).parent / "data" / "token_counts.json").read_text(encoding="utf-8")
@@ -43,9 +43,9 @@ def within(estimate: float, real: int, factor: float) -> bool:
 def test_the_estimate_is_within_the_measured_error_of_both_tokenizers(
     sample: dict[str, Any],
 ) -> None:
-    estimate = pricing.estimate_tokens(sample["text"])
+    estimate = prices.estimate_tokens(sample["text"])
     for tokenizer, real in sample["tokens"].items():
-        assert within(estimate, real, pricing.MEASURED_ERROR), (tokenizer, estimate, real)
+        assert within(estimate, real, prices.MEASURED_ERROR), (tokenizer, estimate, real)
 
 
 def test_four_bytes_a_token_misses_the_measured_error_on_non_ascii_text() -> None:
@@ -54,15 +54,15 @@ def test_four_bytes_a_token_misses_the_measured_error_on_non_ascii_text() -> Non
         sample["name"]
         for sample in SAMPLES
         for real in sample["tokens"].values()
-        if not within(math.ceil(len(sample["text"].encode()) / 4), real, pricing.MEASURED_ERROR)
+        if not within(math.ceil(len(sample["text"].encode()) / 4), real, prices.MEASURED_ERROR)
     }
     assert {"ru", "th", "identifiers"} <= missed
 
 
 @pytest.mark.parametrize("entry", by_name(SAMPLES + CRAFTED))
 def test_the_prompt_bound_covers_the_real_prompt(entry: dict[str, Any]) -> None:
-    estimate = pricing.estimate_prompt_tokens([{"role": "user", "content": entry["text"]}])
-    bound = pricing.upper_prompt_tokens(estimate)
+    estimate = prices.estimate_prompt_tokens([{"role": "user", "content": entry["text"]}])
+    bound = prices.upper_prompt_tokens(estimate)
     for tokenizer, real in entry["tokens"].items():
         prompt = real + FIXTURE["template_tokens"]["prompt"][tokenizer]
         assert bound >= prompt, (tokenizer, bound, prompt)
@@ -71,7 +71,7 @@ def test_the_prompt_bound_covers_the_real_prompt(entry: dict[str, Any]) -> None:
 def test_the_prompt_bound_covers_a_conversation_of_many_short_messages() -> None:
     """Per-message template tokens add up: a hundred one-word turns."""
     messages = [{"role": "user", "content": "Hello"}] * 100
-    bound = pricing.upper_prompt_tokens(pricing.estimate_prompt_tokens(messages))
+    bound = prices.upper_prompt_tokens(prices.estimate_prompt_tokens(messages))
     templates = FIXTURE["template_tokens"]
     for tokenizer in ("deepseek_v3", "qwen"):
         # "Hello" is one token in both.
@@ -82,9 +82,9 @@ def test_the_prompt_bound_covers_a_conversation_of_many_short_messages() -> None
 @pytest.mark.parametrize("entry", by_name(SAMPLES + [c for c in CRAFTED if c["name"] not in RUNS]))
 def test_no_reply_is_over_counted_past_max_overcount(entry: dict[str, Any]) -> None:
     """A reply stopped by the model at max_tokens stays under the cut at MAX_OVERCOUNT."""
-    weight = pricing.text_weight(entry["text"])
+    weight = prices.text_weight(entry["text"])
     for tokenizer, real in entry["tokens"].items():
-        assert weight <= real * pricing.MAX_OVERCOUNT, (tokenizer, weight, real)
+        assert weight <= real * prices.MAX_OVERCOUNT, (tokenizer, weight, real)
 
 
 def test_the_fixture_holds_every_sample_as_written() -> None:
@@ -114,28 +114,28 @@ def test_the_fixture_counts_are_what_the_tokenizers_count() -> None:
 
 @given(ANY_TEXT, ANY_TEXT)
 def test_text_weight_is_additive_over_concatenation(left: str, right: str) -> None:
-    whole = pricing.text_weight(left + right)
-    assert whole == pytest.approx(pricing.text_weight(left) + pricing.text_weight(right))
+    whole = prices.text_weight(left + right)
+    assert whole == pytest.approx(prices.text_weight(left) + prices.text_weight(right))
 
 
 @given(ANY_TEXT)
 def test_text_weight_is_the_sum_of_the_class_weights(text: str) -> None:
     """The translate-and-sum fast path against the plain definition."""
-    counts = pricing.class_counts(text)
-    units = sum(cls.units * counts[cls.name] for cls in pricing.CHAR_CLASSES)
-    assert pricing.text_weight(text) == units / pricing.UNITS_PER_TOKEN
-    assert pricing.estimate_tokens(text) == math.ceil(units / pricing.UNITS_PER_TOKEN)
+    counts = prices.class_counts(text)
+    units = sum(cls.units * counts[cls.name] for cls in prices.CHAR_CLASSES)
+    assert prices.text_weight(text) == units / prices.UNITS_PER_TOKEN
+    assert prices.estimate_tokens(text) == math.ceil(units / prices.UNITS_PER_TOKEN)
     assert sum(counts.values()) == len(text)
 
 
 def test_an_empty_text_weighs_nothing_and_any_character_something() -> None:
-    assert pricing.text_weight("") == 0
-    assert pricing.estimate_tokens("") == 0
+    assert prices.text_weight("") == 0
+    assert prices.estimate_tokens("") == 0
     for character in ("a", " ", "\n", "\x00", "é", "ж", "字", "🎉", "\U00020000", "\udc80"):
-        assert pricing.text_weight(character) > 0, repr(character)
-        assert pricing.estimate_tokens(character) >= 1, repr(character)
+        assert prices.text_weight(character) > 0, repr(character)
+        assert prices.estimate_tokens(character) >= 1, repr(character)
 
 
 @given(st.integers(min_value=0, max_value=10**9))
 def test_the_prompt_bound_is_above_the_estimate(estimate: int) -> None:
-    assert pricing.upper_prompt_tokens(estimate) > estimate
+    assert prices.upper_prompt_tokens(estimate) > estimate

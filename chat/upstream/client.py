@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from chat.pricing import text_weight
+from chat.billing.prices import text_weight
 
 from .config import UpstreamConfig
 from .errors import UpstreamError
@@ -165,8 +165,8 @@ class _Reply:
         token_limit: float | None = None,
     ) -> None:
         self.config = config
-        # The reply's text, weighed as it arrives (pricing.text_weight), before anything is
-        # held back; past `token_limit` the reply is over (see stream_chat).
+        # The reply's text, weighed as it arrives (chat.billing.prices.text_weight), before
+        # anything is held back; past `token_limit` the reply is over (see stream_chat).
         self.token_limit = token_limit
         self.weight = 0.0
         self.cut = False

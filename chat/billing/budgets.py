@@ -3,7 +3,7 @@
 A month is a calendar month in the server's TIME_ZONE. What counts against the limit is every
 settled charge's cost plus every open reservation (the worst case of a call still running), so
 concurrent calls can never overshoot the limit together. Sends of one user are serialised by the
-caller's transaction (see `services._lock_user`).
+caller's transaction (see `chat.services._lock_user`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from django.contrib.auth.models import User
 from django.db.models import Q, Sum
 from django.utils import timezone
 
-from . import errors, rows
-from .errors import Refused
-from .models import Charge, Profile
-from .pricing import usd
+from chat import errors, rows
+from chat.errors import Refused
+from chat.models import Charge, Profile
+
+from .prices import usd
 
 ZERO = Decimal(0)
 
