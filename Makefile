@@ -77,8 +77,8 @@ MUTANTS := 'chat.billing.prices.*' 'chat.billing.budgets.*' \
 	'chat.upstream.sse.*' 'chat.upstream.reasoning.*' \
 	'chat.billing.settlement.x_price_reply__*' 'chat.billing.settlement.x_bounded__*' \
 	'chat.billing.settlement.x_settled_fields__*' \
-	'chat.services.x_finish_generation__*' 'chat.services.x_finish_title__*' \
-	'chat.services.x__check_limits__*' 'chat.services.x_build_prompt__*' \
+	'chat.actions.progress.x_finish_generation__*' 'chat.actions.titles.x_finish_title__*' \
+	'chat.actions.replies.x__check_limits__*' 'chat.actions.prompts.x_build_prompt__*' \
 	'chat.consumers.x?ChatConsumer?deliver__*' 'chat.consumers.x?ChatConsumer?_deliver_delta__*' \
 	'chat.consumers.x?ChatConsumer?_deliver_snapshot__*' \
 	'chat.consumers.x?ChatConsumer?_deliver_done__*' 'chat.consumers.x?ChatConsumer?_resync__*' \

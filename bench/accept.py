@@ -2,8 +2,8 @@
 
 .venv/bin/python -m bench.accept [--sends 300] [--cold]
 
-Runs `services.accept` (a question in a new conversation, as the load client sends) and
-then `services.finish_generation` for it, one after the other on one thread, against a
+Runs `replies.accept` (a question in a new conversation, as the load client sends) and
+then `progress.finish_generation` for it, one after the other on one thread, against a
 migrated SQLite database in a temporary folder (never the development database). Prints the
 median and 10th percentile of each, the statements each ran with the database's own time for
 them (the rest is Python), and the process's RSS after the first fifth of the sends and at the
@@ -94,7 +94,8 @@ def run(sends: int, *, cold: bool = False) -> None:
     from django.contrib.auth import get_user_model
     from django.db import connection
 
-    from chat import protocol, services
+    from chat import protocol
+    from chat.actions import progress, replies
 
     user = get_user_model().objects.create_user("bench", password=uuid.uuid4().hex)
     scratch = bytearray(48 * 1024 * 1024) if cold else bytearray()
@@ -126,9 +127,9 @@ def run(sends: int, *, cold: bool = False) -> None:
         last = {"accept": Statements(), "finish_generation": Statements()}
         with connection.execute_wrapper(last["accept"]):
             started = time.perf_counter()
-            plan = services.accept(user, frame)
+            plan = replies.accept(user, frame)
             accept_ms.append((time.perf_counter() - started) * 1000)
-        outcome = services.Outcome(
+        outcome = progress.Outcome(
             plan=plan,
             status="complete",
             content="The moon is about 384,400 km away. " * 10,
@@ -146,7 +147,7 @@ def run(sends: int, *, cold: bool = False) -> None:
         )
         with connection.execute_wrapper(last["finish_generation"]):
             started = time.perf_counter()
-            services.finish_generation(outcome)
+            progress.finish_generation(outcome)
             finish_ms.append((time.perf_counter() - started) * 1000)
     gc.collect()
     end_rss = rss_kib()

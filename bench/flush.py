@@ -2,7 +2,7 @@
 
 .venv/bin/python -m bench.flush [--replies 200] [--seconds 100] [--tokens-per-second 30]
 
-Once per simulated second, runs `services.flush_progress` for two sets of N streaming replies
+Once per simulated second, runs `progress.flush_progress` for two sets of N streaming replies
 that each grew by a second of tokens (stamped as the stand-in stamps them): one set saved as the
 app saves it, appending only the new text, the other by writing each reply's whole text (what
 the app does once after a save whose outcome it could not know, and what it did every second
@@ -38,7 +38,7 @@ def main() -> None:
 def run(replies: int, seconds: int, tokens_per_second: int) -> dict[str, list[float]]:
     from django.contrib.auth import get_user_model
 
-    from chat import services
+    from chat.actions import progress
     from chat.models import ChatModel, Conversation, Message
 
     user = get_user_model().objects.create_user(
@@ -74,13 +74,13 @@ def run(replies: int, seconds: int, tokens_per_second: int) -> dict[str, list[fl
                 texts[name][pk] += delta
             whole = name == "whole"
             updates = [
-                services.Progress(
+                progress.Progress(
                     pk, second, second - 1, texts[name][pk] if whole else delta, "", whole=whole
                 )
                 for pk in ids
             ]
             started = time.thread_time()
-            refused = services.flush_progress(updates, [])
+            refused = progress.flush_progress(updates, [])
             cpu_ms[name].append((time.thread_time() - started) * 1000)
             assert not refused, refused
     for name, ids in sets.items():

@@ -31,11 +31,17 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 
 from bench import COUNTERS_PATH
-from chat import generation, services
+from chat import generation
+from chat.actions import progress, replies
 
-# The service functions whose statements are told apart; everything else is "other" (sessions,
+# The action functions whose statements are told apart; everything else is "other" (sessions,
 # authentication, page views).
-LABELLED = ("accept", "flush_progress", "finish_generation", "interrupt")
+LABELLED = (
+    (replies, "accept"),
+    (progress, "flush_progress"),
+    (progress, "finish_generation"),
+    (progress, "interrupt"),
+)
 WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 _lock = threading.Lock()
@@ -87,8 +93,8 @@ def _install() -> None:
     CursorWrapper.executemany = counted_executemany  # type: ignore[method-assign, assignment]  # patch
     BaseDatabaseWrapper.commit = counted_commit  # type: ignore[method-assign]  # patch
 
-    for name in LABELLED:
-        original = getattr(services, name)
+    for module, name in LABELLED:
+        original = getattr(module, name)
 
         def labelled(*args: Any, __original: Any = original, __name: str = name, **kw: Any) -> Any:
             _count(f"{__name}.calls")
@@ -105,7 +111,7 @@ def _install() -> None:
                     _counts[f"{__name}.cpu_us"] += (time.thread_time_ns() - cpu_started) // 1000
 
         # The consumer and the generation engine look these up on the module at call time.
-        setattr(services, name, wraps(original)(labelled))
+        setattr(module, name, wraps(original)(labelled))
 
 
 # Garbage collections per generation: how many, their total time in µs and the objects they freed

@@ -17,7 +17,9 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 
-from . import errors, protocol, sync
+from . import errors, protocol
+from .actions import catalogue_sync
+from .actions.catalogue import save_catalogue_entry, set_models_enabled
 from .billing import budgets, usage
 from .models import (
     Charge,
@@ -30,7 +32,6 @@ from .models import (
     ShareLink,
     UsageReport,
 )
-from .services import save_catalogue_entry, set_models_enabled
 from .upstream.catalogue import fetch_models
 from .upstream.errors import UpstreamError
 
@@ -134,7 +135,7 @@ class ChatModelAdmin(admin.ModelAdmin):
             if saved is None:
                 self.message_user(request, "Nothing to apply: preview again.", messages.WARNING)
                 return HttpResponseRedirect(reverse("admin:chat_chatmodel_sync"))
-            counts = sync.apply(sync.from_session(saved), user=_staff(request))
+            counts = catalogue_sync.apply(catalogue_sync.from_session(saved), user=_staff(request))
             self.message_user(
                 request,
                 f"Catalogue synced: {counts['new']} new (disabled until you enable them), "
@@ -143,14 +144,14 @@ class ChatModelAdmin(admin.ModelAdmin):
             )
             return HttpResponseRedirect(changelist)
         error = ""
-        changes: list[sync.Change] = []
+        changes: list[catalogue_sync.Change] = []
         try:
             catalogue = async_to_sync(fetch_models)()
         except UpstreamError as exc:
             error = exc.message
         else:
-            changes = sync.preview(catalogue, settings.PRICE_MARKUP_PERCENT)
-            request.session[SYNC_SESSION_KEY] = sync.to_session(changes)
+            changes = catalogue_sync.preview(catalogue, settings.PRICE_MARKUP_PERCENT)
+            request.session[SYNC_SESSION_KEY] = catalogue_sync.to_session(changes)
         context = {
             **self.admin_site.each_context(request),
             "title": "Sync the catalogue from Chutes",

@@ -13,7 +13,9 @@ from django.db.models import Q, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from . import attachments, errors, protocol, services
+from . import attachments, errors, protocol
+from .actions import conversations as conversations_actions
+from .actions import versions as versions_actions
 from .billing import budgets, prices
 from .errors import Refused
 from .http import AuthenticatedHttpRequest, api_login_required, json_error, refused
@@ -74,7 +76,7 @@ def conversation_detail(conversation: Conversation) -> dict[str, Any]:
         .prefetch_related("attachments")
         .order_by("id")
     )
-    versions = services.siblings(conversation)
+    versions = versions_actions.siblings(conversation)
     # Everything this conversation cost, replaced replies and titles included.
     total = conversation.charges.filter(cost__isnull=False).aggregate(total=Sum("cost"))["total"]
     return {
@@ -165,7 +167,7 @@ def _apply_changes(conversation: Conversation, data: dict[str, Any]) -> list[str
         model_id = data["model"]
         if not isinstance(model_id, str):
             raise Refused(errors.INVALID_FRAME, "'model' must be a model id.")
-        conversation.model = services.usable_model(model_id, "")
+        conversation.model = conversations_actions.usable_model(model_id, "")
         fields.append("model")
     return fields
 
@@ -180,7 +182,7 @@ def conversation(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     if request.method == "GET":
         return JsonResponse(conversation_detail(found))
     if request.method == "DELETE":
-        services.delete_conversation(found)
+        conversations_actions.delete_conversation(found)
         return HttpResponse(status=HTTPStatus.NO_CONTENT)
     try:
         fields = _apply_changes(found, _read_json(request))
@@ -195,7 +197,7 @@ def conversation(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 @api_login_required
 def me(request: AuthenticatedHttpRequest) -> JsonResponse:
     """The user's preferences: the model new conversations start with."""
-    profile = services.profile_for(request.user)
+    profile = conversations_actions.profile_for(request.user)
     if request.method == "PATCH":
         try:
             data = _read_json(request)
@@ -207,7 +209,7 @@ def me(request: AuthenticatedHttpRequest) -> JsonResponse:
                 if model_id is None:
                     profile.default_model = None
                 elif isinstance(model_id, str):
-                    profile.default_model = services.usable_model(model_id, "")
+                    profile.default_model = conversations_actions.usable_model(model_id, "")
                 else:
                     raise Refused(errors.INVALID_FRAME, "'default_model' must be a model id.")
         except Refused as exc:

@@ -14,7 +14,10 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import attachments, errors, exports, protocol, services
+from . import attachments, errors, exports, protocol
+from .actions import conversations as conversations_actions
+from .actions import shares as shares_actions
+from .actions import versions
 from .api import conversation_detail
 from .errors import Refused
 from .http import AuthenticatedHttpRequest, api_login_required, json_error, refused
@@ -77,7 +80,7 @@ def image(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 @api_login_required
 def show_version(request: AuthenticatedHttpRequest, pk: int) -> JsonResponse:
     try:
-        conversation = services.show_version(request.user, pk)
+        conversation = versions.show_version(request.user, pk)
     except Refused as exc:
         return refused(exc)
     return JsonResponse(conversation_detail(conversation))
@@ -176,7 +179,7 @@ def shares(request: AuthenticatedHttpRequest, pk: int) -> JsonResponse:
                 flags[name] = value
         except Refused as exc:
             return refused(exc)
-        share = services.create_share(conversation, **flags)
+        share = shares_actions.create_share(conversation, **flags)
         return JsonResponse(share_json(share, request), status=HTTPStatus.CREATED)
     live = conversation.shares.filter(revoked_at__isnull=True)
     return JsonResponse({"shares": [share_json(s, request) for s in live]})
@@ -196,7 +199,7 @@ def revoke_share(request: AuthenticatedHttpRequest, token: str) -> HttpResponse:
 @require_GET
 def shared_page(request: HttpRequest, token: str) -> HttpResponse:
     """The public, read-only page of a share link; a revoked or unknown link is a 404."""
-    share = services.live_share(token)
+    share = shares_actions.live_share(token)
     if share is None:
         raise Http404("This link was revoked or never existed.")
     response = render(request, "share/shared.html", {"share": share, "data": share.snapshot})
@@ -232,7 +235,9 @@ def _apply_preset(preset: Preset, data: dict[str, Any]) -> None:
         model_id = data["model"]
         if model_id is not None and not isinstance(model_id, str):
             raise Refused(errors.INVALID_FRAME, "'model' must be a model id.")
-        preset.model = None if model_id is None else services.usable_model(model_id, "")
+        preset.model = (
+            None if model_id is None else conversations_actions.usable_model(model_id, "")
+        )
     if "system_prompt" in data:
         preset.system_prompt = (
             protocol.parse_params({"system_prompt": data["system_prompt"]}).system_prompt or ""

@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from chutesweb.runtime import daphne_frames, socket_buffers
 
-from . import errors, protocol, services
+from . import errors, protocol
+from .actions import conversations, replies, titles
 from .errors import Refused
 from .generation import Snapshot, conversation_group, done_frame_for, get_manager
 from .models import Message
@@ -134,7 +135,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     ) -> None:
         """A question, a regenerate or an edit: accepted (or refused) in one transaction, then
         this socket watches the conversation and the reply starts."""
-        plan = await database_sync_to_async(services.accept)(self.user, frame)
+        plan = await database_sync_to_async(replies.accept)(self.user, frame)
         # Watch before the generation starts so the sender misses no frame of it. Past the
         # watch limit the conversation watched longest is let go (the page is told), so that
         # sends, replayed ones included, never take a socket past the limit.
@@ -155,7 +156,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.manager.start(plan)
 
     async def handle_stop(self, frame: protocol.Stop) -> None:
-        reply = await database_sync_to_async(services.owned_reply)(self.user, frame.message)
+        reply = await database_sync_to_async(conversations.owned_reply)(self.user, frame.message)
         if reply.status != Message.Status.STREAMING:
             # Already over: tell this socket how it ended (again, if it saw the end).
             self.finished.pop(reply.pk, None)
@@ -170,7 +171,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if conversation_id in self.watching:
             # Already watched: the socket has the snapshots and gets every frame since. Sending
             # them again would let a client make the server write a long reply over and over.
-            streaming = await database_sync_to_async(services.streaming_ids)(
+            streaming = await database_sync_to_async(conversations.streaming_ids)(
                 self.user, conversation_id
             )
             await self.send_frame(protocol.watching_frame(conversation_id, streaming))
@@ -182,7 +183,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "conversations; unwatch one first.",
             )
         # Ownership first: watching someone else's conversation reveals nothing.
-        await database_sync_to_async(services.owned_conversation)(self.user, conversation_id)
+        await database_sync_to_async(conversations.owned_conversation)(self.user, conversation_id)
         streaming = await self._send_snapshots(conversation_id)
         await self.send_frame(protocol.watching_frame(conversation_id, streaming))
 
@@ -196,7 +197,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_frame(protocol.watching_frame(conversation_id, streaming))
 
     async def handle_retitle(self, conversation_id: int) -> None:
-        reply_id = await database_sync_to_async(services.first_exchange_reply)(
+        reply_id = await database_sync_to_async(titles.first_exchange_reply)(
             self.user, conversation_id
         )
         # The title frame goes to the conversation's watchers: this socket is one.
@@ -249,7 +250,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         number; deltas after it pass.
         """
         await self._join_remote(conversation_id)
-        rows = await database_sync_to_async(services.in_flight)(self.user, conversation_id)
+        rows = await database_sync_to_async(conversations.in_flight)(self.user, conversation_id)
         # From here to the snapshots there is no await: no frame can slip in between.
         self._join_local(conversation_id)
         snapshots = {
@@ -263,7 +264,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.held.setdefault(snap.message_id, [])
         streaming = list(snapshots)
         orphans: list[int] = []
-        remote: list[services.InFlight] = []
+        remote: list[conversations.InFlight] = []
         for row in rows:
             if row.message_id in snapshots or (only is not None and row.message_id != only):
                 continue
@@ -283,7 +284,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.manager.interrupt_orphans(orphans)
         if only is not None and not streaming and not orphans:
             # The replayed request already finished: send how it ended.
-            reply = await database_sync_to_async(services.owned_reply)(self.user, only)
+            reply = await database_sync_to_async(conversations.owned_reply)(self.user, only)
             self.finished.pop(reply.pk, None)
             await self._deliver_done(reply.pk, done_frame_for(reply))
         return sorted(streaming)
@@ -299,13 +300,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         age = (timezone.now() - heartbeat_at).total_seconds()
         return age > settings.STREAM_STALE_SECONDS
 
-    def _snapshot_timeout(self, row: services.InFlight) -> None:
+    def _snapshot_timeout(self, row: conversations.InFlight) -> None:
         if row.message_id in self.held:
             task = asyncio.ensure_future(self._fallback_snapshot(row))
             self.pending_tasks.add(task)
             task.add_done_callback(self.pending_tasks.discard)
 
-    async def _fallback_snapshot(self, row: services.InFlight) -> None:
+    async def _fallback_snapshot(self, row: conversations.InFlight) -> None:
         if row.message_id not in self.held:
             return
         logger.warning("no live snapshot of reply %s; using the saved text", row.message_id)

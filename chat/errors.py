@@ -1,6 +1,6 @@
 """The one error of the chat domain: a request refused before anything was changed.
 
-Validation (`chat/protocol.py`), the domain functions (`chat/services.py`,
+Validation (`chat/protocol.py`), the domain functions (`chat/actions/`,
 `chat/billing/budgets.py`) and the JSON API's own checks raise `Refused` with a stable code and a
 message written for the user. Each transport says it its own way: the websocket as an `error`
 frame, the socket staying open (`chat/consumers.py`); the JSON API as

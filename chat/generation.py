@@ -30,10 +30,13 @@ from django.utils import timezone
 
 from chutesweb.runtime import server_lifecycle
 
-from . import attachments, protocol, services
+from . import attachments, protocol
+from .actions import progress as progress_actions
+from .actions import titles
+from .actions.progress import Outcome
+from .actions.replies import GenerationPlan
 from .billing import prices
 from .models import Message
-from .services import GenerationPlan, Outcome
 from .upstream import client as upstream_client
 from .upstream.errors import UpstreamError
 from .upstream.settings import config_from_settings
@@ -154,7 +157,7 @@ class Generation:
 
     # Saving progress (the manager's flush).
 
-    def progress(self) -> services.Progress:
+    def progress(self) -> progress_actions.Progress:
         """The text the next flush saves: what came since the last save, or all of it after a
         save whose outcome is unknown."""
         if self._save_whole:
@@ -163,11 +166,11 @@ class Generation:
             content = _joined_tail(self._unsaved_content, self._content)
             reasoning = _joined_tail(self._unsaved_reasoning, self._reasoning)
         self._saving = (len(self._unsaved_content), len(self._unsaved_reasoning))
-        return services.Progress(
+        return progress_actions.Progress(
             self.message_id, self.seq, self.flushed_seq, content, reasoning, self._save_whole
         )
 
-    def saved(self, progress: services.Progress, at: float) -> None:
+    def saved(self, progress: progress_actions.Progress, at: float) -> None:
         # Text sent while the flush ran came after what it saved, and waits for the next one.
         del self._unsaved_content[: self._saving[0]]
         del self._unsaved_reasoning[: self._saving[1]]
@@ -411,7 +414,7 @@ class Generation:
         delay = 0.05
         while True:
             try:
-                return await database_sync_to_async(services.finish_generation)(outcome)
+                return await database_sync_to_async(progress_actions.finish_generation)(outcome)
             except TRANSIENT_DATABASE_ERRORS:
                 if time.monotonic() + delay > deadline:
                     logger.exception("could not save the end of reply %s", self.message_id)
@@ -510,7 +513,9 @@ class GenerationManager:
             return
         worker = settings.WORKER_NAME if self.remote else None
         try:
-            ended = await database_sync_to_async(services.settle_orphans)(self.created_at, worker)
+            ended = await database_sync_to_async(progress_actions.settle_orphans)(
+                self.created_at, worker
+            )
         except Exception:
             logger.exception("could not settle the replies an earlier run left streaming")
             return
@@ -566,7 +571,9 @@ class GenerationManager:
 
     async def _abandon(self, generation: Generation) -> None:
         try:
-            ended = await database_sync_to_async(services.interrupt)([generation.message_id])
+            ended = await database_sync_to_async(progress_actions.interrupt)(
+                [generation.message_id]
+            )
         except Exception:
             logger.exception("could not end reply %s", generation.message_id)
             return
@@ -626,7 +633,7 @@ class GenerationManager:
     async def write_title(self, message_id: int, *, again: bool = False) -> str | None:
         """Title a conversation from its first exchange (billed like any reply); once, unless
         the user asks `again`."""
-        plan = await database_sync_to_async(services.plan_title)(message_id, again=again)
+        plan = await database_sync_to_async(titles.plan_title)(message_id, again=again)
         if plan is None:
             return None
         parts: list[str] = []
@@ -652,7 +659,7 @@ class GenerationManager:
         except UpstreamError as exc:
             # The first line of the question stays the title; what was used is still billed.
             logger.info("title for conversation %s failed: %s", plan.conversation_id, exc.code)
-        title = await database_sync_to_async(services.finish_title)(
+        title = await database_sync_to_async(titles.finish_title)(
             plan,
             "".join(parts),
             "".join(thought),
@@ -748,7 +755,7 @@ class GenerationManager:
         own save keeps failing is ended (`error`) with the text that could be saved.
         """
         now = time.monotonic()
-        saving: list[tuple[Generation, services.Progress]] = []
+        saving: list[tuple[Generation, progress_actions.Progress]] = []
         beating: list[Generation] = []
         for generation in list(self.generations.values()):
             if generation.status != Message.Status.STREAMING:
@@ -762,7 +769,7 @@ class GenerationManager:
         updates = [progress for _, progress in saving]
         beats = [generation.message_id for generation in beating]
         try:
-            refused = await database_sync_to_async(services.flush_progress)(updates, beats)
+            refused = await database_sync_to_async(progress_actions.flush_progress)(updates, beats)
         except TRANSIENT_DATABASE_ERRORS:
             # The text stays in memory and goes out with the next flush or the final write.
             logger.warning("saving partial replies failed; will retry", exc_info=True)
@@ -780,13 +787,15 @@ class GenerationManager:
 
     async def _flush_each(
         self,
-        saving: list[tuple[Generation, services.Progress]],
+        saving: list[tuple[Generation, progress_actions.Progress]],
         beating: list[Generation],
         now: float,
     ) -> None:
         for generation, progress in saving:
             try:
-                refused = await database_sync_to_async(services.flush_progress)([progress], [])
+                refused = await database_sync_to_async(progress_actions.flush_progress)(
+                    [progress], []
+                )
             except TRANSIENT_DATABASE_ERRORS:
                 logger.warning("saving reply %s failed; will retry", generation.message_id)
                 continue
@@ -803,7 +812,7 @@ class GenerationManager:
             self._saved(generation, progress, refused, now)
         if beating:
             try:
-                await database_sync_to_async(services.flush_progress)(
+                await database_sync_to_async(progress_actions.flush_progress)(
                     [], [generation.message_id for generation in beating]
                 )
             except Exception:
@@ -814,7 +823,7 @@ class GenerationManager:
 
     @staticmethod
     def _saved(
-        generation: Generation, progress: services.Progress, refused: set[int], now: float
+        generation: Generation, progress: progress_actions.Progress, refused: set[int], now: float
     ) -> None:
         generation.save_failures = 0
         if generation.message_id in refused:
@@ -852,12 +861,12 @@ class GenerationManager:
     async def reap(self) -> list[int]:
         """Mark replies whose heartbeat went stale `interrupted` and tell their watchers."""
         cutoff = timezone.now() - timedelta(seconds=settings.STREAM_STALE_SECONDS)
-        messages = await database_sync_to_async(services.interrupt)(stale_before=cutoff)
+        messages = await database_sync_to_async(progress_actions.interrupt)(stale_before=cutoff)
         return await self._announce(messages)
 
     async def interrupt_orphans(self, message_ids: list[int]) -> list[int]:
         """Interrupt replies no process runs any more (known orphans, not merely stale)."""
-        messages = await database_sync_to_async(services.interrupt)(message_ids)
+        messages = await database_sync_to_async(progress_actions.interrupt)(message_ids)
         return await self._announce(messages)
 
     async def _announce(self, messages: list[Message]) -> list[int]:

@@ -3,7 +3,7 @@
 A month is a calendar month in the server's TIME_ZONE. What counts against the limit is every
 settled charge's cost plus every open reservation (the worst case of a call still running), so
 concurrent calls can never overshoot the limit together. Sends of one user are serialised by the
-caller's transaction (see `chat.services._lock_user`).
+caller's transaction (see `chat.actions.replies._lock_user`).
 """
 
 from __future__ import annotations

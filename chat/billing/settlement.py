@@ -1,5 +1,6 @@
 """Settling a reply's charge: its usage priced, bounded by what was reserved for it, and the
-charge's fields once settled. The reply's end is written by `chat.services`, which calls these."""
+charge's fields once settled. The reply's end is written by `chat.actions.progress`, which calls
+these."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from chat import generation, services
+from chat import generation
+from chat.actions import progress
 from chat.billing import settlement
 from chat.generation import control_group, get_manager
 from chat.models import Charge, Message
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 
 class Saves:
-    """Wraps `services.flush_progress`: refuses every save that includes `poisoned` (the way a
+    """Wraps `progress.flush_progress`: refuses every save that includes `poisoned` (the way a
     database driver refuses a value it cannot encode), and records what each reply had saved
     after every successful save."""
 
@@ -34,10 +35,10 @@ class Saves:
         self.poisoned: set[int] = set()
         self.saved: dict[int, list[str]] = {}
         self.refused = 0
-        self._flush = services.flush_progress
-        monkeypatch.setattr(services, "flush_progress", self)
+        self._flush = progress.flush_progress
+        monkeypatch.setattr(progress, "flush_progress", self)
 
-    def __call__(self, updates: list[services.Progress], beats: list[int]) -> set[int]:
+    def __call__(self, updates: list[progress.Progress], beats: list[int]) -> set[int]:
         if any(u.message_id in self.poisoned for u in updates):
             self.refused += 1
             raise UnicodeEncodeError("utf-8", "\ud83d", 0, 1, "surrogates not allowed")
@@ -91,12 +92,12 @@ async def test_the_flush_loop_survives_a_failure_that_is_not_the_databases(
     fake, alice, settings, monkeypatch
 ) -> None:
     settings.STREAM_FLUSH_SECONDS = 0.02
-    flush = services.flush_progress
+    flush = progress.flush_progress
     loop = asyncio.get_running_loop()
     saved_after_failure = asyncio.Event()
     calls = {"failed": 0}
 
-    def failing_once(updates: list[services.Progress], beats: list[int]) -> set[int]:
+    def failing_once(updates: list[progress.Progress], beats: list[int]) -> set[int]:
         if updates and not calls["failed"]:
             calls["failed"] += 1
             raise ValueError("a value the database driver refused")
@@ -105,7 +106,7 @@ async def test_the_flush_loop_survives_a_failure_that_is_not_the_databases(
             loop.call_soon_threadsafe(saved_after_failure.set)
         return refused
 
-    monkeypatch.setattr(services, "flush_progress", failing_once)
+    monkeypatch.setattr(progress, "flush_progress", failing_once)
     fake.push_script(tokens=400, interval_ms=5, after=400, mid="stall")
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "keep going")
@@ -149,16 +150,16 @@ async def test_text_no_database_can_store_is_saved_with_pairs_joined_and_the_res
 async def test_a_reply_whose_end_cannot_be_written_ends_in_error_over_its_saved_text(
     fake, alice, settings, monkeypatch
 ) -> None:
-    finish = services.finish_generation
+    finish = progress.finish_generation
     attempts: list[bool] = []
 
-    def refusing(outcome: services.Outcome) -> Message | None:
+    def refusing(outcome: progress.Outcome) -> Message | None:
         attempts.append(outcome.keep_saved_text)
         if not outcome.keep_saved_text:
             raise ValueError("a value the database driver refused")
         return finish(outcome)
 
-    monkeypatch.setattr(services, "finish_generation", refusing)
+    monkeypatch.setattr(progress, "finish_generation", refusing)
     fake.push_script(tokens=5, interval_ms=1)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "hello")

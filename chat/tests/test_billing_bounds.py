@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 
-from chat import services
+from chat.actions import replies as replies_actions
 from chat.billing import budgets, prices
 from chat.models import Charge, Conversation
 
@@ -88,7 +88,7 @@ def worst_case_of_next_send(user: Any, content: str, max_tokens: int) -> Decimal
     from chat.protocol import Params, Send
 
     with transaction.atomic():
-        plan = services.accept(
+        plan = replies_actions.accept(
             user,
             Send(
                 request_id=request_id(),

@@ -568,7 +568,7 @@ async def test_a_chat_started_from_a_preset_uses_its_model_prompt_and_parameters
 
 @pytest.mark.django_db
 def test_images_count_in_the_prompt_estimate(user) -> None:
-    from chat import services
+    from chat.actions import conversations, prompts
     from chat.attachments import image_tokens
     from chat.models import Attachment
     from chat.protocol import Params
@@ -578,13 +578,13 @@ def test_images_count_in_the_prompt_estimate(user) -> None:
     question = Message.objects.create(
         conversation=conversation, user=user, role="user", content="What is this?"
     )
-    text_only = services.build_prompt(conversation, [question], model, Params(), "r")[1]
+    text_only = prompts.build_prompt(conversation, [question], model, Params(), "r")[1]
     Attachment.objects.create(
         owner=user, message=question, content_type="image/png", data=png(2048, 1024),
         size=1, width=2048, height=1024,
     )  # fmt: skip
-    with_image = services.build_prompt(
-        conversation, services.active_path(conversation), model, Params(), "r"
+    with_image = prompts.build_prompt(
+        conversation, conversations.active_path(conversation), model, Params(), "r"
     )[1]
     # 2048x1024 is seen at 1024x512: 37 x 19 patches of 28 px.
     assert image_tokens(2048, 1024) == 37 * 19

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from chat import errors, protocol, services
+from chat import errors, protocol
+from chat.actions import replies
 from chat.billing import budgets
 from chat.models import Conversation, Preset
 
@@ -102,7 +103,7 @@ def test_valid_imported_params_are_kept(user_client: Client, user) -> None:
 _request_ids = itertools.count(1)
 
 
-def send_to(user: Any, conversation: Conversation) -> services.GenerationPlan:
+def send_to(user: Any, conversation: Conversation) -> replies.GenerationPlan:
     frame = send_frame(
         "next question",
         model=MODEL,
@@ -110,7 +111,7 @@ def send_to(user: Any, conversation: Conversation) -> services.GenerationPlan:
         request_id=f"budget-{next(_request_ids)}",
     )
     parsed: Any = protocol.parse_client_frame(json.dumps(frame))  # a "send" frame
-    return services.accept(user, parsed)
+    return replies.accept(user, parsed)
 
 
 json_values = st.recursive(

@@ -16,7 +16,8 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
-from chat import services
+from chat.actions import catalogue as catalogue_actions
+from chat.actions import progress
 from chat.billing import prices
 from chat.fakeupstream import default_catalogue
 from chat.models import Charge, ChatModel, Message, PriceChange, Profile
@@ -87,7 +88,7 @@ async def test_a_price_change_mid_stream_does_not_change_that_replys_cost(fake, 
     def raise_price() -> None:
         model = ChatModel.objects.get(model_id=MODEL)
         model.input_price = model.output_price = Decimal("10")
-        services.save_catalogue_entry(model, user=None, source="admin")
+        catalogue_actions.save_catalogue_entry(model, user=None, source="admin")
 
     await raise_price()
     done = (await socket.done(accepted["message"]))[-1]
@@ -368,10 +369,10 @@ def fake_in_thread(settings) -> Any:
 def test_chutes_prices_with_the_markup_reproduce_the_seeded_lava_prices(
     admin_client: Client, fake_in_thread
 ) -> None:
-    from chat import sync
+    from chat.actions import catalogue_sync
     from chat.upstream.catalogue import parse_catalogue
 
-    changes = sync.preview(parse_catalogue({"data": default_catalogue()}), Decimal("0.8"))
+    changes = catalogue_sync.preview(parse_catalogue({"data": default_catalogue()}), Decimal("0.8"))
     changed_fields = {name for change in changes for name in change.fields}
     assert changes  # the seed's output limits are corrected from the catalogue ...
     assert changed_fields == {"max_output_tokens"}  # ... and no price differs
@@ -481,7 +482,7 @@ async def test_a_reply_the_reaper_settled_on_an_estimate_is_billed_as_it_really_
     accepted = await send_and_accept(socket, "a long one")
     await socket.recv_until(lambda f: f["type"] == "delta" and f["seq"] >= 3)
     # What the reaper does to a reply whose heartbeat is stale.
-    interrupted = await database_sync_to_async(services.interrupt)([accepted["message"]])
+    interrupted = await database_sync_to_async(progress.interrupt)([accepted["message"]])
     assert [m.pk for m in interrupted] == [accepted["message"]]
     estimate = await database_sync_to_async(Charge.objects.get)(user=alice)
     assert estimate.state == "settled" and estimate.estimated

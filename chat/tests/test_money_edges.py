@@ -14,7 +14,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 
-from chat import services
+from chat.actions import conversations, prompts
 from chat.billing import prices
 from chat.models import Attachment, ChatModel, Conversation, Message
 from chat.protocol import Params
@@ -80,14 +80,14 @@ def _question_with_an_image(user: User) -> tuple[Conversation, list[Message]]:
         width=56,
         height=28,
     )
-    return conversation, services.active_path(conversation)
+    return conversation, conversations.active_path(conversation)
 
 
 def test_a_questions_images_go_to_a_vision_model_as_image_parts_after_its_text(
     user: User,
 ) -> None:
     conversation, history = _question_with_an_image(user)
-    body, estimate = services.build_prompt(
+    body, estimate = prompts.build_prompt(
         conversation, history, _model(vision=True), Params(max_tokens=100), "rid"
     )
     url = "data:image/png;base64," + base64.b64encode(IMAGE_BYTES).decode("ascii")
@@ -100,13 +100,13 @@ def test_a_questions_images_go_to_a_vision_model_as_image_parts_after_its_text(
             ],
         }
     ]
-    assert services.MIN_IMAGE_TOKENS == 64
+    assert prompts.MIN_IMAGE_TOKENS == 64
     assert estimate == QUESTION_TOKENS + 64
 
 
 def test_a_model_that_cannot_see_gets_a_note_of_the_images_in_their_place(user: User) -> None:
     conversation, history = _question_with_an_image(user)
-    body, estimate = services.build_prompt(
+    body, estimate = prompts.build_prompt(
         conversation, history, _model(vision=False), Params(max_tokens=100), "rid"
     )
     note = f"{QUESTION}\n\n[1 image(s) attached, not shown to this model]"

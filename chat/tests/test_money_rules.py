@@ -16,7 +16,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from chat import errors, services
+from chat import errors
+from chat.actions import progress, prompts, replies, titles
 from chat.billing import budgets, prices, settlement
 from chat.errors import Refused
 from chat.models import Charge, ChatModel, Conversation, Message, Profile
@@ -152,7 +153,7 @@ def _prompt(
     model: ChatModel,
     params: Params | None = None,
 ) -> tuple[dict[str, Any], int]:
-    return services.build_prompt(conversation, history, model, params or Params(), "rid")
+    return prompts.build_prompt(conversation, history, model, params or Params(), "rid")
 
 
 def test_a_reply_gets_the_max_tokens_asked_for_when_it_fits() -> None:
@@ -207,7 +208,7 @@ def test_one_token_too_many_drops_the_oldest_exchange_and_starts_with_a_question
 def test_the_reply_gets_the_room_left_in_the_context_down_to_its_minimum() -> None:
     conversation = Conversation()
     history = _exchange(conversation, "user")
-    room = services.MIN_REPLY_TOKENS
+    room = prompts.MIN_REPLY_TOKENS
     body, _ = _prompt(conversation, history, _model(context=TURN + room), Params(max_tokens=5000))
     assert body["max_tokens"] == room
     with pytest.raises(Refused) as refused:
@@ -321,15 +322,15 @@ def test_empty_messages_and_replies_still_being_written_are_not_sent() -> None:
 # Limits on sends -----------------------------------------------------------------------------
 
 
-def _state(streaming: int = 0, recent: int = 0) -> services.SenderState:
-    return services.SenderState(replayed=None, streaming=streaming, recent=recent)
+def _state(streaming: int = 0, recent: int = 0) -> replies.SenderState:
+    return replies.SenderState(replayed=None, streaming=streaming, recent=recent)
 
 
 def test_replies_in_progress_are_limited_at_exactly_the_setting(settings: Any) -> None:
     settings.MAX_CONCURRENT_GENERATIONS = 3
-    services._check_limits(_state(streaming=2), "rid")
+    replies._check_limits(_state(streaming=2), "rid")
     with pytest.raises(Refused) as refused:
-        services._check_limits(_state(streaming=3), "rid")
+        replies._check_limits(_state(streaming=3), "rid")
     assert (refused.value.code, refused.value.request_id) == (
         errors.TOO_MANY_GENERATIONS,
         "rid",
@@ -341,9 +342,9 @@ def test_replies_in_progress_are_limited_at_exactly_the_setting(settings: Any) -
 
 def test_sends_a_minute_are_limited_at_exactly_the_setting(settings: Any) -> None:
     settings.MESSAGES_PER_MINUTE = 5
-    services._check_limits(_state(recent=4), "rid")
+    replies._check_limits(_state(recent=4), "rid")
     with pytest.raises(Refused) as refused:
-        services._check_limits(_state(recent=5), "rid")
+        replies._check_limits(_state(recent=5), "rid")
     assert (refused.value.code, refused.value.request_id) == (errors.RATE_LIMITED, "rid")
     assert refused.value.message == "You can send 5 messages a minute. Try again shortly."
 
@@ -367,8 +368,8 @@ def configured(settings: Any) -> None:
 
 
 @pytest.fixture
-def accept(configured: None, user: User) -> Callable[..., services.GenerationPlan]:
-    def accepted(content: str = "a question", max_tokens: int = 100) -> services.GenerationPlan:
+def accept(configured: None, user: User) -> Callable[..., replies.GenerationPlan]:
+    def accepted(content: str = "a question", max_tokens: int = 100) -> replies.GenerationPlan:
         frame = Send(
             request_id=request_id(),
             conversation=None,
@@ -376,12 +377,12 @@ def accept(configured: None, user: User) -> Callable[..., services.GenerationPla
             content=content,
             params=Params(max_tokens=max_tokens),
         )
-        return services.accept(user, frame)
+        return replies.accept(user, frame)
 
     return accepted
 
 
-def _outcome(plan: services.GenerationPlan, **changes: Any) -> services.Outcome:
+def _outcome(plan: replies.GenerationPlan, **changes: Any) -> progress.Outcome:
     fields: dict[str, Any] = {
         "plan": plan,
         "status": "complete",
@@ -398,18 +399,18 @@ def _outcome(plan: services.GenerationPlan, **changes: Any) -> services.Outcome:
         "chutes_invocation_id": "inv-1",
         "reasoning_ms": None,
     }
-    return services.Outcome(**{**fields, **changes})
+    return progress.Outcome(**{**fields, **changes})
 
 
-def _charge(plan: services.GenerationPlan) -> Charge:
+def _charge(plan: replies.GenerationPlan) -> Charge:
     return Charge.objects.get(pk=plan.charge_id)
 
 
 def test_a_reply_with_usage_is_billed_its_usage_on_the_reply_and_its_charge(
-    accept: Callable[..., services.GenerationPlan],
+    accept: Callable[..., replies.GenerationPlan],
 ) -> None:
     plan = accept()
-    reply = services.finish_generation(_outcome(plan))
+    reply = progress.finish_generation(_outcome(plan))
     assert reply is not None
     stored = Message.objects.get(pk=plan.message_id)
     charge = _charge(plan)
@@ -426,10 +427,10 @@ def test_a_reply_with_usage_is_billed_its_usage_on_the_reply_and_its_charge(
 
 @pytest.mark.parametrize(("prompt", "completion"), [(None, 7), (40, None), (None, None)])
 def test_a_reply_missing_either_count_is_billed_from_estimates(
-    accept: Callable[..., services.GenerationPlan], prompt: int | None, completion: int | None
+    accept: Callable[..., replies.GenerationPlan], prompt: int | None, completion: int | None
 ) -> None:
     plan = accept()
-    services.finish_generation(
+    progress.finish_generation(
         _outcome(
             plan,
             prompt_tokens=prompt,
@@ -452,40 +453,40 @@ def test_a_reply_missing_either_count_is_billed_from_estimates(
 
 
 def test_usage_above_the_reservation_is_billed_the_reservation_and_kept_whole(
-    accept: Callable[..., services.GenerationPlan],
+    accept: Callable[..., replies.GenerationPlan],
 ) -> None:
     plan = accept()
-    services.finish_generation(_outcome(plan, completion_tokens=1_000_000))
+    progress.finish_generation(_outcome(plan, completion_tokens=1_000_000))
     charge = _charge(plan)
     assert charge.usage_cost == prices.cost(40, 1_000_000, PRICE, PRICE)
     assert charge.cost == plan.reserved == Message.objects.get(pk=plan.message_id).cost
 
 
 def test_usage_exactly_at_the_reservation_is_billed_whole(
-    accept: Callable[..., services.GenerationPlan],
+    accept: Callable[..., replies.GenerationPlan],
 ) -> None:
     plan = accept()
     at = dataclasses.replace(plan, reserved=prices.cost(40, 7, PRICE, PRICE))
-    services.finish_generation(_outcome(at))
+    progress.finish_generation(_outcome(at))
     charge = _charge(plan)
     assert charge.cost == charge.usage_cost == at.reserved
 
 
 def test_an_end_over_the_saved_text_is_billed_at_most_the_reservation_too(
-    accept: Callable[..., services.GenerationPlan],
+    accept: Callable[..., replies.GenerationPlan],
 ) -> None:
     plan = accept()
-    services.finish_generation(_outcome(plan, completion_tokens=1_000_000, keep_saved_text=True))
+    progress.finish_generation(_outcome(plan, completion_tokens=1_000_000, keep_saved_text=True))
     charge = _charge(plan)
     assert charge.cost == plan.reserved == Message.objects.get(pk=plan.message_id).cost
     assert charge.usage_cost == prices.cost(40, 1_000_000, PRICE, PRICE)
 
 
 def test_a_call_that_reserved_nothing_is_billed_its_usage(
-    accept: Callable[..., services.GenerationPlan],
+    accept: Callable[..., replies.GenerationPlan],
 ) -> None:
     plan = dataclasses.replace(accept(), reserved=Decimal(0))
-    services.finish_generation(_outcome(plan))
+    progress.finish_generation(_outcome(plan))
     assert _charge(plan).cost == prices.cost(40, 7, PRICE, PRICE)
 
 
@@ -498,11 +499,11 @@ def test_usage_at_an_unknown_price_is_not_given_a_cost() -> None:
 
 
 def test_the_end_written_over_the_saved_text_is_billed_for_that_text(
-    accept: Callable[..., services.GenerationPlan],
+    accept: Callable[..., replies.GenerationPlan],
 ) -> None:
     plan = accept()
     Message.objects.filter(pk=plan.message_id).update(content="saved so far", reasoning="hmm")
-    services.finish_generation(
+    progress.finish_generation(
         _outcome(
             plan,
             content="text no database stores",
@@ -519,20 +520,20 @@ def test_the_end_written_over_the_saved_text_is_billed_for_that_text(
 
 
 def test_a_reply_deleted_meanwhile_is_still_settled(
-    accept: Callable[..., services.GenerationPlan],
+    accept: Callable[..., replies.GenerationPlan],
 ) -> None:
     plan = accept()
     Message.objects.filter(pk=plan.message_id).delete()
-    assert services.finish_generation(_outcome(plan)) is None
+    assert progress.finish_generation(_outcome(plan)) is None
     charge = _charge(plan)
     assert (charge.state, charge.cost) == ("settled", prices.cost(40, 7, PRICE, PRICE))
 
 
 def test_the_end_of_a_reply_is_stored_field_for_field(
-    accept: Callable[..., services.GenerationPlan],
+    accept: Callable[..., replies.GenerationPlan],
 ) -> None:
     plan = accept()
-    services.finish_generation(
+    progress.finish_generation(
         _outcome(
             plan,
             status="error",
@@ -561,11 +562,11 @@ def test_the_end_of_a_reply_is_stored_field_for_field(
 
 
 def test_an_end_over_the_saved_text_of_a_reply_deleted_meanwhile_is_billed_for_no_text(
-    accept: Callable[..., services.GenerationPlan],
+    accept: Callable[..., replies.GenerationPlan],
 ) -> None:
     plan = accept()
     Message.objects.filter(pk=plan.message_id).delete()
-    ended = services.finish_generation(
+    ended = progress.finish_generation(
         _outcome(plan, prompt_tokens=None, completion_tokens=None, keep_saved_text=True)
     )
     assert ended is None
@@ -575,10 +576,10 @@ def test_an_end_over_the_saved_text_of_a_reply_deleted_meanwhile_is_billed_for_n
 
 
 def test_long_upstream_strings_are_stored_cut_to_their_columns(
-    accept: Callable[..., services.GenerationPlan],
+    accept: Callable[..., replies.GenerationPlan],
 ) -> None:
     plan = accept()
-    services.finish_generation(
+    progress.finish_generation(
         _outcome(
             plan,
             finish_reason="f" * 40,
@@ -599,7 +600,7 @@ def test_long_upstream_strings_are_stored_cut_to_their_columns(
 # Settling a title ----------------------------------------------------------------------------
 
 
-def _title_plan(user: User, reserved: Decimal = Decimal("1")) -> services.TitlePlan:
+def _title_plan(user: User, reserved: Decimal = Decimal("1")) -> titles.TitlePlan:
     conversation = Conversation.objects.create(owner=user, title="first line")
     charge = Charge.objects.create(
         user=user,
@@ -612,7 +613,7 @@ def _title_plan(user: User, reserved: Decimal = Decimal("1")) -> services.TitleP
         prompt_tokens=50,
         estimated=True,
     )
-    return services.TitlePlan(
+    return titles.TitlePlan(
         conversation_id=conversation.pk,
         charge_id=charge.pk,
         reserved=reserved,
@@ -626,7 +627,7 @@ def _title_plan(user: User, reserved: Decimal = Decimal("1")) -> services.TitleP
 @pytest.mark.django_db
 def test_a_title_with_usage_is_billed_its_usage(user: User) -> None:
     plan = _title_plan(user)
-    assert services.finish_title(plan, "A Title", "", 60, 5, "lava-t") == "A Title"
+    assert titles.finish_title(plan, "A Title", "", 60, 5, "lava-t") == "A Title"
     charge = Charge.objects.get(pk=plan.charge_id)
     assert (charge.prompt_tokens, charge.completion_tokens, charge.estimated) == (60, 5, False)
     assert charge.cost == charge.usage_cost == prices.cost(60, 5, PRICE, PRICE)
@@ -640,7 +641,7 @@ def test_a_title_missing_either_count_is_billed_from_estimates(
     user: User, prompt: int | None, completion: int | None
 ) -> None:
     plan = _title_plan(user)
-    services.finish_title(plan, "A Title", "some thought", prompt, completion, "")
+    titles.finish_title(plan, "A Title", "some thought", prompt, completion, "")
     charge = Charge.objects.get(pk=plan.charge_id)
     estimate = prices.estimate_tokens("A Title" + "some thought")
     assert (charge.prompt_tokens, charge.completion_tokens, charge.estimated) == (
@@ -655,7 +656,7 @@ def test_a_title_missing_either_count_is_billed_from_estimates(
 def test_a_title_is_written_on_its_own_conversation_only(user: User) -> None:
     other = Conversation.objects.create(owner=user, title="another chat")
     plan = _title_plan(user)
-    services.finish_title(plan, "A Title", "", 60, 5, "l" * 150)
+    titles.finish_title(plan, "A Title", "", 60, 5, "l" * 150)
     assert Conversation.objects.get(pk=plan.conversation_id).title == "A Title"
     assert Conversation.objects.get(pk=other.pk).title == "another chat"
     assert len(Charge.objects.get(pk=plan.charge_id).lava_request_id) == 100
@@ -669,7 +670,7 @@ def test_a_title_never_replaces_one_the_user_set_meanwhile_and_is_still_billed(
     Conversation.objects.filter(pk=plan.conversation_id).update(
         title="my name", title_is_custom=True
     )
-    assert services.finish_title(plan, "A Title", "", 60, 5, "") is None
+    assert titles.finish_title(plan, "A Title", "", 60, 5, "") is None
     assert Conversation.objects.get(pk=plan.conversation_id).title == "my name"
     assert Charge.objects.get(pk=plan.charge_id).state == "settled"
 
@@ -677,7 +678,7 @@ def test_a_title_never_replaces_one_the_user_set_meanwhile_and_is_still_billed(
 @pytest.mark.django_db
 def test_a_title_is_billed_at_most_its_reservation(user: User) -> None:
     plan = _title_plan(user, reserved=Decimal("0.000001"))
-    services.finish_title(plan, "A Title", "", 60, 100_000, "")
+    titles.finish_title(plan, "A Title", "", 60, 100_000, "")
     charge = Charge.objects.get(pk=plan.charge_id)
     assert charge.cost == Decimal("0.000001") < charge.usage_cost
 

@@ -11,7 +11,8 @@ import pytest
 from channels.db import database_sync_to_async
 from django.db import OperationalError
 
-from chat import generation, services
+from chat import generation
+from chat.actions import progress
 from chat.models import ChatModel, Conversation, Message
 
 from . import processes
@@ -128,7 +129,7 @@ async def test_a_database_locked_during_flushes_and_the_final_write_loses_nothin
     fake, alice, settings, monkeypatch
 ) -> None:
     settings.STREAM_FLUSH_SECONDS = 0.05
-    flush, finish = services.flush_progress, services.finish_generation
+    flush, finish = progress.flush_progress, progress.finish_generation
     failures = {"flush": 0, "finish": 0}
 
     def locked_flush(*args: Any) -> None:
@@ -137,14 +138,14 @@ async def test_a_database_locked_during_flushes_and_the_final_write_loses_nothin
             raise OperationalError("database is locked")
         flush(*args)
 
-    def locked_finish(outcome: services.Outcome) -> Message | None:
+    def locked_finish(outcome: progress.Outcome) -> Message | None:
         failures["finish"] += 1
         if failures["finish"] <= 2:
             raise OperationalError("database is locked")
         return finish(outcome)
 
-    monkeypatch.setattr(services, "flush_progress", locked_flush)
-    monkeypatch.setattr(services, "finish_generation", locked_finish)
+    monkeypatch.setattr(progress, "flush_progress", locked_flush)
+    monkeypatch.setattr(progress, "finish_generation", locked_finish)
     fake.push_script(tokens=40, interval_ms=10)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "keep going")
@@ -165,26 +166,26 @@ def test_a_flush_appends_the_new_text_only_on_top_of_the_text_it_follows(user) -
         conversation=conversation, user=user, role="assistant", status="streaming", model=model
     )
 
-    def flush(*updates: services.Progress) -> set[int]:
-        return services.flush_progress(list(updates), [])
+    def flush(*updates: progress.Progress) -> set[int]:
+        return progress.flush_progress(list(updates), [])
 
     def saved() -> tuple[str, str, int]:
         row = Message.objects.get(pk=reply.pk)
         return row.content, row.reasoning, row.seq
 
-    assert flush(services.Progress(reply.pk, 2, 0, "Hel", "th")) == set()
+    assert flush(progress.Progress(reply.pk, 2, 0, "Hel", "th")) == set()
     assert saved() == ("Hel", "th", 2)
-    assert flush(services.Progress(reply.pk, 5, 2, "lo, ⟦é⟧ ", "ink")) == set()
+    assert flush(progress.Progress(reply.pk, 5, 2, "lo, ⟦é⟧ ", "ink")) == set()
     assert saved() == ("Hello, ⟦é⟧ ", "think", 5)
     # An append computed against other saved text is refused, and the row left as it was.
-    assert flush(services.Progress(reply.pk, 7, 2, "world", "")) == {reply.pk}
+    assert flush(progress.Progress(reply.pk, 7, 2, "world", "")) == {reply.pk}
     assert saved() == ("Hello, ⟦é⟧ ", "think", 5)
-    whole = services.Progress(reply.pk, 7, 2, "Hello, ⟦é⟧ world", "think", whole=True)
+    whole = progress.Progress(reply.pk, 7, 2, "Hello, ⟦é⟧ world", "think", whole=True)
     assert flush(whole) == set()
     assert saved() == ("Hello, ⟦é⟧ world", "think", 7)
     # A reply that has ended keeps its final text.
     Message.objects.filter(pk=reply.pk).update(status="complete", content="final")
-    assert flush(services.Progress(reply.pk, 8, 7, "!", "")) == set()
+    assert flush(progress.Progress(reply.pk, 8, 7, "!", "")) == set()
     assert saved() == ("final", "think", 7)
 
 
@@ -206,11 +207,11 @@ async def test_a_flush_reported_failed_after_its_commit_neither_repeats_nor_lose
     # The test runs each flush itself, after new text arrived, and the reply only ends when it
     # is stopped: what happens does not depend on how fast the machine is.
     settings.STREAM_FLUSH_SECONDS = 3600
-    flush = services.flush_progress
+    flush = progress.flush_progress
     calls: list[tuple[list[bool], set[int]]] = []
     partials: list[str] = []
 
-    def committed_then_failed(updates: list[services.Progress], beats: list[int]) -> set[int]:
+    def committed_then_failed(updates: list[progress.Progress], beats: list[int]) -> set[int]:
         # The first two commit and then report a failure.
         refused = flush(updates, beats)
         calls.append(([u.whole for u in updates], refused))
@@ -219,7 +220,7 @@ async def test_a_flush_reported_failed_after_its_commit_neither_repeats_nor_lose
             raise OperationalError("server closed the connection unexpectedly")
         return refused
 
-    monkeypatch.setattr(services, "flush_progress", committed_then_failed)
+    monkeypatch.setattr(progress, "flush_progress", committed_then_failed)
     fake.push_script(tokens=400, interval_ms=5, after=400, mid="stall")
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "keep going")

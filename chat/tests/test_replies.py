@@ -13,7 +13,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from chat import services
+from chat.actions import conversations, prompts, replies, titles
 from chat.errors import Refused
 from chat.models import Charge, ChatModel, Conversation, Message
 from chat.protocol import Params, parse_client_frame
@@ -54,8 +54,8 @@ def test_the_prompt_is_system_prompt_and_history_without_reasoning(user) -> None
     conversation = make_history(user, model, [("q1", "a1"), ("q2", "a2")])
     conversation.system_prompt = "Be brief."
     conversation.params = {"temperature": 0.4}
-    history = services.active_path(conversation)
-    body, estimate = services.build_prompt(conversation, history, model, Params(), "r")
+    history = conversations.active_path(conversation)
+    body, estimate = prompts.build_prompt(conversation, history, model, Params(), "r")
     assert body["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "q1"},
@@ -82,8 +82,8 @@ def test_old_turns_are_dropped_to_fit_the_context_and_the_system_prompt_stays(us
     long = "word " * 400  # about 500 tokens
     conversation = make_history(user, model, [(long, long), ("q2", "a2"), ("latest", "")])
     conversation.system_prompt = "System."
-    history = [m for m in services.active_path(conversation) if m.content]
-    body, estimate = services.build_prompt(conversation, history, model, Params(), "r")
+    history = [m for m in conversations.active_path(conversation) if m.content]
+    body, estimate = prompts.build_prompt(conversation, history, model, Params(), "r")
     roles = [m["role"] for m in body["messages"]]
     assert roles[0] == "system"
     assert roles[1] == "user"  # a trimmed conversation still starts with a question
@@ -96,8 +96,8 @@ def test_old_turns_are_dropped_to_fit_the_context_and_the_system_prompt_stays(us
 def test_max_tokens_never_exceeds_the_models_maximum(user) -> None:
     model = ChatModel.objects.get(model_id=MODEL)
     conversation = make_history(user, model, [("q", "")])
-    history = [m for m in services.active_path(conversation) if m.content]
-    body, _ = services.build_prompt(conversation, history, model, Params(max_tokens=10**6), "r")
+    history = [m for m in conversations.active_path(conversation) if m.content]
+    body, _ = prompts.build_prompt(conversation, history, model, Params(max_tokens=10**6), "r")
     assert body["max_tokens"] == model.max_output_tokens
 
 
@@ -112,9 +112,9 @@ def test_a_question_too_long_for_the_context_is_refused(user) -> None:
         max_output_tokens=500,
     )
     conversation = make_history(user, model, [("word " * 2000, "")])
-    history = [m for m in services.active_path(conversation) if m.content]
+    history = [m for m in conversations.active_path(conversation) if m.content]
     with pytest.raises(Refused) as refused:
-        services.build_prompt(conversation, history, model, Params(), "r")
+        prompts.build_prompt(conversation, history, model, Params(), "r")
     assert refused.value.code == "content_too_long"
     assert "Tiny" in refused.value.message
 
@@ -274,10 +274,10 @@ async def test_a_renamed_conversation_keeps_its_name(fake, alice, settings) -> N
 
 
 def test_clean_title_strips_decoration() -> None:
-    assert services.clean_title('"Trip to Lisbon."\nmore') == "Trip to Lisbon"
-    assert services.clean_title("Title: **Rust lifetimes**") == "Rust lifetimes"
-    assert services.clean_title("\n\n") == ""
-    assert len(services.clean_title("x" * 300)) == 80
+    assert titles.clean_title('"Trip to Lisbon."\nmore') == "Trip to Lisbon"
+    assert titles.clean_title("Title: **Rust lifetimes**") == "Rust lifetimes"
+    assert titles.clean_title("\n\n") == ""
+    assert len(titles.clean_title("x" * 300)) == 80
 
 
 def test_the_default_model_is_a_user_preference(user_client: Client, user) -> None:
@@ -296,18 +296,18 @@ def test_the_default_model_is_a_user_preference(user_client: Client, user) -> No
     )
     assert response.status_code == HTTPStatus.OK
     assert response.json()["default_model"] == "Qwen/Qwen3-32B"
-    assert services.default_model_id(user) == "Qwen/Qwen3-32B"
+    assert conversations.default_model_id(user) == "Qwen/Qwen3-32B"
     bad = user_client.patch(
         "/api/me", json.dumps({"default_model": "nobody/None"}), "application/json"
     )
     assert bad.status_code == HTTPStatus.BAD_REQUEST
-    assert services.default_model_id(user) == "Qwen/Qwen3-32B"
+    assert conversations.default_model_id(user) == "Qwen/Qwen3-32B"
 
 
 async def test_a_send_without_a_model_uses_the_users_default(fake, alice) -> None:
     @database_sync_to_async
     def set_default() -> None:
-        profile = services.profile_for(alice)
+        profile = conversations.profile_for(alice)
         profile.default_model = ChatModel.objects.get(model_id="Qwen/Qwen3-32B")
         profile.save()
 
@@ -360,7 +360,7 @@ def test_accepting_a_question_reads_no_users_whole_history(user, settings) -> No
         )
     )
     with CaptureQueriesContext(connection) as queries:
-        services.accept(user, frame)
+        replies.accept(user, frame)
     plans = []
     with connection.cursor() as cursor:
         for query in queries.captured_queries:
@@ -393,8 +393,8 @@ def test_a_stale_tab_cannot_regenerate_or_edit_what_an_edit_replaced(
     settings.MESSAGES_PER_MINUTE = 1000
     model = ChatModel.objects.get(model_id=MODEL)
     conversation = make_history(user, model, [("q1", "a1"), ("q2", "a2")])
-    _, _, old_question, old_reply = services.active_path(conversation)
-    edited = services.accept(user, _frame(type="edit", message=old_question.pk, content="q2'"))
+    _, _, old_question, old_reply = conversations.active_path(conversation)
+    edited = replies.accept(user, _frame(type="edit", message=old_question.pk, content="q2'"))
     status = Message.Status.COMPLETE if finished else Message.Status.STREAMING
     Message.objects.filter(pk=edited.message_id).update(status=status)
     before = list(conversation.messages.order_by("id").values_list("id", "active", "status"))
@@ -404,13 +404,13 @@ def test_a_stale_tab_cannot_regenerate_or_edit_what_an_edit_replaced(
     else:
         frame = _frame(type="edit", message=old_question.pk, content="q2''")
     with pytest.raises(Refused) as refused:
-        services.accept(user, frame)
+        replies.accept(user, frame)
 
     assert refused.value.code == "conflict"
     assert "Reload the conversation" in refused.value.message
     assert (
         list(conversation.messages.order_by("id").values_list("id", "active", "status")) == before
     )
-    path = services.active_path(conversation)
+    path = conversations.active_path(conversation)
     assert [m.content for m in path] == ["q1", "a1", "q2'", ""]
     assert (path[-1].pk, path[-1].status) == (edited.message_id, status)

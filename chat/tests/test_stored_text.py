@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from chat import services
+from chat.actions import progress
 from chat.fakeupstream import DONE_EVENT, delta_chunk, sse_event, usage_numbers
 
 from .wsclient import message, open_socket, send_and_accept, streamed, text_of
@@ -34,19 +34,19 @@ async def test_split_and_lone_surrogates_are_saved_decoded_while_other_replies_k
     other_saved = asyncio.Event()
     other_id: int | None = None
     first_done = False
-    flush = services.flush_progress
+    flush = progress.flush_progress
 
     def note(texts: list[tuple[int, str]]) -> None:
         saved.extend(texts)
         if first_done and any(pk == other_id and text for pk, text in texts):
             other_saved.set()
 
-    def recording_flush(updates: list[services.Progress], *rest: Any) -> Any:
+    def recording_flush(updates: list[progress.Progress], *rest: Any) -> Any:
         result = flush(updates, *rest)
         loop.call_soon_threadsafe(note, [(u.message_id, u.content) for u in updates])
         return result
 
-    monkeypatch.setattr(services, "flush_progress", recording_flush)
+    monkeypatch.setattr(progress, "flush_progress", recording_flush)
     fake.push_script(
         raw=[
             content_event(f"Smile: {HIGH}"),

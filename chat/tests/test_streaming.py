@@ -13,7 +13,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.sessions import InstanceSessionWrapper
 from django.utils import timezone
 
-from chat import services
+from chat.actions import progress
 from chat.consumers import _frame_sender
 from chat.generation import get_manager
 from chat.models import Charge, ChatModel, Message
@@ -68,13 +68,13 @@ async def test_a_send_streams_deltas_in_order_and_saves_the_reply(fake, alice) -
 
 async def test_the_reply_text_is_written_once_at_the_end(fake, alice, monkeypatch) -> None:
     calls: list[int] = []
-    original = services.finish_generation
+    original = progress.finish_generation
 
-    def spy(outcome: services.Outcome) -> Message:
+    def spy(outcome: progress.Outcome) -> Message:
         calls.append(outcome.plan.message_id)
         return original(outcome)
 
-    monkeypatch.setattr(services, "finish_generation", spy)
+    monkeypatch.setattr(progress, "finish_generation", spy)
     fake.push_script(tokens=30, interval_ms=1)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "Count")

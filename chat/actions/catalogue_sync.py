@@ -14,9 +14,10 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.db import transaction
 
-from .models import ChatModel, PriceChange
-from .services import save_catalogue_entry
-from .upstream.catalogue import CatalogueModel
+from chat.models import ChatModel, PriceChange
+from chat.upstream.catalogue import CatalogueModel
+
+from .catalogue import save_catalogue_entry
 
 PRICE_PLACES = Decimal("0.000001")
 SYNCED_FIELDS = (
