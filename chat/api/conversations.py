@@ -1,28 +1,32 @@
-"""The JSON API beside the websocket: conversations and their messages (session auth, CSRF on
-writes). Documented in docs/protocol.md."""
+"""Conversations and their messages: the list, one conversation, its changes and deletion."""
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from http import HTTPStatus
 from typing import Any
 
 from django.core.paginator import EmptyPage, Paginator
 from django.db.models import Q, Sum
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from . import attachments, errors, protocol
-from .actions import conversations as conversations_actions
-from .actions import versions as versions_actions
-from .billing import budgets, prices
-from .errors import Refused
-from .http import AuthenticatedHttpRequest, api_login_required, json_error, refused
-from .models import Conversation, Message
+from chat import attachments, errors, protocol
+from chat.actions import conversations as conversations_actions
+from chat.actions import versions as versions_actions
+from chat.billing import prices
+from chat.errors import Refused
+from chat.http import AuthenticatedHttpRequest, api_login_required, json_error, refused
+from chat.models import Conversation, Message
+
+from .json import read_json
 
 PAGE_SIZE = 50
+
+
 MAX_PAGE_SIZE = 200
+
+
 MAX_TITLE_CHARS = 200
 
 
@@ -122,21 +126,6 @@ def conversations(request: AuthenticatedHttpRequest) -> JsonResponse:
     )
 
 
-def _read_json(request: HttpRequest) -> dict[str, Any]:
-    try:
-        data = json.loads(request.body or b"{}")
-    except (ValueError, RecursionError):
-        raise Refused(errors.INVALID_FRAME, "The body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise Refused(errors.INVALID_FRAME, "The body must be a JSON object.")
-    # Caught here, for every field at once: such a string fails when it is saved or compared.
-    bad = protocol.lone_surrogate_at(data)
-    if bad is not None:
-        where = f"'{protocol.json_path(bad)}'"
-        raise Refused(errors.INVALID_FRAME, protocol.lone_surrogate_message(where))
-    return data
-
-
 def _apply_changes(conversation: Conversation, data: dict[str, Any]) -> list[str]:
     fields: list[str] = []
     unknown = set(data) - {"title", "system_prompt", "params", "model"}
@@ -185,47 +174,9 @@ def conversation(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         conversations_actions.delete_conversation(found)
         return HttpResponse(status=HTTPStatus.NO_CONTENT)
     try:
-        fields = _apply_changes(found, _read_json(request))
+        fields = _apply_changes(found, read_json(request))
     except Refused as exc:
         return refused(exc)
     if fields:
         found.save(update_fields=[*fields, "updated_at"])
     return JsonResponse(conversation_detail(found))
-
-
-@require_http_methods(["GET", "PATCH"])
-@api_login_required
-def me(request: AuthenticatedHttpRequest) -> JsonResponse:
-    """The user's preferences: the model new conversations start with."""
-    profile = conversations_actions.profile_for(request.user)
-    if request.method == "PATCH":
-        try:
-            data = _read_json(request)
-            unknown = set(data) - {"default_model"}
-            if unknown:
-                raise Refused(errors.INVALID_FRAME, f"Unknown field '{sorted(unknown)[0]}'.")
-            if "default_model" in data:
-                model_id = data["default_model"]
-                if model_id is None:
-                    profile.default_model = None
-                elif isinstance(model_id, str):
-                    profile.default_model = conversations_actions.usable_model(model_id, "")
-                else:
-                    raise Refused(errors.INVALID_FRAME, "'default_model' must be a model id.")
-        except Refused as exc:
-            return refused(exc)
-        profile.save(update_fields=["default_model"])
-    current = budgets.standing(request.user)
-    return JsonResponse(
-        {
-            "username": request.user.get_username(),
-            "default_model": profile.default_model.model_id if profile.default_model else None,
-            # This month, as decimal strings in USD; limit and remaining are null without a limit.
-            "budget": {
-                "limit": None if current.limit is None else prices.plain(current.limit),
-                "spent": prices.plain(current.spent),
-                "reserved": prices.plain(current.reserved),
-                "remaining": None if current.remaining is None else prices.plain(current.remaining),
-            },
-        }
-    )
