@@ -79,12 +79,16 @@ MUTANTS := 'chat.billing.prices.*' 'chat.billing.budgets.*' \
 	'chat.billing.settlement.x_settled_fields__*' \
 	'chat.actions.progress.x_finish_generation__*' 'chat.actions.titles.x_finish_title__*' \
 	'chat.actions.replies.x__check_limits__*' 'chat.actions.prompts.x_build_prompt__*' \
-	'chat.consumers.x?ChatConsumer?deliver__*' 'chat.consumers.x?ChatConsumer?_deliver_delta__*' \
-	'chat.consumers.x?ChatConsumer?_deliver_snapshot__*' \
-	'chat.consumers.x?ChatConsumer?_deliver_done__*' 'chat.consumers.x?ChatConsumer?_resync__*' \
-	'chat.consumers.x?ChatConsumer?chat_snapshot__*' 'chat.consumers.x?ChatConsumer?send_text__*' \
-	'chat.consumers.x?ChatConsumer?_orphaned__*' 'chat.consumers.x_snapshot_frames__*' \
-	'chat.protocol.x_snapshot_frames__*' 'chat.generation.x?GenerationManager?reap__*'
+	'chat.realtime.consumer.x?ChatConsumer?deliver__*' \
+	'chat.realtime.consumer.x?ChatConsumer?_deliver_delta__*' \
+	'chat.realtime.consumer.x?ChatConsumer?_deliver_snapshot__*' \
+	'chat.realtime.consumer.x?ChatConsumer?_deliver_done__*' \
+	'chat.realtime.consumer.x?ChatConsumer?_resync__*' \
+	'chat.realtime.consumer.x?ChatConsumer?chat_snapshot__*' \
+	'chat.realtime.consumer.x?ChatConsumer?send_text__*' \
+	'chat.realtime.consumer.x?ChatConsumer?_orphaned__*' \
+	'chat.realtime.consumer.x_snapshot_frames__*' \
+	'chat.protocol.x_snapshot_frames__*' 'chat.realtime.engine.x?GenerationManager?reap__*'
 
 ## mutation: mutation testing of those functions (one worker, about an hour; not part of CI)
 mutation: $(VENV)/.dev

@@ -31,8 +31,8 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 
 from bench import COUNTERS_PATH
-from chat import generation
 from chat.actions import progress, replies
+from chat.realtime import engine
 
 # The action functions whose statements are told apart; everything else is "other" (sessions,
 # authentication, page views).
@@ -163,7 +163,7 @@ def snapshot(*, objects: bool = False) -> dict[str, Any]:
         loop = None
     if loop is not None:
         state["tasks"] = len(asyncio.all_tasks(loop))
-        manager = generation._managers.get(loop)
+        manager = engine._managers.get(loop)
         state["generations"] = len(manager.generations) if manager else 0
         layer = manager.layer if manager else None
         state["layer_channels"] = len(getattr(layer, "channels", {}) or {})

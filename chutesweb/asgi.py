@@ -1,7 +1,8 @@
 """ASGI entry point: HTTP goes to Django, websockets to the chat consumer.
 
-Websockets must come from this site's own pages (chat/origins.py: a foreign or missing Origin,
-or one of another scheme or port, is refused at the handshake) and carry the Django session user.
+Websockets must come from this site's own pages (chat/realtime/origins.py: a foreign or missing
+Origin, or one of another scheme or port, is refused at the handshake) and carry the Django
+session user.
 """
 
 import os
@@ -17,10 +18,10 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from chat.bodylimit import BodyLimit  # noqa: E402
-from chat.generation import get_manager  # noqa: E402
-from chat.lifespan import lifespan  # noqa: E402
-from chat.origins import SameOriginValidator  # noqa: E402
-from chat.routing import websocket_urlpatterns  # noqa: E402
+from chat.realtime.engine import get_manager  # noqa: E402
+from chat.realtime.lifespan import lifespan  # noqa: E402
+from chat.realtime.origins import SameOriginValidator  # noqa: E402
+from chat.realtime.routing import websocket_urlpatterns  # noqa: E402
 from chutesweb import runtime  # noqa: E402
 from chutesweb.runtime import collector, server_lifecycle  # noqa: E402
 

@@ -116,15 +116,11 @@ def owned_reply(user: User, message_id: int) -> Message:
     return reply
 
 
-def delete_conversation(conversation: Conversation) -> None:
-    """Delete a conversation; replies still streaming in it are stopped first (their charges
-    settle when they end, the money having been spent)."""
+def delete_conversation(conversation: Conversation) -> list[int]:
+    """Delete a conversation; returns the replies that were streaming in it, for the caller to
+    stop (their charges settle when they end, the money having been spent)."""
     streaming = list(
         conversation.messages.filter(status=Message.Status.STREAMING).values_list("pk", flat=True)
     )
     conversation.delete()
-    if streaming:
-        from chat.generation import request_stop_from_sync
-
-        for message_id in streaming:
-            request_stop_from_sync(message_id)
+    return streaming

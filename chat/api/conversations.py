@@ -18,6 +18,7 @@ from chat.billing import prices
 from chat.errors import Refused
 from chat.http import AuthenticatedHttpRequest, api_login_required, json_error, refused
 from chat.models import Conversation, Message
+from chat.realtime.engine import request_stop_from_sync
 
 from .json import read_json
 
@@ -171,7 +172,8 @@ def conversation(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     if request.method == "GET":
         return JsonResponse(conversation_detail(found))
     if request.method == "DELETE":
-        conversations_actions.delete_conversation(found)
+        for message_id in conversations_actions.delete_conversation(found):
+            request_stop_from_sync(message_id)
         return HttpResponse(status=HTTPStatus.NO_CONTENT)
     try:
         fields = _apply_changes(found, read_json(request))

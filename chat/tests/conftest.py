@@ -16,7 +16,7 @@ from django.db.backends.utils import CursorWrapper
 from django.test import Client
 
 from chat.fakeupstream import FakeUpstream
-from chat.generation import get_manager
+from chat.realtime.engine import get_manager
 
 _counter = itertools.count(1)
 

@@ -14,11 +14,12 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from chat import generation
 from chat.actions import progress
 from chat.billing import settlement
-from chat.generation import control_group, get_manager
 from chat.models import Charge, Message
+from chat.realtime import generation
+from chat.realtime.engine import get_manager
+from chat.realtime.generation import control_group
 from chat.upstream import client as upstream_client
 
 from .wsclient import MODEL, message, open_socket, send_and_accept, text_of

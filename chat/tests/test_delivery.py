@@ -13,8 +13,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from chat import protocol
-from chat.consumers import ChatConsumer, snapshot_frames
-from chat.generation import Snapshot
+from chat.realtime.consumer import ChatConsumer, snapshot_frames
+from chat.realtime.generation import Snapshot
 
 CONVERSATION, MESSAGE = 7, 42
 

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from chat import consumers, protocol
-from chat.consumers import CLOSE_TOO_SLOW, FINISHED_MEMORY
+from chat import protocol
+from chat.realtime import consumer
+from chat.realtime.consumer import CLOSE_TOO_SLOW, FINISHED_MEMORY
 
 from .test_delivery import CONVERSATION, MESSAGE, Manager, Recorder, delta, snap
 
@@ -370,7 +371,7 @@ def test_a_reply_of_another_process_is_orphaned_only_once_its_heartbeat_is_stale
 
 
 def test_the_snapshot_frames_of_a_reply_carry_its_text_and_reasoning() -> None:
-    [frame] = consumers.snapshot_frames(snap(4, "answer", "thought"))
+    [frame] = consumer.snapshot_frames(snap(4, "answer", "thought"))
     assert frame == protocol.snapshot_frame(
         CONVERSATION, MESSAGE, 4, "answer", "thought", "streaming"
     )

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from channels.testing import WebsocketCommunicator
 
-from chat.origins import allowed, parse_origin
+from chat.realtime.origins import allowed, parse_origin
 from chutesweb.asgi import application
 
 from .wsclient import session_cookie

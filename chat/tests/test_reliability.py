@@ -11,9 +11,9 @@ import pytest
 from channels.db import database_sync_to_async
 from django.db import OperationalError
 
-from chat import generation
 from chat.actions import progress
 from chat.models import ChatModel, Conversation, Message
+from chat.realtime import engine, generation
 
 from . import processes
 from .wsclient import (
@@ -228,7 +228,7 @@ async def test_a_flush_reported_failed_after_its_commit_neither_repeats_nor_lose
     frames: list[dict[str, Any]] = []
     for _ in range(8):
         frames += await socket.recv_until(lambda f: f["type"] == "delta")
-        await generation.get_manager().flush_once()
+        await engine.get_manager().flush_once()
     await socket.send({"type": "stop", "message": reply_id})
     frames += await socket.done(reply_id)
     await socket.close()

@@ -14,9 +14,9 @@ from channels.sessions import InstanceSessionWrapper
 from django.utils import timezone
 
 from chat.actions import progress
-from chat.consumers import _frame_sender
-from chat.generation import get_manager
 from chat.models import Charge, ChatModel, Message
+from chat.realtime.consumer import _frame_sender
+from chat.realtime.engine import get_manager
 
 from .wsclient import (
     MODEL,

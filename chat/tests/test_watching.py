@@ -12,8 +12,8 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from chat.generation import get_manager
 from chat.models import Charge, Message
+from chat.realtime.engine import get_manager
 
 from .wsclient import MODEL, message, open_socket, send_and_accept, send_frame
 

@@ -3,7 +3,7 @@
 Public Twisted API only (`callWhenRunning`, `callLater`, `addSystemEventTrigger`,
 `Deferred.fromFuture`), so no version gate: it is here because it is wiring for one server.
 Uvicorn reaches the same start and stop through the ASGI lifespan protocol instead
-(chat/lifespan.py); without Twisted's reactor both functions do nothing.
+(chat/realtime/lifespan.py); without Twisted's reactor both functions do nothing.
 """
 
 from __future__ import annotations

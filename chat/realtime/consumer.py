@@ -1,5 +1,5 @@
 """The chat websocket: authorise, validate, dispatch, send. Generations run elsewhere
-(`chat.generation`); this socket only starts, stops and watches them."""
+(`chat.realtime.engine`); this socket only starts, stops and watches them."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from django.utils import timezone
 
+from chat import errors, protocol
+from chat.actions import conversations, replies, titles
+from chat.errors import Refused
+from chat.models import Message
 from chutesweb.runtime import daphne_frames, socket_buffers
 
-from . import errors, protocol
-from .actions import conversations, replies, titles
-from .errors import Refused
-from .generation import Snapshot, conversation_group, done_frame_for, get_manager
-from .models import Message
+from .engine import get_manager
+from .generation import Snapshot, conversation_group, done_frame_for
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 
-from .generation import get_manager
+from .engine import get_manager
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
