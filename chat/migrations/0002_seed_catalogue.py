@@ -8,7 +8,7 @@ from django.db.migrations.state import StateApps
 
 
 def seed(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
-    from chat.catalogue import SEED_MODELS
+    from chat.seed import SEED_MODELS
 
     ChatModel = apps.get_model("chat", "ChatModel")
     PriceChange = apps.get_model("chat", "PriceChange")
