@@ -10,7 +10,7 @@ from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import exports
+from chat.actions import transfer
 from chat.http import AuthenticatedHttpRequest, api_login_required, json_error
 from chat.models import Conversation
 
@@ -29,12 +29,12 @@ def export_conversation(request: AuthenticatedHttpRequest, pk: int, fmt: str) ->
     if conversation is None or fmt not in ("md", "json"):
         return not_found()
     if fmt == "md":
-        text = exports.export_markdown(conversation)
+        text = transfer.export_markdown(conversation)
         return _attachment(
             HttpResponse(text, content_type="text/markdown; charset=utf-8"),
             f"conversation-{pk}.md",
         )
-    data = exports.export_json([conversation])
+    data = transfer.export_json([conversation])
     return _attachment(
         JsonResponse(data, json_dumps_params={"ensure_ascii": False}), f"conversation-{pk}.json"
     )
@@ -46,7 +46,9 @@ def export_all(request: AuthenticatedHttpRequest) -> HttpResponse:
     conversations = list(Conversation.objects.filter(owner=request.user).order_by("id"))
     day = timezone.localdate().isoformat()
     return _attachment(
-        JsonResponse(exports.export_json(conversations), json_dumps_params={"ensure_ascii": False}),
+        JsonResponse(
+            transfer.export_json(conversations), json_dumps_params={"ensure_ascii": False}
+        ),
         f"chutes-chat-{day}.json",
     )
 
@@ -70,7 +72,7 @@ def import_conversations(request: AuthenticatedHttpRequest) -> JsonResponse:
             "invalid_import", "This file is not JSON. Import a file exported from here.", 400
         )
     try:
-        created = exports.import_payload(request.user, payload)
-    except exports.ImportRefused as exc:
+        created = transfer.import_payload(request.user, payload)
+    except transfer.ImportRefused as exc:
         return json_error("invalid_import", f"Nothing was imported. {exc}.", HTTPStatus.BAD_REQUEST)
     return JsonResponse({"imported": len(created), "conversations": created}, status=201)

@@ -210,7 +210,7 @@ async def test_a_conversation_is_titled_once_whatever_is_regenerated_or_edited(
 
 @database_sync_to_async
 def import_conversation_with_replies(user: Any, replies: int) -> None:
-    from chat import exports
+    from chat.actions import transfer
 
     messages: list[dict[str, Any]] = []
     for index in range(replies):
@@ -218,9 +218,9 @@ def import_conversation_with_replies(user: Any, replies: int) -> None:
         messages.append(
             {"id": 2 * index + 1, "parent": 2 * index, "role": "assistant", "content": "answer"}
         )
-    exports.import_payload(
+    transfer.import_payload(
         user,
-        {"format": exports.FORMAT, "conversations": [{"title": "old", "messages": messages}]},
+        {"format": transfer.FORMAT, "conversations": [{"title": "old", "messages": messages}]},
     )
 
 

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from chat import errors, exports, protocol
+from chat import errors, protocol
+from chat.actions import transfer
 from chat.models import Conversation, Message, Preset
 
 from .test_api_conversations import make_conversation, patch
@@ -336,6 +337,6 @@ def test_any_import_with_a_lone_surrogate_anywhere_is_refused_naming_the_place(
     response = import_raw(user_client, wire(document).encode())
     assert response.status_code == HTTPStatus.BAD_REQUEST
     message = response.json()["error"]["message"]
-    assert exports._place(path) in message and "surrogate" in message
+    assert transfer._place(path) in message and "surrogate" in message
     message.encode()
     assert not Conversation.objects.filter(owner=user).exists()

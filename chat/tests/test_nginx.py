@@ -190,7 +190,7 @@ def test_an_image_just_under_the_app_s_limit_uploads_through_nginx(client: httpx
 
 
 def export_file(size: int) -> bytes:
-    """A valid export (chat/exports.py) of about `size` bytes: one long conversation."""
+    """A valid export (chat/actions/transfer.py) of about `size` bytes: one long conversation."""
     content_chars = settings.MAX_MESSAGE_CHARS  # well under the import's per-message limit
     count = math.ceil(size / content_chars)
     messages = [

@@ -14,10 +14,10 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import errors, protocol
-from .attachments import ImageRefused, StorageFull, inspect, reserve_storage
-from .billing import prices
-from .models import Attachment, ChatModel, Conversation, Message
+from chat import errors, protocol
+from chat.attachments import ImageRefused, StorageFull, inspect, reserve_storage
+from chat.billing import prices
+from chat.models import Attachment, ChatModel, Conversation, Message
 
 FORMAT = "chutes-chat/1"
 STATUSES = {choice for choice, _ in Message.Status.choices} - {Message.Status.STREAMING}
