@@ -4,8 +4,8 @@ Validation (`chat/protocol.py`), the domain functions (`chat/actions/`,
 `chat/billing/budgets.py`) and the JSON API's own checks raise `Refused` with a stable code and a
 message written for the user. Each transport says it its own way: the websocket as an `error`
 frame, the socket staying open (`chat/realtime/consumer.py`); the JSON API as
-`{"error": {"code", "message"}}` with the code's HTTP status (`chat/http.py`). Nothing below this
-module knows which transport asked.
+`{"error": {"code", "message"}}` with the code's HTTP status (`chat/api/http.py`). Nothing below
+this module knows which transport asked.
 """
 
 from __future__ import annotations

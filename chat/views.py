@@ -21,8 +21,8 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from .api.http import AuthenticatedHttpRequest, api_login_required
 from .billing import budgets, usage
-from .http import AuthenticatedHttpRequest, api_login_required
 from .models import Charge, ChatModel
 
 logger = logging.getLogger(__name__)

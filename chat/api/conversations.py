@@ -16,10 +16,10 @@ from chat.actions import conversations as conversations_actions
 from chat.actions import versions as versions_actions
 from chat.billing import prices
 from chat.errors import Refused
-from chat.http import AuthenticatedHttpRequest, api_login_required, json_error, refused
 from chat.models import Conversation, Message
 from chat.realtime.engine import request_stop_from_sync
 
+from .http import AuthenticatedHttpRequest, api_login_required, json_error, refused
 from .json import read_json
 
 PAGE_SIZE = 50

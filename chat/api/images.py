@@ -8,9 +8,9 @@ from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import attachments
-from chat.http import AuthenticatedHttpRequest, api_login_required, json_error
 from chat.models import Attachment
 
+from .http import AuthenticatedHttpRequest, api_login_required, json_error
 from .json import not_found
 
 

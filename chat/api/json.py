@@ -11,7 +11,8 @@ from django.http import HttpRequest, JsonResponse
 
 from chat import errors, protocol
 from chat.errors import Refused
-from chat.http import json_error
+
+from .http import json_error
 
 
 def read_json(request: HttpRequest) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from chat import errors
 from chat.actions import conversations as conversations_actions
 from chat.billing import budgets, prices
 from chat.errors import Refused
-from chat.http import AuthenticatedHttpRequest, api_login_required, refused
 
+from .http import AuthenticatedHttpRequest, api_login_required, refused
 from .json import read_json
 
 

@@ -12,9 +12,9 @@ from django.views.decorators.http import require_http_methods
 from chat import errors, protocol
 from chat.actions import conversations as conversations_actions
 from chat.errors import Refused
-from chat.http import AuthenticatedHttpRequest, api_login_required, json_error, refused
 from chat.models import Preset
 
+from .http import AuthenticatedHttpRequest, api_login_required, json_error, refused
 from .json import not_found, read_json
 
 

@@ -13,9 +13,9 @@ from django.views.decorators.http import require_GET, require_http_methods
 from chat import errors
 from chat.actions import shares as shares_actions
 from chat.errors import Refused
-from chat.http import AuthenticatedHttpRequest, api_login_required, refused
 from chat.models import Conversation, ShareLink
 
+from .http import AuthenticatedHttpRequest, api_login_required, refused
 from .json import not_found, read_json
 
 

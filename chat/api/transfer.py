@@ -11,9 +11,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from chat.actions import transfer
-from chat.http import AuthenticatedHttpRequest, api_login_required, json_error
 from chat.models import Conversation
 
+from .http import AuthenticatedHttpRequest, api_login_required, json_error
 from .json import not_found
 
 

@@ -7,9 +7,9 @@ from django.views.decorators.http import require_POST
 
 from chat.actions import versions as versions_actions
 from chat.errors import Refused
-from chat.http import AuthenticatedHttpRequest, api_login_required, refused
 
 from .conversations import conversation_detail
+from .http import AuthenticatedHttpRequest, api_login_required, refused
 
 
 @require_POST

@@ -39,7 +39,7 @@ def test_the_protocol_documentation_lists_exactly_the_codes_and_their_statuses()
 
 
 def test_the_json_api_answers_a_refusal_with_its_code_message_and_status():
-    from chat.http import refused
+    from chat.api.http import refused
 
     response = refused(Refused(errors.CONFLICT, "Stop it first.", "r1"))
     assert response.status_code == 409

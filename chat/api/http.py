@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from .errors import Refused
+from chat.errors import Refused
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
