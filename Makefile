@@ -48,7 +48,7 @@ run: migrate
 demo: migrate
 	@$(BIN)/python manage.py firstadmin --hint
 	@echo "Demo mode: replies come from the local stand-in on port $(DEMO_UPSTREAM_PORT), not from Chutes."
-	$(BIN)/python -m chat.fakeupstream --host 127.0.0.1 --port $(DEMO_UPSTREAM_PORT) --token demo-token & \
+	$(BIN)/python -m chat.testing.fakeupstream --host 127.0.0.1 --port $(DEMO_UPSTREAM_PORT) --token demo-token & \
 	  trap 'kill $$!' EXIT INT TERM; \
 	  DEMO_MODE=true LAVA_FORWARD_URL=http://127.0.0.1:$(DEMO_UPSTREAM_PORT)/v1/forward \
 	  CHUTES_API_BASE=http://127.0.0.1:$(DEMO_UPSTREAM_PORT)/v1 LAVA_FORWARD_TOKEN=demo-token \

@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from chat.tests import processes
+from chat.testing import processes
 
 from . import report
 from .clients import DirectClient, RelaySocket, StreamResult, loop_lag, script_directive

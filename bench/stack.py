@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chat.tests import processes
-from chat.tests.processes import Process
+from chat.testing import processes
+from chat.testing.processes import Process
 
 from . import COUNTERS_PATH
 

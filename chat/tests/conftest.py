@@ -15,8 +15,8 @@ from django.db import connections
 from django.db.backends.utils import CursorWrapper
 from django.test import Client
 
-from chat.fakeupstream import FakeUpstream
 from chat.realtime.engine import get_manager
+from chat.testing.fakeupstream import FakeUpstream
 
 _counter = itertools.count(1)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chat.fakeupstream import FakeUpstream
+from chat.testing.fakeupstream import FakeUpstream
 from chat.upstream.client import _Reply, stream_chat
 from chat.upstream.config import UpstreamConfig
 from chat.upstream.errors import UpstreamError

@@ -20,9 +20,8 @@ from chat.models import Charge, Message
 from chat.realtime import generation
 from chat.realtime.engine import get_manager
 from chat.realtime.generation import control_group
+from chat.testing.wsclient import MODEL, message, open_socket, send_and_accept, text_of
 from chat.upstream import client as upstream_client
-
-from .wsclient import MODEL, message, open_socket, send_and_accept, text_of
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

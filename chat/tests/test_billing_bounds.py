@@ -13,8 +13,7 @@ from channels.db import database_sync_to_async
 from chat.actions import replies as replies_actions
 from chat.billing import budgets, prices
 from chat.models import Charge, Conversation
-
-from .wsclient import MODEL, message, open_socket, request_id, send_and_accept, text_of
+from chat.testing.wsclient import MODEL, message, open_socket, request_id, send_and_accept, text_of
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

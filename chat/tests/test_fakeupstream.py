@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from chat.fakeupstream import (
+from chat.testing.fakeupstream import (
     FakeUpstream,
     ScriptError,
     count_prompt_tokens,
@@ -23,7 +23,7 @@ from chat.fakeupstream import (
     running_in_thread,
     sse_event,
 )
-from chat.fakeupstream.catalogue import MODELS
+from chat.testing.fakeupstream.catalogue import MODELS
 from chat.tests.fixtures_upstream import (
     MODEL,
     REASONING_MODEL,
@@ -348,7 +348,7 @@ def _without_django() -> dict[str, str]:
 
 def test_the_stand_in_imports_without_django() -> None:
     code = (
-        "import sys, chat.fakeupstream; "
+        "import sys, chat.testing.fakeupstream; "
         "assert not [m for m in sys.modules if m.startswith('django')], 'django imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=_without_django(), cwd=REPO,
@@ -358,7 +358,7 @@ def test_the_stand_in_imports_without_django() -> None:
 @pytest.mark.slow
 async def test_the_command_serves_the_catalogue() -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chat.fakeupstream", "--port", "0", "--token", "cli-token",
+        sys.executable, "-m", "chat.testing.fakeupstream", "--port", "0", "--token", "cli-token",
         stdout=asyncio.subprocess.PIPE, env=_without_django(), cwd=REPO,
     )  # fmt: skip
     try:

@@ -16,9 +16,9 @@ from PIL import Image
 
 from chat.billing import prices
 from chat.models import ChatModel, Conversation, Message, Preset, ShareLink
+from chat.testing.wsclient import MODEL, counts, open_socket, request_id, send_and_accept, streamed
 
 from .test_api_conversations import make_conversation
-from .wsclient import MODEL, counts, open_socket, request_id, send_and_accept, streamed
 
 VISION = "Qwen/Qwen2.5-VL-32B-Instruct"
 streaming = pytest.mark.django_db(transaction=True, serialized_rollback=True)

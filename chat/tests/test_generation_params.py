@@ -21,9 +21,9 @@ from chat import errors, protocol
 from chat.actions import replies
 from chat.billing import budgets
 from chat.models import Conversation, Preset
+from chat.testing.wsclient import MODEL, send_frame
 
 from .test_api_conversations import make_conversation, patch
-from .wsclient import MODEL, send_frame
 
 pytestmark = pytest.mark.django_db
 

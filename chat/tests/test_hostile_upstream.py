@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat.fakeupstream import DONE_EVENT, FakeUpstream, delta_chunk, sse_event
+from chat.testing.fakeupstream import DONE_EVENT, FakeUpstream, delta_chunk, sse_event
 from chat.tests.fixtures_upstream import (
     MODEL,
     chat_body,

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from chat import errors, protocol
 from chat.actions import transfer
 from chat.models import Conversation, Message, Preset
+from chat.testing.wsclient import MODEL, counts, open_socket, send_frame
 
 from .test_api_conversations import make_conversation, patch
-from .wsclient import MODEL, counts, open_socket, send_frame
 
 LONE = "\ud83d"
 # What the browser writes for U+1F642 when it escapes it: two escapes that json.loads pairs up.

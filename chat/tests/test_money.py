@@ -19,10 +19,9 @@ from django.utils import timezone
 from chat.actions import catalogue as catalogue_actions
 from chat.actions import progress
 from chat.billing import prices
-from chat.fakeupstream import default_catalogue
 from chat.models import Charge, ChatModel, Message, PriceChange, Profile
-
-from .wsclient import MODEL, counts, message, open_socket, send_and_accept, send_frame
+from chat.testing.fakeupstream import default_catalogue
+from chat.testing.wsclient import MODEL, counts, message, open_socket, send_and_accept, send_frame
 
 PRICE = Decimal("0.27216")
 
@@ -356,7 +355,7 @@ def test_a_custom_budget_needs_a_limit(admin_client: Client, make_user) -> None:
 
 @pytest.fixture
 def fake_in_thread(settings) -> Any:
-    from chat.fakeupstream import running_in_thread
+    from chat.testing.fakeupstream import running_in_thread
 
     with running_in_thread(tokens=("test-token",)) as server:
         settings.LAVA_FORWARD_URL = server.forward_url

@@ -22,8 +22,7 @@ from chat.billing import budgets, prices, settlement
 from chat.errors import Refused
 from chat.models import Charge, ChatModel, Conversation, Message, Profile
 from chat.protocol import Params, Send
-
-from .wsclient import MODEL, request_id
+from chat.testing.wsclient import MODEL, request_id
 
 # Character weights -------------------------------------------------------------------------
 

@@ -24,9 +24,8 @@ from websockets.sync.client import connect
 from websockets.typing import Origin
 
 from chat import bodylimit
-
-from . import processes
-from .processes import NGINX_CONF, SITE_HOST, Nginx, Process
+from chat.testing import processes
+from chat.testing.processes import NGINX_CONF, SITE_HOST, Nginx, Process
 
 HOST = SITE_HOST
 UPLOAD_PATHS = ("/api/import", "/api/images")

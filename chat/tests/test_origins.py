@@ -9,9 +9,8 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from chat.realtime.origins import allowed, parse_origin
+from chat.testing.wsclient import session_cookie
 from chutesweb.asgi import application
-
-from .wsclient import session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

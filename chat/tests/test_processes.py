@@ -23,8 +23,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
-from . import processes
-from .processes import Process
+from chat.testing import processes
+from chat.testing.processes import Process
 
 pytestmark = pytest.mark.slow
 

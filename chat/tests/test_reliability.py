@@ -14,9 +14,8 @@ from django.db import OperationalError
 from chat.actions import progress
 from chat.models import ChatModel, Conversation, Message
 from chat.realtime import engine, generation
-
-from . import processes
-from .wsclient import (
+from chat.testing import processes
+from chat.testing.wsclient import (
     MODEL,
     connect,
     message,

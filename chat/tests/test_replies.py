@@ -17,8 +17,7 @@ from chat.actions import conversations, prompts, replies, titles
 from chat.errors import Refused
 from chat.models import Charge, ChatModel, Conversation, Message
 from chat.protocol import Params, parse_client_frame
-
-from .wsclient import (
+from chat.testing.wsclient import (
     MODEL,
     message,
     open_socket,

@@ -19,9 +19,8 @@ import pytest
 from PIL import Image
 
 from chat import bodylimit
-
-from . import processes
-from .processes import Process
+from chat.testing import processes
+from chat.testing.processes import Process
 
 MB = 1024 * 1024
 IMAGE_LIMIT = MB

@@ -21,10 +21,9 @@ from typing import Any
 import pytest
 from autobahn.websocket.protocol import WebSocketProtocol
 
+from chat.testing import processes
 from chutesweb import runtime
 from chutesweb.runtime import daphne_bodies, daphne_frames
-
-from . import processes
 
 SCRIPT = textwrap.dedent(
     """

@@ -21,10 +21,9 @@ from typing import Any
 
 import pytest
 
+from chat.testing import processes
 from chutesweb import runtime
 from chutesweb.runtime import Patch
-
-from . import processes
 
 PATCHES = list(runtime.PATCHES.values())
 # What install() applies (the others are applied per transport or per socket).

@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 from chat import errors, protocol
 from chat.models import Charge, ChatModel, Conversation, Message
+from chat.testing.wsclient import MODEL, counts, open_socket, send_and_accept
 from chat.upstream.config import UpstreamConfig
 from chat.upstream.sse import SSEDecoder
 
 from .conftest import PASSWORD
-from .wsclient import MODEL, counts, open_socket, send_and_accept
 
 SECRET_KEY_VALUE = "aks_test_S3CRET_lava_key_0123456789"
 PROVIDER_KEY = "cpk_PROVIDER_secret_9876543210"

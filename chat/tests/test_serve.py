@@ -20,10 +20,9 @@ from websockets.frames import Close, CloseCode
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
+from chat.testing import processes
+from chat.testing.processes import Process
 from chutesweb import serve
-
-from . import processes
-from .processes import Process
 
 
 @pytest.fixture(autouse=True)

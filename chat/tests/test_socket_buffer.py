@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
-from . import processes
+from chat.testing import processes
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 
 from chat.actions import progress
-from chat.fakeupstream import DONE_EVENT, delta_chunk, sse_event, usage_numbers
-
-from .wsclient import message, open_socket, send_and_accept, streamed, text_of
+from chat.testing.fakeupstream import DONE_EVENT, delta_chunk, sse_event, usage_numbers
+from chat.testing.wsclient import message, open_socket, send_and_accept, streamed, text_of
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from chat.fakeupstream import FakeUpstream, delta_chunk, sse_event, usage_numbers
+from chat.testing.fakeupstream import FakeUpstream, delta_chunk, sse_event, usage_numbers
 from chat.tests.fixtures_upstream import (
     MODEL,
     REASONING_MODEL,

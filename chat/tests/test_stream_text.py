@@ -17,7 +17,13 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from chat.fakeupstream import DONE_EVENT, FakeUpstream, delta_chunk, sse_event, usage_numbers
+from chat.testing.fakeupstream import (
+    DONE_EVENT,
+    FakeUpstream,
+    delta_chunk,
+    sse_event,
+    usage_numbers,
+)
 from chat.tests.fixtures_upstream import (
     MODEL,
     REASONING_MODEL,

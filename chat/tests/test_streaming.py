@@ -17,8 +17,7 @@ from chat.actions import progress
 from chat.models import Charge, ChatModel, Message
 from chat.realtime.consumer import _frame_sender
 from chat.realtime.engine import get_manager
-
-from .wsclient import (
+from chat.testing.wsclient import (
     MODEL,
     connect,
     counts,

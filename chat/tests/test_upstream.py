@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from chat.fakeupstream import FakeUpstream, expected_text, plan_reply
-from chat.fakeupstream.script import make_script
+from chat.testing.fakeupstream import FakeUpstream, expected_text, plan_reply
+from chat.testing.fakeupstream.script import make_script
 from chat.tests.fixtures_upstream import (
     MODEL,
     REASONING_MODEL,

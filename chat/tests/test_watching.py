@@ -14,8 +14,7 @@ from django.utils import timezone
 
 from chat.models import Charge, Message
 from chat.realtime.engine import get_manager
-
-from .wsclient import MODEL, message, open_socket, send_and_accept, send_frame
+from chat.testing.wsclient import MODEL, message, open_socket, send_and_accept, send_frame
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

@@ -3,8 +3,8 @@
 Every failure becomes an `UpstreamError` with a stable `code` and a message that is safe to
 show a user.
 
-Streaming contract (the stand-in upstream, `chat/fakeupstream`, plays each upstream behaviour
-named here, quirks and failures included):
+Streaming contract (the stand-in upstream, `chat/testing/fakeupstream`, plays each upstream
+behaviour named here, quirks and failures included):
 
 - `RequestIds` comes first, as soon as the response headers arrive (Chutes sends them with the
   first token), then `ReasoningDelta`/`TextDelta`, then `Usage` (only if the upstream reported

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from chat.fakeupstream import FakeUpstream, running_in_thread
+from chat.testing.fakeupstream import FakeUpstream, running_in_thread
+from chat.testing.processes import SITE_HOST
 from chat.tests.browser.live import (
     UPSTREAM_TOKEN,
     HitRecorder,
@@ -24,7 +25,6 @@ from chat.tests.browser.live import (
     hit_recorder,
     start_live_server,
 )
-from chat.tests.processes import SITE_HOST
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Playwright

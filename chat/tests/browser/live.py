@@ -157,7 +157,7 @@ def start_live_server(
     try:
         if start_upstream:
             upstream_log = data_dir / "upstream.log"
-            command = [python, "-m", "chat.fakeupstream", "--port", str(upstream_port)]
+            command = [python, "-m", "chat.testing.fakeupstream", "--port", str(upstream_port)]
             upstream = subprocess.Popen(
                 [*command, "--token", UPSTREAM_TOKEN, *DEFAULT_REPLY],
                 cwd=ROOT,

@@ -20,7 +20,7 @@ _users = itertools.count(1)
 
 
 def fake(**fields: Any) -> str:
-    """A directive that scripts the stand-in's reply (see chat/fakeupstream/script.py).
+    """A directive that scripts the stand-in's reply (see chat/testing/fakeupstream/script.py).
 
     A new user's model is the catalogue's first, a reasoning model; the server holds back such a
     model's answer until it has seen whether reasoning comes first. A one-word reasoning (unless

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from chat.fakeupstream import FakeUpstream, running_in_thread
+from chat.testing.fakeupstream import FakeUpstream, running_in_thread
 from chat.tests.browser.conftest import DEFAULT_TIMEOUT_MS
 from chat.tests.browser.live import UPSTREAM_TOKEN, LiveServer, start_live_server
 from chat.tests.browser.pages import ChatPage

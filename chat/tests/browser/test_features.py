@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Route, WebSocket, expect
 
-from chat.fakeupstream import LogEntry
-from chat.fakeupstream.script import message_text
+from chat.testing.fakeupstream import LogEntry
+from chat.testing.fakeupstream.script import message_text
 from chat.tests.browser.conftest import (
     ADMIN_PASSWORD,
     ADMIN_USERNAME,

@@ -12,8 +12,8 @@ from http import HTTPStatus
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from chat.fakeupstream import FakeUpstream, running_in_thread
-from chat.fakeupstream.script import split_pieces
+from chat.testing.fakeupstream import FakeUpstream, running_in_thread
+from chat.testing.fakeupstream.script import split_pieces
 from chat.tests.browser.conftest import DEFAULT_SCRIPT, open_context
 from chat.tests.browser.live import ROOT, UPSTREAM_TOKEN, LiveServer, start_live_server
 from chat.tests.browser.pages import ChatPage, eventually, squash

@@ -19,11 +19,11 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, Page, Response, expect
 
-from chat.tests import processes
+from chat.testing import processes
+from chat.testing.processes import SITE_HOST
 from chat.tests.browser.conftest import ADMIN_ENV, ADMIN_PASSWORD, ADMIN_USERNAME, open_context
 from chat.tests.browser.live import LiveServer, start_live_server
 from chat.tests.browser.pages import ChatPage, fake, words
-from chat.tests.processes import SITE_HOST
 
 pytestmark = pytest.mark.browser
 

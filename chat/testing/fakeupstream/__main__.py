@@ -1,4 +1,4 @@
-"""`python -m chat.fakeupstream`: run the stand-in until interrupted."""
+"""`python -m chat.testing.fakeupstream`: run the stand-in until interrupted."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import logging
 import signal
 from typing import Any
 
-from chat.fakeupstream.server import FakeUpstream
+from chat.testing.fakeupstream.server import FakeUpstream
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m chat.fakeupstream",
+        prog="python -m chat.testing.fakeupstream",
         description="A local stand-in for the Lava forward proxy and the Chutes API.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -1,6 +1,6 @@
 """A local stand-in for Lava's forward proxy and the Chutes API, for tests, benchmarks and demos.
 
-    python -m chat.fakeupstream --port 8765 --token demo-token
+    python -m chat.testing.fakeupstream --port 8765 --token demo-token
 
 Point `LAVA_FORWARD_URL` at `http://127.0.0.1:8765/v1/forward`, `CHUTES_API_BASE` at
 `http://127.0.0.1:8765/v1` and `LAVA_FORWARD_TOKEN` (or `LAVA_SECRET_KEY`) at the token. It needs
@@ -9,8 +9,8 @@ request can ask for, including by typing `[[fake {"mid": "error_line", "after": 
 or a reply of exact bytes (`raw`), for tests of what a real server may send.
 """
 
-from chat.fakeupstream.catalogue import MODELS, default_catalogue
-from chat.fakeupstream.script import (
+from chat.testing.fakeupstream.catalogue import MODELS, default_catalogue
+from chat.testing.fakeupstream.script import (
     DONE_EVENT,
     Plan,
     Script,
@@ -22,7 +22,7 @@ from chat.fakeupstream.script import (
     sse_event,
     usage_numbers,
 )
-from chat.fakeupstream.server import FakeUpstream, LogEntry, error_body, running_in_thread
+from chat.testing.fakeupstream.server import FakeUpstream, LogEntry, error_body, running_in_thread
 
 __all__ = [
     "DONE_EVENT",

@@ -42,8 +42,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from chat.fakeupstream.catalogue import MILLION, default_catalogue, lava_price, price_of
-from chat.fakeupstream.script import (
+from chat.testing.fakeupstream.catalogue import MILLION, default_catalogue, lava_price, price_of
+from chat.testing.fakeupstream.script import (
     Plan,
     Script,
     ScriptError,
@@ -56,7 +56,7 @@ from chat.fakeupstream.script import (
     plan_reply,
 )
 
-logger = logging.getLogger("chat.fakeupstream")
+logger = logging.getLogger("chat.testing.fakeupstream")
 
 ERROR_LINE = {"error": "Unhandled exception during response stream: fake failure"}
 _CHUTES_DETAILS: dict[int, Any] = {

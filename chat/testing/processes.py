@@ -119,7 +119,7 @@ def start_upstream(
             *prefix,
             sys.executable,
             "-m",
-            "chat.fakeupstream",
+            "chat.testing.fakeupstream",
             "--port",
             str(port),
             "--token",

@@ -13,8 +13,8 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore
 
-from chat.fakeupstream import FakeUpstream, expected_text
 from chat.models import Charge, Conversation, Message
+from chat.testing.fakeupstream import FakeUpstream, expected_text
 from chutesweb.asgi import application
 
 ORIGIN = "http://127.0.0.1:8000"
