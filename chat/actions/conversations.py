@@ -8,7 +8,7 @@ from datetime import datetime
 
 from django.contrib.auth.models import User
 
-from chat import errors, rows
+from chat import errors, events, rows
 from chat.errors import Refused
 from chat.models import (
     ChatModel,
@@ -116,11 +116,12 @@ def owned_reply(user: User, message_id: int) -> Message:
     return reply
 
 
-def delete_conversation(conversation: Conversation) -> list[int]:
-    """Delete a conversation; returns the replies that were streaming in it, for the caller to
-    stop (their charges settle when they end, the money having been spent)."""
+def delete_conversation(conversation: Conversation) -> None:
+    """Delete a conversation; the replies streaming in it are stopped once the deletion is
+    committed (their charges settle when they end, the money having been spent)."""
     streaming = list(
         conversation.messages.filter(status=Message.Status.STREAMING).values_list("pk", flat=True)
     )
     conversation.delete()
-    return streaming
+    for message_id in streaming:
+        events.send_on_commit(events.control_group(message_id), events.stop_event(message_id))

@@ -17,7 +17,6 @@ from chat.actions import versions as versions_actions
 from chat.billing import prices
 from chat.errors import Refused
 from chat.models import Conversation, Message
-from chat.realtime.engine import request_stop_from_sync
 
 from .http import AuthenticatedHttpRequest, api_login_required, json_error, refused
 from .json import read_json
@@ -172,8 +171,7 @@ def conversation(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     if request.method == "GET":
         return JsonResponse(conversation_detail(found))
     if request.method == "DELETE":
-        for message_id in conversations_actions.delete_conversation(found):
-            request_stop_from_sync(message_id)
+        conversations_actions.delete_conversation(found)
         return HttpResponse(status=HTTPStatus.NO_CONTENT)
     try:
         fields = _apply_changes(found, read_json(request))

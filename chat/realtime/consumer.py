@@ -19,11 +19,12 @@ from django.utils import timezone
 from chat import errors, protocol
 from chat.actions import conversations, replies, titles
 from chat.errors import Refused
+from chat.events import conversation_group
 from chat.models import Message
 from chutesweb.runtime import daphne_frames, socket_buffers
 
 from .engine import get_manager
-from .generation import Snapshot, conversation_group, done_frame_for
+from .generation import Snapshot, done_frame_for
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User

@@ -19,7 +19,6 @@ import weakref
 from datetime import timedelta
 from typing import Any, cast
 
-from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
@@ -29,6 +28,7 @@ from chat import attachments, protocol
 from chat.actions import progress as progress_actions
 from chat.actions import titles
 from chat.actions.replies import GenerationPlan
+from chat.events import control_group, conversation_group, stop_event
 from chat.models import Message
 from chat.upstream import client as upstream_client
 from chat.upstream.errors import UpstreamError
@@ -40,8 +40,6 @@ from .generation import (
     TRANSIENT_DATABASE_ERRORS,
     Generation,
     Snapshot,
-    control_group,
-    conversation_group,
     done_frame_for,
 )
 
@@ -279,9 +277,7 @@ class GenerationManager:
         """Stop a generation wherever it runs. True when it runs in this process."""
         if self.stop_local(message_id):
             return True
-        await self.layer.group_send(
-            control_group(message_id), {"type": "gen.stop", "message": message_id}
-        )
+        await self.layer.group_send(control_group(message_id), stop_event(message_id))
         return False
 
     async def request_snapshot(self, message_id: int, reply_to: str) -> None:
@@ -511,10 +507,3 @@ def get_manager() -> GenerationManager:
         manager = GenerationManager(_channel_layer())
         _managers[loop] = manager
     return manager
-
-
-def request_stop_from_sync(message_id: int) -> None:
-    """Stop a generation from synchronous code (an HTTP view), wherever it runs."""
-    async_to_sync(_channel_layer().group_send)(
-        control_group(message_id), {"type": "gen.stop", "message": message_id}
-    )

@@ -56,14 +56,6 @@ SAVE_FAILED_MESSAGE = "This reply could not be saved; the text saved so far is k
 CUT_SLACK_TOKENS = 16
 
 
-def conversation_group(conversation_id: int) -> str:
-    return f"conv.{conversation_id}"
-
-
-def control_group(message_id: int) -> str:
-    return f"gen.{message_id}"
-
-
 @dataclass(frozen=True)
 class Snapshot:
     message_id: int

@@ -16,10 +16,10 @@ from django.utils import timezone
 
 from chat.actions import progress
 from chat.billing import settlement
+from chat.events import control_group
 from chat.models import Charge, Message
 from chat.realtime import generation
 from chat.realtime.engine import get_manager
-from chat.realtime.generation import control_group
 from chat.testing.wsclient import MODEL, message, open_socket, send_and_accept, text_of
 from chat.upstream import client as upstream_client
 
