@@ -3,7 +3,9 @@
     .venv/bin/python -m bench.run --streams 1,10,100,500,1000
 
 See docs/benchmarks.md for what is measured and how to read the table. Results go to
-bench/results/ as JSON and Markdown.
+bench/results/ as JSON and Markdown. Past 500 lines: one run's levels, cohorts, server counters
+and growth cycles are read together into one result; the clients, the launcher, the statistics
+and the report have their own modules.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The websocket protocol of `/ws/chat/`: the one definition of every frame.
 
 Client frames are parsed and validated here into typed objects; server frames are built here.
-`docs/protocol.md` documents the same frames for people.
+`docs/protocol.md` documents the same frames for people. Kept in one module, past 500 lines,
+so that the protocol has one definition to read and to keep in step with that document.
 """
 
 from __future__ import annotations

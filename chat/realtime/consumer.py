@@ -1,5 +1,9 @@
 """The chat websocket: authorise, validate, dispatch, send. Generations run elsewhere
-(`chat.realtime.engine`); this socket only starts, stops and watches them."""
+(`chat.realtime.engine`); this socket only starts, stops and watches them.
+
+One class for one socket's whole life, about 500 lines: the delivery rule (sequence numbers,
+snapshots, resyncs, flow control) reads the socket's state at every step, and split apart its
+pieces would pass that state back and forth."""
 
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ conversation (and, with Redis, to its channel-layer group for other processes), 
 text about once a second, and writes its end once. One `GenerationManager` per process
 and event loop owns the running generations, the periodic flush, the reaper, and a control
 channel through which any process can stop a generation or ask it for an exact snapshot.
+About 500 lines: the manager's loops share its table of running generations; one reply's own
+work is in `generation.py`.
 """
 
 from __future__ import annotations

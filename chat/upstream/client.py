@@ -1,7 +1,9 @@
 """One chat completion from the upstream, streamed as typed events: `stream_chat()`.
 
 Every failure becomes an `UpstreamError` with a stable `code` and a message that is safe to
-show a user.
+show a user. About 500 lines: the stream's contract below is one piece of reading, from the
+request to the last event; the HTTP plumbing is in `http.py`, the decoding in `sse.py`,
+`reasoning.py` and `text.py`.
 
 Streaming contract (the stand-in upstream, `chat/testing/fakeupstream`, plays each upstream
 behaviour named here, quirks and failures included):
