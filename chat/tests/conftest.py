@@ -130,7 +130,7 @@ def db_writes(monkeypatch: pytest.MonkeyPatch) -> WriteLog:
 
 
 @pytest.fixture
-async def fake(settings: Any) -> AsyncIterator[FakeUpstream]:
+async def upstream(settings: Any) -> AsyncIterator[FakeUpstream]:
     """The stand-in upstream on loopback, with the app pointed at it through /v1/forward."""
     server = FakeUpstream(tokens=("test-token",))
     await server.start()

@@ -2,7 +2,7 @@
 
 Import the fixtures a module uses explicitly (they are registered under their `name`):
 
-    from chat.tests.fixtures_upstream import config_fixture, fake_fixture  # noqa: F401
+    from chat.tests.fixtures_upstream import bare_upstream_fixture, config_fixture  # noqa: F401
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ def chat_body(text: str = "Hello there", model: str = MODEL, **extra: Any) -> di
     return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
 
 
-def config_for(fake: FakeUpstream, **overrides: Any) -> UpstreamConfig:
-    """A config that reaches `fake` through its forward proxy, with test-sized timeouts."""
+def config_for(server: FakeUpstream, **overrides: Any) -> UpstreamConfig:
+    """A config that reaches `server` through its forward proxy, with test-sized timeouts."""
     base = UpstreamConfig(
-        forward_url=fake.forward_url,
+        forward_url=server.forward_url,
         # The real Chutes address as the target: the stand-in serves it by path, so tests
         # also prove the target URL is passed through, not called.
         api_base="https://llm.chutes.ai/v1",
@@ -83,8 +83,8 @@ def read_body(parts: Iterable[bytes], *, split_think: bool = True, hold: bool = 
     return Collected(events, reply.error)
 
 
-@pytest.fixture(name="fake")
-async def fake_fixture() -> AsyncIterator[FakeUpstream]:
+@pytest.fixture(name="bare_upstream")
+async def bare_upstream_fixture() -> AsyncIterator[FakeUpstream]:
     async with FakeUpstream(tokens=(TOKEN,)) as server:
         yield server
         # The shared client belongs to this test's loop: close it while the loop still runs.
@@ -92,5 +92,5 @@ async def fake_fixture() -> AsyncIterator[FakeUpstream]:
 
 
 @pytest.fixture(name="config")
-def config_fixture(fake: FakeUpstream) -> UpstreamConfig:
-    return config_for(fake)
+def config_fixture(bare_upstream: FakeUpstream) -> UpstreamConfig:
+    return config_for(bare_upstream)

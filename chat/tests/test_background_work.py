@@ -50,13 +50,13 @@ class Saves:
 
 
 async def test_a_reply_that_cannot_be_saved_ends_in_error_and_the_others_keep_saving(
-    fake, alice, settings, monkeypatch
+    upstream, alice, settings, monkeypatch
 ) -> None:
     settings.STREAM_FLUSH_SECONDS = 3600  # the test runs each flush
     saves = Saves(monkeypatch)
     # Two replies that only end when stopped.
-    fake.push_script(tokens=400, interval_ms=5, after=400, mid="stall")
-    fake.push_script(tokens=400, interval_ms=5, after=400, mid="stall")
+    upstream.push_script(tokens=400, interval_ms=5, after=400, mid="stall")
+    upstream.push_script(tokens=400, interval_ms=5, after=400, mid="stall")
     one, two = await open_socket(alice), await open_socket(alice)
     poisoned = await send_and_accept(one, "one")
     healthy = await send_and_accept(two, "two")
@@ -89,7 +89,7 @@ async def test_a_reply_that_cannot_be_saved_ends_in_error_and_the_others_keep_sa
 
 
 async def test_the_flush_loop_survives_a_failure_that_is_not_the_databases(
-    fake, alice, settings, monkeypatch
+    upstream, alice, settings, monkeypatch
 ) -> None:
     settings.STREAM_FLUSH_SECONDS = 0.02
     flush = progress.flush_progress
@@ -107,7 +107,7 @@ async def test_the_flush_loop_survives_a_failure_that_is_not_the_databases(
         return refused
 
     monkeypatch.setattr(progress, "flush_progress", failing_once)
-    fake.push_script(tokens=400, interval_ms=5, after=400, mid="stall")
+    upstream.push_script(tokens=400, interval_ms=5, after=400, mid="stall")
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "keep going")
     await asyncio.wait_for(saved_after_failure.wait(), 10)
@@ -131,7 +131,7 @@ def _fake_stream(*texts: str) -> Any:
 
 
 async def test_text_no_database_can_store_is_saved_with_pairs_joined_and_the_rest_replaced(
-    fake, alice, settings, monkeypatch
+    upstream, alice, settings, monkeypatch
 ) -> None:
     """Whatever reaches the generation, its end is written: a surrogate pair split in two
     deltas is joined, a lone surrogate is replaced by U+FFFD."""
@@ -148,7 +148,7 @@ async def test_text_no_database_can_store_is_saved_with_pairs_joined_and_the_res
 
 
 async def test_a_reply_whose_end_cannot_be_written_ends_in_error_over_its_saved_text(
-    fake, alice, settings, monkeypatch
+    upstream, alice, settings, monkeypatch
 ) -> None:
     finish = progress.finish_generation
     attempts: list[bool] = []
@@ -160,7 +160,7 @@ async def test_a_reply_whose_end_cannot_be_written_ends_in_error_over_its_saved_
         return finish(outcome)
 
     monkeypatch.setattr(progress, "finish_generation", refusing)
-    fake.push_script(tokens=5, interval_ms=1)
+    upstream.push_script(tokens=5, interval_ms=1)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "hello")
     frames = await socket.done(accepted["message"])
@@ -197,9 +197,9 @@ def _plant_stale(user: Any, conversation_id: int, model_id: int, content: str) -
 
 
 async def test_the_reaper_settles_every_stale_reply_even_when_one_cannot_be(
-    fake, alice, monkeypatch
+    upstream, alice, monkeypatch
 ) -> None:
-    fake.push_script(tokens=1, interval_ms=1)
+    upstream.push_script(tokens=1, interval_ms=1)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "first")
     await socket.done(accepted["message"])
@@ -227,8 +227,8 @@ async def test_the_reaper_settles_every_stale_reply_even_when_one_cannot_be(
     assert (charge.state, charge.reserved) == (Charge.State.RESERVED, Decimal("1"))
 
 
-async def test_a_bad_control_request_does_not_end_the_control_channel(fake, alice) -> None:
-    fake.push_script(tokens=400, interval_ms=5, after=400, mid="stall")
+async def test_a_bad_control_request_does_not_end_the_control_channel(upstream, alice) -> None:
+    upstream.push_script(tokens=400, interval_ms=5, after=400, mid="stall")
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "keep going")
     await socket.recv_until(lambda f: f["type"] == "delta")
@@ -243,7 +243,7 @@ async def test_a_bad_control_request_does_not_end_the_control_channel(fake, alic
 
 
 async def test_the_process_removes_images_never_sent_as_part_of_its_periodic_work(
-    fake, alice, settings, monkeypatch
+    upstream, alice, settings, monkeypatch
 ) -> None:
     from chat import attachments
     from chat.models import Attachment

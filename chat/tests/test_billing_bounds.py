@@ -30,16 +30,21 @@ def standing_of(user: Any) -> budgets.Standing:
     return budgets.standing(user)
 
 
-async def test_a_reply_is_billed_at_most_what_was_reserved_for_it(fake, alice, settings) -> None:
+async def test_a_reply_is_billed_at_most_what_was_reserved_for_it(
+    upstream, alice, settings
+) -> None:
     # The provider reports far more tokens than the reply was allowed.
-    fake.push_script(tokens=4, usage={"completion_tokens": 50_000})
+    upstream.push_script(tokens=4, usage={"completion_tokens": 50_000})
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "short please", params={"max_tokens": 20})
     frames = await socket.done(accepted["message"])
     await socket.close()
     [charge] = await charges_of(accepted["message"])
     reply = await message(accepted["message"])
-    assert (reply.prompt_tokens, reply.completion_tokens) == (fake.log[-1].prompt_tokens, 50_000)
+    assert (reply.prompt_tokens, reply.completion_tokens) == (
+        upstream.log[-1].prompt_tokens,
+        50_000,
+    )
     true_cost = prices.cost(reply.prompt_tokens, 50_000, PRICE, PRICE)
     assert charge.usage_cost == true_cost > charge.reserved > 0
     assert charge.cost == charge.reserved == reply.cost
@@ -47,8 +52,8 @@ async def test_a_reply_is_billed_at_most_what_was_reserved_for_it(fake, alice, s
     assert (await standing_of(alice)).spent == charge.reserved
 
 
-async def test_a_reply_within_its_reservation_is_billed_its_real_cost(fake, alice) -> None:
-    fake.push_script(tokens=4, usage={"completion_tokens": 3})
+async def test_a_reply_within_its_reservation_is_billed_its_real_cost(upstream, alice) -> None:
+    upstream.push_script(tokens=4, usage={"completion_tokens": 3})
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "short please", params={"max_tokens": 20})
     await socket.done(accepted["message"])
@@ -59,14 +64,14 @@ async def test_a_reply_within_its_reservation_is_billed_its_real_cost(fake, alic
     assert charge.cost == charge.usage_cost == reply.cost == real < charge.reserved
 
 
-async def test_a_reply_the_provider_does_not_end_at_max_tokens_is_cut(fake, alice) -> None:
-    fake.push_script(tokens=2000, text="word " * 2000, interval_ms=1, usage=False)
+async def test_a_reply_the_provider_does_not_end_at_max_tokens_is_cut(upstream, alice) -> None:
+    upstream.push_script(tokens=2000, text="word " * 2000, interval_ms=1, usage=False)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "go on forever", params={"max_tokens": 20})
     frames = await socket.done(accepted["message"])
     await socket.close()
-    entry = fake.log[-1]
-    await fake.wait_until(lambda: entry.finished is not None)
+    entry = upstream.log[-1]
+    await upstream.wait_until(lambda: entry.finished is not None)
     # Reading stopped and the request was closed long before the provider's 2000 tokens.
     assert entry.client_gone and entry.tokens_sent < 200
     limit = 20 * prices.MAX_OVERCOUNT + 16
@@ -102,9 +107,9 @@ def worst_case_of_next_send(user: Any, content: str, max_tokens: int) -> Decimal
     return reserved
 
 
-async def test_a_worst_case_exactly_equal_to_what_is_left_is_accepted(fake, alice, settings):
+async def test_a_worst_case_exactly_equal_to_what_is_left_is_accepted(upstream, alice, settings):
     worst = await worst_case_of_next_send(alice, "exactly enough", 100)
-    fake.push_script(tokens=2, usage={"completion_tokens": 2})
+    upstream.push_script(tokens=2, usage={"completion_tokens": 2})
     settings.MONTHLY_BUDGET_USD = worst
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "exactly enough", params={"max_tokens": 100})
@@ -126,8 +131,8 @@ async def test_a_worst_case_exactly_equal_to_what_is_left_is_accepted(fake, alic
     assert (refused["type"], refused["code"]) == ("error", "budget_exceeded")
 
 
-async def test_the_reservation_covers_the_prompt_at_its_upper_bound(fake, alice) -> None:
-    fake.push_script(tokens=2)
+async def test_the_reservation_covers_the_prompt_at_its_upper_bound(upstream, alice) -> None:
+    upstream.push_script(tokens=2)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "how big is my prompt? " * 50)
     await socket.done(accepted["message"])
@@ -136,7 +141,7 @@ async def test_the_reservation_covers_the_prompt_at_its_upper_bound(fake, alice)
     estimate = prices.estimate_prompt_tokens(
         [{"role": "user", "content": "how big is my prompt? " * 50}]
     )
-    max_tokens = fake.log[-1].body["max_tokens"]
+    max_tokens = upstream.log[-1].body["max_tokens"]
     assert charge.reserved == prices.cost(
         prices.upper_prompt_tokens(estimate), max_tokens, PRICE, PRICE
     )
@@ -145,9 +150,9 @@ async def test_the_reservation_covers_the_prompt_at_its_upper_bound(fake, alice)
 
 @pytest.mark.parametrize("kind", ["regenerate", "edit"])
 async def test_regenerate_and_edit_are_checked_against_the_limit(
-    fake, alice, settings, kind: str
+    upstream, alice, settings, kind: str
 ) -> None:
-    fake.push_script(tokens=2, usage={"completion_tokens": 2})
+    upstream.push_script(tokens=2, usage={"completion_tokens": 2})
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "first")
     await socket.done(accepted["message"])
@@ -162,7 +167,7 @@ async def test_regenerate_and_edit_are_checked_against_the_limit(
     refused = await socket.recv()
     await socket.close()
     assert (refused["type"], refused["code"]) == ("error", "budget_exceeded")
-    assert len(fake.chat_log()) == 1
+    assert len(upstream.chat_log()) == 1
 
 
 @database_sync_to_async
@@ -171,15 +176,15 @@ def title_charges(conversation_id: int) -> int:
 
 
 async def test_a_conversation_is_titled_once_whatever_is_regenerated_or_edited(
-    fake, alice, settings
+    upstream, alice, settings
 ) -> None:
     settings.AUTO_TITLES = True
-    fake.set_default_script(tokens=3, text="A fine title")
+    upstream.set_default_script(tokens=3, text="A fine title")
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "first question")
     await socket.recv_until(lambda f: f["type"] == "title")
     assert await title_charges(accepted["conversation"]) == 1
-    requests = len(fake.chat_log())
+    requests = len(upstream.chat_log())
     # Regenerate the first reply, then edit the first question: no new title is paid for.
     await socket.send(
         {"type": "regenerate", "request_id": request_id(), "message": accepted["message"]}
@@ -196,8 +201,8 @@ async def test_a_conversation_is_titled_once_whatever_is_regenerated_or_edited(
     )
     edited = await socket.recv_until(lambda f: f["type"] == "accepted")
     await socket.done(edited[-1]["message"])
-    await fake.wait_until(lambda: all(e.finished is not None for e in fake.chat_log()))
-    assert len(fake.chat_log()) == requests + 2  # the two replies, no title
+    await upstream.wait_until(lambda: all(e.finished is not None for e in upstream.chat_log()))
+    assert len(upstream.chat_log()) == requests + 2  # the two replies, no title
     assert await title_charges(accepted["conversation"]) == 1
     # Asked for, a new title is written (and paid for).
     await socket.send({"type": "retitle", "conversation": accepted["conversation"]})
@@ -223,10 +228,12 @@ def import_conversation_with_replies(user: Any, replies: int) -> None:
     )
 
 
-async def test_an_import_does_not_count_against_the_sends_per_minute(fake, alice, settings) -> None:
+async def test_an_import_does_not_count_against_the_sends_per_minute(
+    upstream, alice, settings
+) -> None:
     settings.MESSAGES_PER_MINUTE = 3
     await import_conversation_with_replies(alice, 10)
-    fake.push_script(tokens=2)
+    upstream.push_script(tokens=2)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "hello after importing")
     frames = await socket.done(accepted["message"])
@@ -234,19 +241,21 @@ async def test_an_import_does_not_count_against_the_sends_per_minute(fake, alice
     assert frames[-1]["status"] == "complete"
 
 
-async def test_text_held_for_a_closing_think_tag_counts_towards_the_cut(fake, alice) -> None:
+async def test_text_held_for_a_closing_think_tag_counts_towards_the_cut(upstream, alice) -> None:
     """A reasoning model's answer is held back until its lone </think> (chat.upstream.reasoning); a
     provider that never sends one nor stops is cut all the same, and what it sent is kept."""
     model = "deepseek-ai/DeepSeek-R1-0528"
-    fake.push_script(tokens=2000, text="word " * 2000, interval_ms=1, usage=False, reasoning=None)
+    upstream.push_script(
+        tokens=2000, text="word " * 2000, interval_ms=1, usage=False, reasoning=None
+    )
     socket = await open_socket(alice)
     accepted = await send_and_accept(
         socket, "go on forever", model=model, params={"max_tokens": 20}
     )
     frames = await socket.done(accepted["message"])
     await socket.close()
-    entry = fake.log[-1]
-    await fake.wait_until(lambda: entry.finished is not None)
+    entry = upstream.log[-1]
+    await upstream.wait_until(lambda: entry.finished is not None)
     assert entry.client_gone and entry.tokens_sent < 200
     reply = await message(accepted["message"])
     assert (reply.status, reply.finish_reason) == ("complete", "length")
@@ -258,11 +267,11 @@ async def test_text_held_for_a_closing_think_tag_counts_towards_the_cut(fake, al
 
 @pytest.mark.parametrize("bad", [-1_000_000_000, "8192", 1e9, None, [], True])
 async def test_stored_params_that_break_the_rules_cannot_move_the_reservation(
-    fake, alice, bad: Any
+    upstream, alice, bad: Any
 ) -> None:
     """A conversation saved before params were checked (or by hand): its bad max_tokens is
     ignored, the reservation is the usual one, and the socket stays open."""
-    fake.set_default_script(tokens=2, usage={"completion_tokens": 2})
+    upstream.set_default_script(tokens=2, usage={"completion_tokens": 2})
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "first")
     await socket.done(accepted["message"])
@@ -278,7 +287,7 @@ async def test_stored_params_that_break_the_rules_cannot_move_the_reservation(
     await socket.done(second["message"])
     await socket.close()
     [charge] = await charges_of(second["message"])
-    first, body = fake.chat_log()[-2].body, fake.chat_log()[-1].body
+    first, body = upstream.chat_log()[-2].body, upstream.chat_log()[-1].body
     # The defaults, as for the first reply; the bad temperature is not sent at all.
     assert body["max_tokens"] == first["max_tokens"] > 0
     assert "temperature" not in body

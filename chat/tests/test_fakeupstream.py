@@ -28,8 +28,8 @@ from chat.tests.fixtures_upstream import (
     MODEL,
     REASONING_MODEL,
     TOKEN,
+    bare_upstream_fixture,  # noqa: F401 - fixture
     chat_body,
-    fake_fixture,  # noqa: F401 - fixture
 )
 from chat.upstream.sse import SSEDecoder
 
@@ -64,8 +64,8 @@ async def post_chat(
 # The catalogue
 
 
-async def test_the_catalogue_lists_the_eighteen_models(fake: FakeUpstream) -> None:
-    async with httpx.AsyncClient(base_url=fake.url) as client:
+async def test_the_catalogue_lists_the_eighteen_models(bare_upstream: FakeUpstream) -> None:
+    async with httpx.AsyncClient(base_url=bare_upstream.url) as client:
         data = (await client.get("/v1/models")).json()["data"]
     assert [m["id"] for m in data] == [m.id for m in MODELS]
     assert len(data) == 18
@@ -80,13 +80,13 @@ async def test_the_catalogue_lists_the_eighteen_models(fake: FakeUpstream) -> No
     assert by_id[MODEL]["context_length"] == 128000
 
 
-async def test_the_catalogue_can_be_replaced(fake: FakeUpstream) -> None:
-    fake.set_catalogue([{"id": "acme/Tiny-1B", "pricing": {"prompt": 1, "completion": 2}}])
-    async with httpx.AsyncClient(base_url=fake.url) as client:
+async def test_the_catalogue_can_be_replaced(bare_upstream: FakeUpstream) -> None:
+    bare_upstream.set_catalogue([{"id": "acme/Tiny-1B", "pricing": {"prompt": 1, "completion": 2}}])
+    async with httpx.AsyncClient(base_url=bare_upstream.url) as client:
         data = (await client.get("/v1/models")).json()["data"]
     assert [m["id"] for m in data] == ["acme/Tiny-1B"]
-    assert (await post_chat(fake, chat_body(model="acme/Tiny-1B"))).status_code == 200
-    missing = await post_chat(fake, chat_body(model=MODEL))
+    assert (await post_chat(bare_upstream, chat_body(model="acme/Tiny-1B"))).status_code == 200
+    missing = await post_chat(bare_upstream, chat_body(model=MODEL))
     assert (missing.status_code, missing.json()) == (404, {"detail": f"model not found: {MODEL}"})
 
 
@@ -109,10 +109,10 @@ async def test_unknown_models_are_served_when_not_strict() -> None:
     ],
 )
 async def test_the_forward_proxy_checks_the_bearer(
-    fake: FakeUpstream, bearer: str, accepted: bool
+    bare_upstream: FakeUpstream, bearer: str, accepted: bool
 ) -> None:
     target = "https%3A%2F%2Fllm.chutes.ai%2Fv1%2Fchat%2Fcompletions"
-    async with httpx.AsyncClient(base_url=fake.url) as client:
+    async with httpx.AsyncClient(base_url=bare_upstream.url) as client:
         response = await client.post(
             f"/v1/forward?u={target}",
             json=chat_body(stream=False),
@@ -127,19 +127,19 @@ async def test_the_forward_proxy_checks_the_bearer(
         assert "error" in response.json()
 
 
-async def test_the_direct_endpoint_answers_401_like_chutes(fake: FakeUpstream) -> None:
-    response = await post_chat(fake, chat_body(), headers={})
+async def test_the_direct_endpoint_answers_401_like_chutes(bare_upstream: FakeUpstream) -> None:
+    response = await post_chat(bare_upstream, chat_body(), headers={})
     assert (response.status_code, response.json()) == (401, {"detail": "Invalid token."})
     assert "x-lava-request-id" not in response.headers
 
 
-async def test_payment_errors_look_like_whoever_sends_them(fake: FakeUpstream) -> None:
-    fake.push_script(status=402)
-    direct = await post_chat(fake, chat_body())
+async def test_payment_errors_look_like_whoever_sends_them(bare_upstream: FakeUpstream) -> None:
+    bare_upstream.push_script(status=402)
+    direct = await post_chat(bare_upstream, chat_body())
     assert direct.status_code == 402
     assert direct.json()["detail"]["message"].startswith("Quota exceeded")
-    fake.push_script(status=402)
-    async with httpx.AsyncClient(base_url=fake.url) as client:
+    bare_upstream.push_script(status=402)
+    async with httpx.AsyncClient(base_url=bare_upstream.url) as client:
         forwarded = await client.post(
             "/v1/forward?u=https%3A%2F%2Fx%2Fv1%2Fchat%2Fcompletions",
             json=chat_body(),
@@ -149,8 +149,8 @@ async def test_payment_errors_look_like_whoever_sends_them(fake: FakeUpstream) -
     assert set(forwarded.json()) == {"error"}
 
 
-async def test_billing_records_require_a_bearer(fake: FakeUpstream) -> None:
-    async with httpx.AsyncClient(base_url=fake.url) as client:
+async def test_billing_records_require_a_bearer(bare_upstream: FakeUpstream) -> None:
+    async with httpx.AsyncClient(base_url=bare_upstream.url) as client:
         assert (await client.get("/v1/requests/req_x")).status_code == 401
         assert (await client.get("/v1/requests/req_x", headers=BEARER)).status_code == 404
 
@@ -158,19 +158,23 @@ async def test_billing_records_require_a_bearer(fake: FakeUpstream) -> None:
 # Replies
 
 
-async def test_the_default_reply_is_deterministic_and_not_ascii(fake: FakeUpstream) -> None:
+async def test_the_default_reply_is_deterministic_and_not_ascii(
+    bare_upstream: FakeUpstream,
+) -> None:
     body = chat_body("Tell me something nice", stream=True)
-    response = await post_chat(fake, body)
+    response = await post_chat(bare_upstream, body)
     text = content_of(response.content)
     assert text == expected_text(None, body["messages"])
     assert text.startswith("Echo: Tell me something nice. ")
     assert re.search(r"[^\x00-\x7f]", text)
-    assert fake.last.tokens_sent == 12
+    assert bare_upstream.last.tokens_sent == 12
 
 
-async def test_a_directive_in_the_last_user_message_sets_the_script(fake: FakeUpstream) -> None:
+async def test_a_directive_in_the_last_user_message_sets_the_script(
+    bare_upstream: FakeUpstream,
+) -> None:
     body = chat_body('Go [[fake {"text": "Salut à toi", "finish_reason": "length"}]]', stream=True)
-    response = await post_chat(fake, body)
+    response = await post_chat(bare_upstream, body)
     assert content_of(response.content) == "Salut à toi"
     assert '"finish_reason": "length"' in response.text
 
@@ -179,8 +183,8 @@ async def test_a_directive_in_the_last_user_message_sets_the_script(fake: FakeUp
     "directive",
     ['{"mid": "explode"}', '{"tokens": "5"}', '{"colour": "red"}', "{not json}"],
 )
-async def test_a_bad_directive_is_a_400(fake: FakeUpstream, directive: str) -> None:
-    response = await post_chat(fake, chat_body(f"[[fake {directive}]]"))
+async def test_a_bad_directive_is_a_400(bare_upstream: FakeUpstream, directive: str) -> None:
+    response = await post_chat(bare_upstream, chat_body(f"[[fake {directive}]]"))
     assert response.status_code == 400
     assert "fake directive" in response.json()["detail"]
 
@@ -193,19 +197,21 @@ def test_a_bad_pushed_script_fails_in_the_caller() -> None:
         fake.push_script(reasoning_mode="telepathy")
 
 
-async def test_the_non_streaming_reply_carries_reasoning_and_usage(fake: FakeUpstream) -> None:
+async def test_the_non_streaming_reply_carries_reasoning_and_usage(
+    bare_upstream: FakeUpstream,
+) -> None:
     body = chat_body("Hi", model=REASONING_MODEL, stream=False)
-    fake.push_script(reasoning="Thought.", text="Answer.")
-    data = (await post_chat(fake, body)).json()
+    bare_upstream.push_script(reasoning="Thought.", text="Answer.")
+    data = (await post_chat(bare_upstream, body)).json()
     message = data["choices"][0]["message"]
     assert (message["content"], message["reasoning_content"]) == ("Answer.", "Thought.")
     assert data["usage"]["prompt_tokens"] == count_prompt_tokens(body["messages"])
     assert data["usage"]["completion_tokens"] == 2
 
 
-async def test_the_stream_ends_with_a_usage_chunk_and_done(fake: FakeUpstream) -> None:
-    fake.push_script(usage={"prompt_tokens": 100, "cached_tokens": 40})
-    raw = (await post_chat(fake, chat_body(stream=True))).content
+async def test_the_stream_ends_with_a_usage_chunk_and_done(bare_upstream: FakeUpstream) -> None:
+    bare_upstream.push_script(usage={"prompt_tokens": 100, "cached_tokens": 40})
+    raw = (await post_chat(bare_upstream, chat_body(stream=True))).content
     assert raw.endswith(b"data: [DONE]\n\n")
     decoder = SSEDecoder()
     chunks = [json.loads(event.data) for event in decoder.feed(raw)]
@@ -226,10 +232,10 @@ async def test_the_stream_ends_with_a_usage_chunk_and_done(fake: FakeUpstream) -
     ],
 )
 async def test_reasoning_is_written_in_the_form_asked_for(
-    fake: FakeUpstream, mode: str, expected: dict[str, str]
+    bare_upstream: FakeUpstream, mode: str, expected: dict[str, str]
 ) -> None:
-    fake.push_script(reasoning="Deep thought.", reasoning_mode=mode, text="Ok.")
-    deltas = sse_deltas((await post_chat(fake, chat_body(stream=True))).content)
+    bare_upstream.push_script(reasoning="Deep thought.", reasoning_mode=mode, text="Ok.")
+    deltas = sse_deltas((await post_chat(bare_upstream, chat_body(stream=True))).content)
     joined: dict[str, str] = {}
     for delta in deltas:
         for key in ("content", "reasoning_content", "reasoning"):
@@ -238,27 +244,27 @@ async def test_reasoning_is_written_in_the_form_asked_for(
         assert joined[key] == value
 
 
-async def test_crlf_and_pings_are_written_when_asked(fake: FakeUpstream) -> None:
-    fake.push_script(crlf=True, ping_every=3)
-    raw = (await post_chat(fake, chat_body(stream=True))).content
+async def test_crlf_and_pings_are_written_when_asked(bare_upstream: FakeUpstream) -> None:
+    bare_upstream.push_script(crlf=True, ping_every=3)
+    raw = (await post_chat(bare_upstream, chat_body(stream=True))).content
     assert b"\r\n\r\n" in raw and b"\n\n" not in raw.replace(b"\r\n", b"")
     assert raw.count(b": ping") == 3
 
 
-async def test_the_mid_stream_error_line_has_no_data_prefix(fake: FakeUpstream) -> None:
-    fake.push_script(mid="error_line", after=2)
-    raw = (await post_chat(fake, chat_body(stream=True))).content
+async def test_the_mid_stream_error_line_has_no_data_prefix(bare_upstream: FakeUpstream) -> None:
+    bare_upstream.push_script(mid="error_line", after=2)
+    raw = (await post_chat(bare_upstream, chat_body(stream=True))).content
     assert raw.endswith(
         b'\n{"error": "Unhandled exception during response stream: fake failure"}\n'
     )
     assert b"[DONE]" not in raw
-    assert fake.last.outcome == "error_line"
-    assert fake.last.tokens_sent == 2
+    assert bare_upstream.last.outcome == "error_line"
+    assert bare_upstream.last.tokens_sent == 2
 
 
-async def test_fail_times_fails_then_serves(fake: FakeUpstream) -> None:
-    fake.push_script(status=429, fail_times=2, retry_after=1)
-    statuses = [(await post_chat(fake, chat_body())) for _ in range(3)]
+async def test_fail_times_fails_then_serves(bare_upstream: FakeUpstream) -> None:
+    bare_upstream.push_script(status=429, fail_times=2, retry_after=1)
+    statuses = [(await post_chat(bare_upstream, chat_body())) for _ in range(3)]
     assert [r.status_code for r in statuses] == [429, 429, 200]
     assert statuses[0].headers["retry-after"] == "1"
     assert statuses[0].json() == {
@@ -267,33 +273,33 @@ async def test_fail_times_fails_then_serves(fake: FakeUpstream) -> None:
 
 
 async def test_stamped_tokens_carry_their_emit_time_on_an_open_loop_schedule(
-    fake: FakeUpstream,
+    bare_upstream: FakeUpstream,
 ) -> None:
-    fake.push_script(stamp=True, tokens=6, interval_ms=15)
-    raw = (await post_chat(fake, chat_body(stream=True))).content
+    bare_upstream.push_script(stamp=True, tokens=6, interval_ms=15)
+    raw = (await post_chat(bare_upstream, chat_body(stream=True))).content
     stamps = [tuple(map(int, m)) for m in re.findall(r"⟦(\d+):(\d+)⟧", content_of(raw))]
     assert [index for index, _ns in stamps] == list(range(6))
     times = [ns for _index, ns in stamps]
     assert times == sorted(times)
     # Token i is due 15 ms after token i-1: the whole run takes at least 5 intervals.
     assert times[-1] - times[0] >= 5 * 15_000_000 - 2_000_000
-    assert fake.last.max_lateness_ms >= 0
+    assert bare_upstream.last.max_lateness_ms >= 0
     with pytest.raises(ValueError, match="stamped"):
         expected_text({"stamp": True}, chat_body()["messages"])
 
 
-async def test_a_hang_up_mid_stream_is_logged_as_cancelled(fake: FakeUpstream) -> None:
-    fake.push_script(tokens=500, interval_ms=10)
+async def test_a_hang_up_mid_stream_is_logged_as_cancelled(bare_upstream: FakeUpstream) -> None:
+    bare_upstream.push_script(tokens=500, interval_ms=10)
     async with (
-        httpx.AsyncClient(base_url=fake.url) as client,
+        httpx.AsyncClient(base_url=bare_upstream.url) as client,
         client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True),
                       headers=BEARER) as response,
     ):  # fmt: skip
         async for _ in response.aiter_raw():
             break
-    await fake.wait_until(lambda: fake.last.outcome == "cancelled")
-    assert fake.last.client_gone
-    assert fake.active_streams == 0
+    await bare_upstream.wait_until(lambda: bare_upstream.last.outcome == "cancelled")
+    assert bare_upstream.last.client_gone
+    assert bare_upstream.active_streams == 0
 
 
 # The helpers
@@ -323,9 +329,9 @@ def test_prompt_tokens_are_counted_deterministically() -> None:
     assert count_prompt_tokens(with_image) == 4 + 1 + 85
 
 
-async def test_wait_until_gives_up_after_its_timeout(fake: FakeUpstream) -> None:
+async def test_wait_until_gives_up_after_its_timeout(bare_upstream: FakeUpstream) -> None:
     with pytest.raises(TimeoutError):
-        await fake.wait_until(lambda: False, timeout=0.05)
+        await bare_upstream.wait_until(lambda: False, timeout=0.05)
 
 
 def test_running_in_a_thread_serves_sync_clients() -> None:
@@ -380,11 +386,11 @@ async def test_the_command_serves_the_catalogue() -> None:
 # Raw replies: exact bytes, for what a real server may send
 
 
-async def test_a_raw_reply_is_sent_byte_for_byte(fake: FakeUpstream) -> None:
+async def test_a_raw_reply_is_sent_byte_for_byte(bare_upstream: FakeUpstream) -> None:
     items = [sse_event(delta_chunk({"content": "\ud83d"})), b'data: {"cho', b"\xff\r\n\r\n"]
-    fake.push_script(raw=items, interval_ms=5)
+    bare_upstream.push_script(raw=items, interval_ms=5)
     async with (
-        httpx.AsyncClient(base_url=fake.url) as client,
+        httpx.AsyncClient(base_url=bare_upstream.url) as client,
         client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True),
                       headers=BEARER) as response,
     ):  # fmt: skip
@@ -392,15 +398,15 @@ async def test_a_raw_reply_is_sent_byte_for_byte(fake: FakeUpstream) -> None:
     assert b"".join(received) == b"".join(items)
     # Lone surrogates go out as JSON escapes, as a server that writes ASCII JSON sends them.
     assert b'"content": "\\ud83d"' in items[0]
-    await fake.wait_until(lambda: fake.last.outcome == "complete")
-    assert fake.last.tokens_sent == 3
+    await bare_upstream.wait_until(lambda: bare_upstream.last.outcome == "complete")
+    assert bare_upstream.last.tokens_sent == 3
 
 
-async def test_a_raw_reply_ends_with_the_fault_asked_for(fake: FakeUpstream) -> None:
+async def test_a_raw_reply_ends_with_the_fault_asked_for(bare_upstream: FakeUpstream) -> None:
     items = [sse_event(delta_chunk({"content": "a"})), sse_event(delta_chunk({"content": "b"}))]
-    fake.push_script(raw=items, mid="drop", after=1)
+    bare_upstream.push_script(raw=items, mid="drop", after=1)
     async with (
-        httpx.AsyncClient(base_url=fake.url) as client,
+        httpx.AsyncClient(base_url=bare_upstream.url) as client,
         client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True),
                       headers=BEARER) as response,
     ):  # fmt: skip
@@ -409,13 +415,13 @@ async def test_a_raw_reply_ends_with_the_fault_asked_for(fake: FakeUpstream) -> 
             async for chunk in response.aiter_raw():
                 received += chunk
     assert bytes(received) == items[0]
-    assert fake.last.outcome == "drop"
+    assert bare_upstream.last.outcome == "drop"
 
 
-async def test_a_torn_chunk_cuts_the_body_inside_a_line(fake: FakeUpstream) -> None:
-    fake.push_script(tokens=2, mid="torn", after=2)
+async def test_a_torn_chunk_cuts_the_body_inside_a_line(bare_upstream: FakeUpstream) -> None:
+    bare_upstream.push_script(tokens=2, mid="torn", after=2)
     async with (
-        httpx.AsyncClient(base_url=fake.url) as client,
+        httpx.AsyncClient(base_url=bare_upstream.url) as client,
         client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True),
                       headers=BEARER) as response,
     ):  # fmt: skip
@@ -426,9 +432,9 @@ async def test_a_torn_chunk_cuts_the_body_inside_a_line(fake: FakeUpstream) -> N
     assert received.endswith(b'data: {"choices": [{"index": 0, "delta": {"content": "tor')
 
 
-async def test_a_raw_reply_that_does_not_stream_is_one_body(fake: FakeUpstream) -> None:
-    fake.push_script(raw=[b'{"choices": ', b"[]}"])
-    response = await post_chat(fake, chat_body())
+async def test_a_raw_reply_that_does_not_stream_is_one_body(bare_upstream: FakeUpstream) -> None:
+    bare_upstream.push_script(raw=[b'{"choices": ', b"[]}"])
+    response = await post_chat(bare_upstream, chat_body())
     assert response.content == b'{"choices": []}'
 
 

@@ -93,7 +93,7 @@ def test_the_chat_page_states_the_image_limits_it_checks_before_uploading(
 
 
 @streaming
-async def test_an_image_goes_to_a_vision_model_as_a_data_uri_and_is_stored(fake, alice) -> None:
+async def test_an_image_goes_to_a_vision_model_as_a_data_uri_and_is_stored(upstream, alice) -> None:
     @database_sync_to_async
     def uploaded() -> int:
         client = Client()
@@ -101,7 +101,7 @@ async def test_an_image_goes_to_a_vision_model_as_a_data_uri_and_is_stored(fake,
         return upload(client, png(56, 56)).json()["id"]
 
     image_id = await uploaded()
-    fake.push_script(tokens=3, interval_ms=1)
+    upstream.push_script(tokens=3, interval_ms=1)
     socket = await open_socket(alice)
     accepted = await send_and_accept(
         socket, "What colour is this?", model=VISION, images=[image_id]
@@ -109,13 +109,13 @@ async def test_an_image_goes_to_a_vision_model_as_a_data_uri_and_is_stored(fake,
     done = (await socket.done(accepted["message"]))[-1]
     await socket.close()
     assert done["status"] == "complete"
-    content = fake.log[-1].body["messages"][-1]["content"]
+    content = upstream.log[-1].body["messages"][-1]["content"]
     assert content[0] == {"type": "text", "text": "What colour is this?"}
     assert content[1]["type"] == "image_url"
     assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
     # Billed with the image's tokens as the provider counted them.
     reply = await database_sync_to_async(Message.objects.get)(pk=accepted["message"])
-    assert reply.prompt_tokens == fake.log[-1].prompt_tokens
+    assert reply.prompt_tokens == upstream.log[-1].prompt_tokens
     assert reply.cost == prices.cost(
         reply.prompt_tokens, reply.completion_tokens, reply.input_price, reply.output_price
     )
@@ -132,7 +132,7 @@ async def test_an_image_goes_to_a_vision_model_as_a_data_uri_and_is_stored(fake,
 
 @streaming
 async def test_images_to_a_model_without_vision_are_refused_before_anything_is_sent(
-    fake, alice
+    upstream, alice
 ) -> None:
     @database_sync_to_async
     def uploaded() -> int:
@@ -157,12 +157,12 @@ async def test_images_to_a_model_without_vision_are_refused_before_anything_is_s
     await socket.close()
     assert answer["code"] == "vision_required"
     assert "cannot read images" in answer["message"]
-    assert fake.log == []
+    assert upstream.log == []
     assert await counts() == before
 
 
 @streaming
-async def test_another_users_image_cannot_be_sent(fake, alice, bob) -> None:
+async def test_another_users_image_cannot_be_sent(upstream, alice, bob) -> None:
     @database_sync_to_async
     def uploaded() -> int:
         client = Client()
@@ -184,7 +184,7 @@ async def test_another_users_image_cannot_be_sent(fake, alice, bob) -> None:
     answer = await socket.recv()
     await socket.close()
     assert answer["code"] == "not_found"
-    assert fake.log == []
+    assert upstream.log == []
 
 
 # Reply versions -------------------------------------------------------------------------------
@@ -192,9 +192,9 @@ async def test_another_users_image_cannot_be_sent(fake, alice, bob) -> None:
 
 @streaming
 async def test_regenerated_replies_are_versions_and_the_chat_continues_from_the_shown_one(
-    fake, alice
+    upstream, alice
 ) -> None:
-    fake.set_default_script(tokens=3, interval_ms=1)
+    upstream.set_default_script(tokens=3, interval_ms=1)
     socket = await open_socket(alice)
     first = await send_and_accept(socket, "Pick a number")
     await socket.done(first["message"])
@@ -231,7 +231,7 @@ async def test_regenerated_replies_are_versions_and_the_chat_continues_from_the_
     follow = await send_and_accept(socket, "Why that one?", conversation=first["conversation"])
     await socket.done(follow["message"])
     await socket.close()
-    sent = fake.log[-1].body["messages"]
+    sent = upstream.log[-1].body["messages"]
     assert sent[-2] == {"role": "assistant", "content": first_text}
     assert sent[-1] == {"role": "user", "content": "Why that one?"}
 
@@ -527,7 +527,7 @@ def test_admins_publish_presets_in_the_admin(admin_client: Client) -> None:
 
 @streaming
 async def test_a_chat_started_from_a_preset_uses_its_model_prompt_and_parameters(
-    fake, alice, bob
+    upstream, alice, bob
 ) -> None:
     @database_sync_to_async
     def presets() -> tuple[int, int]:
@@ -543,7 +543,7 @@ async def test_a_chat_started_from_a_preset_uses_its_model_prompt_and_parameters
         return mine.pk, theirs.pk
 
     mine, theirs = await presets()
-    fake.push_script(tokens=2, interval_ms=1)
+    upstream.push_script(tokens=2, interval_ms=1)
     socket = await open_socket(alice)
     await socket.send(
         {"type": "send", "request_id": request_id(), "conversation": None, "content": "Bonjour",
@@ -551,11 +551,11 @@ async def test_a_chat_started_from_a_preset_uses_its_model_prompt_and_parameters
     )  # fmt: skip
     accepted = await socket.recv()
     await socket.done(accepted["message"])
-    body = fake.log[-1].body
+    body = upstream.log[-1].body
     assert body["model"] == "Qwen/Qwen3-32B"
     assert body["messages"][0] == {"role": "system", "content": "Answer in French."}
     assert (body["temperature"], body["max_tokens"]) == (0.1, 200)
-    assert streamed(fake)
+    assert streamed(upstream)
 
     await socket.send(
         {"type": "send", "request_id": request_id(), "conversation": None, "content": "x",

@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from chat.testing.fakeupstream import DONE_EVENT, FakeUpstream, delta_chunk, sse_event
 from chat.tests.fixtures_upstream import (
     MODEL,
+    bare_upstream_fixture,  # noqa: F401 - fixture
     chat_body,
     collect,
     config_for,
-    fake_fixture,  # noqa: F401 - fixture
     read_body,
 )
 from chat.upstream import http as upstream_http
@@ -455,9 +455,9 @@ def test_catalogue_lengths_that_are_not_lengths_are_left_unknown() -> None:
 )
 @given(body=STREAM, points=POINTS)
 async def test_whatever_the_stand_in_sends_stream_chat_raises_only_upstream_error(
-    fake: FakeUpstream, body: bytes, points: list[int]
+    bare_upstream: FakeUpstream, body: bytes, points: list[int]
 ) -> None:
-    fake.push_script(raw=split_at(body, points))
-    result = await collect(chat_body(model=MODEL), config_for(fake, max_retries=0))
+    bare_upstream.push_script(raw=split_at(body, points))
+    result = await collect(chat_body(model=MODEL), config_for(bare_upstream, max_retries=0))
     assert_well_formed(result)
     assert isinstance(result.events[0], RequestIds)

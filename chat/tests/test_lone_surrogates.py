@@ -83,7 +83,7 @@ def test_a_surrogate_pair_written_as_two_escapes_is_an_ordinary_character() -> N
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 async def test_a_lone_surrogate_over_the_socket_is_answered_and_the_socket_stays_open(
-    fake, alice
+    upstream, alice
 ) -> None:
     socket = await open_socket(alice)
     for frame in (

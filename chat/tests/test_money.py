@@ -77,8 +77,8 @@ streaming = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 
 @streaming
-async def test_a_price_change_mid_stream_does_not_change_that_replys_cost(fake, alice) -> None:
-    fake.push_script(tokens=40, interval_ms=15)
+async def test_a_price_change_mid_stream_does_not_change_that_replys_cost(upstream, alice) -> None:
+    upstream.push_script(tokens=40, interval_ms=15)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "slow answer")
     await socket.recv_until(lambda f: f["type"] == "delta")
@@ -102,8 +102,8 @@ async def test_a_price_change_mid_stream_does_not_change_that_replys_cost(fake, 
 
 
 @streaming
-async def test_a_stopped_reply_is_billed_from_an_estimate(fake, alice) -> None:
-    fake.push_script(tokens=200, interval_ms=20)
+async def test_a_stopped_reply_is_billed_from_an_estimate(upstream, alice) -> None:
+    upstream.push_script(tokens=200, interval_ms=20)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "stop me")
     await socket.recv_until(lambda f: f["type"] == "delta" and f["seq"] >= 2)
@@ -133,7 +133,7 @@ def set_limit(user: Any, limit: str | None, mode: str = "custom") -> None:
 
 
 @streaming
-async def test_a_send_past_the_limit_is_refused_and_nothing_goes_upstream(fake, alice) -> None:
+async def test_a_send_past_the_limit_is_refused_and_nothing_goes_upstream(upstream, alice) -> None:
     await set_limit(alice, "0.01")
     await database_sync_to_async(Charge.objects.create)(
         user=alice, model_id=MODEL, state="settled", cost=Decimal("0.0099")
@@ -146,16 +146,16 @@ async def test_a_send_past_the_limit_is_refused_and_nothing_goes_upstream(fake, 
     assert answer["type"] == "error"
     assert answer["code"] == "budget_exceeded"
     assert "$0.01 monthly limit" in answer["message"]
-    assert fake.log == []
+    assert upstream.log == []
     assert await counts() == before
 
 
 @streaming
 async def test_the_site_default_limit_applies_and_an_admin_can_lift_it(
-    fake, alice, settings
+    upstream, alice, settings
 ) -> None:
     settings.MONTHLY_BUDGET_USD = Decimal("0")
-    fake.set_default_script(tokens=2, interval_ms=1)
+    upstream.set_default_script(tokens=2, interval_ms=1)
     socket = await open_socket(alice)
     await socket.send(send_frame("hi", model=MODEL))
     assert (await socket.recv())["code"] == "budget_exceeded"
@@ -166,7 +166,9 @@ async def test_the_site_default_limit_applies_and_an_admin_can_lift_it(
 
 
 @streaming
-async def test_concurrent_sends_near_the_limit_never_end_above_it(fake, alice, settings) -> None:
+async def test_concurrent_sends_near_the_limit_never_end_above_it(
+    upstream, alice, settings
+) -> None:
     """Ten sockets send at once; the limit admits three worst cases, so three go through."""
     settings.MAX_CONCURRENT_GENERATIONS = 20
     max_tokens = 10_000
@@ -185,7 +187,7 @@ async def test_concurrent_sends_near_the_limit_never_end_above_it(fake, alice, s
     limit = Decimal("0.01")
     assert 3 * worst <= limit < 4 * worst
     await set_limit(alice, "0.01")
-    fake.set_default_script(tokens=20, interval_ms=10)
+    upstream.set_default_script(tokens=20, interval_ms=10)
     sockets = [await open_socket(alice) for _ in frames]
     await asyncio.gather(*(s.send(f) for s, f in zip(sockets, frames, strict=True)))
     answers = await asyncio.gather(*(s.recv() for s in sockets))
@@ -202,7 +204,7 @@ async def test_concurrent_sends_near_the_limit_never_end_above_it(fake, alice, s
         return sum((c.cost for c in Charge.objects.filter(user=alice)), Decimal(0))
 
     assert await spent() <= limit
-    assert len([r for r in fake.log if r.path == "/v1/forward"]) == 3
+    assert len([r for r in upstream.log if r.path == "/v1/forward"]) == 3
 
 
 def test_standing_counts_settled_costs_and_open_reservations(user) -> None:
@@ -440,8 +442,8 @@ def test_sync_reports_an_unreachable_upstream(admin_client: Client, settings) ->
 
 
 @streaming
-async def test_reconciliation_reports_a_planted_difference(fake, alice, settings) -> None:
-    fake.set_default_script(tokens=5, interval_ms=1)
+async def test_reconciliation_reports_a_planted_difference(upstream, alice, settings) -> None:
+    upstream.set_default_script(tokens=5, interval_ms=1)
     socket = await open_socket(alice)
     replies = []
     for text in ("first", "second"):
@@ -450,7 +452,7 @@ async def test_reconciliation_reports_a_planted_difference(fake, alice, settings
         replies.append(await message(accepted["message"]))
     await socket.close()
     wrong = replies[1].lava_request_id
-    fake.set_request_cost(wrong, "0.5")
+    upstream.set_request_cost(wrong, "0.5")
 
     out = io.StringIO()
     await database_sync_to_async(call_command)("reconcile", stdout=out)
@@ -471,12 +473,12 @@ async def test_reconciliation_reports_a_planted_difference(fake, alice, settings
 
 @streaming
 async def test_a_reply_the_reaper_settled_on_an_estimate_is_billed_as_it_really_ended(
-    fake, alice
+    upstream, alice
 ) -> None:
     """A process that stalls past the stale limit has its reply interrupted and its charge
     settled on an estimate by the reaper; when the reply then ends, its real usage replaces the
     estimate on the charge as on the reply: the two never disagree."""
-    fake.push_script(tokens=40, interval_ms=20)
+    upstream.push_script(tokens=40, interval_ms=20)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "a long one")
     await socket.recv_until(lambda f: f["type"] == "delta" and f["seq"] >= 3)
@@ -500,8 +502,10 @@ async def test_a_reply_the_reaper_settled_on_an_estimate_is_billed_as_it_really_
 
 
 @streaming
-async def test_deleting_a_conversation_mid_reply_stops_it_and_still_bills_it(fake, alice) -> None:
-    fake.push_script(tokens=300, interval_ms=10)
+async def test_deleting_a_conversation_mid_reply_stops_it_and_still_bills_it(
+    upstream, alice
+) -> None:
+    upstream.push_script(tokens=300, interval_ms=10)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "long one, then gone")
     await socket.recv_until(lambda f: f["type"] == "delta" and f["seq"] >= 3)
@@ -516,7 +520,7 @@ async def test_deleting_a_conversation_mid_reply_stops_it_and_still_bills_it(fak
     done = (await socket.done(accepted["message"]))[-1]
     await socket.close()
     assert done["status"] == "stopped"
-    await fake.wait_until(lambda: fake.log[-1].outcome == "cancelled", timeout=5)
+    await upstream.wait_until(lambda: upstream.log[-1].outcome == "cancelled", timeout=5)
     charge = await database_sync_to_async(Charge.objects.get)(user=alice)
     assert charge.state == "settled"
     assert charge.message_id is None

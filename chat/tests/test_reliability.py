@@ -39,10 +39,10 @@ MID_STREAM = [
 
 @pytest.mark.parametrize(("fault", "code"), MID_STREAM)
 async def test_a_mid_stream_fault_keeps_what_the_user_saw(
-    fake, alice, settings, fault: str, code: str
+    upstream, alice, settings, fault: str, code: str
 ) -> None:
     settings.UPSTREAM_MAX_RETRIES = 0
-    fake.push_script(tokens=30, interval_ms=3, after=8, mid=fault)
+    upstream.push_script(tokens=30, interval_ms=3, after=8, mid=fault)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "fault please")
     frames = await socket.done(accepted["message"])
@@ -56,9 +56,11 @@ async def test_a_mid_stream_fault_keeps_what_the_user_saw(
     assert reply.cost is not None and reply.usage_estimated  # billed from the text it used
 
 
-async def test_a_stall_longer_than_the_idle_timeout_ends_in_timeout(fake, alice, settings) -> None:
+async def test_a_stall_longer_than_the_idle_timeout_ends_in_timeout(
+    upstream, alice, settings
+) -> None:
     settings.UPSTREAM_IDLE_TIMEOUT = 0.5
-    fake.push_script(tokens=30, interval_ms=3, after=5, mid="stall")
+    upstream.push_script(tokens=30, interval_ms=3, after=5, mid="stall")
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "stall please")
     frames = await socket.done(accepted["message"])
@@ -68,11 +70,11 @@ async def test_a_stall_longer_than_the_idle_timeout_ends_in_timeout(fake, alice,
 
 
 async def test_no_first_token_within_the_idle_timeout_ends_in_timeout(
-    fake, alice, settings
+    upstream, alice, settings
 ) -> None:
     settings.UPSTREAM_IDLE_TIMEOUT = 0.3
     settings.UPSTREAM_MAX_RETRIES = 0
-    fake.push_script(tokens=3, ttft_ms=2000)
+    upstream.push_script(tokens=3, ttft_ms=2000)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "think long")
     done = (await socket.done(accepted["message"]))[-1]
@@ -96,22 +98,22 @@ async def test_the_upstream_down_ends_in_a_readable_error(alice, settings) -> No
     assert reply.cost == 0  # nothing was produced, nothing is billed
 
 
-async def test_a_retryable_overload_before_the_first_token_is_retried(fake, alice) -> None:
-    fake.push_script(status=503, fail_times=1, tokens=4, interval_ms=1)
+async def test_a_retryable_overload_before_the_first_token_is_retried(upstream, alice) -> None:
+    upstream.push_script(status=503, fail_times=1, tokens=4, interval_ms=1)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "busy?")
     done = (await socket.done(accepted["message"]))[-1]
     await socket.close()
     assert done["status"] == "complete"
-    assert [e.status for e in fake.chat_log()] == [503, 200]
+    assert [e.status for e in upstream.chat_log()] == [503, 200]
 
 
 async def test_a_slow_upstream_under_many_streams_completes_every_reply(
-    fake, make_user, settings
+    upstream, make_user, settings
 ) -> None:
     settings.MAX_CONCURRENT_GENERATIONS = 5
     users = [await database_sync_to_async(make_user)(f"load{i}") for i in range(10)]
-    fake.set_default_script(tokens=15, interval_ms=40, ttft_ms=200)
+    upstream.set_default_script(tokens=15, interval_ms=40, ttft_ms=200)
     sockets = [await open_socket(u) for u in users for _ in range(4)]
     accepted = await asyncio.gather(*(send_and_accept(s, "slowly") for s in sockets))
     results = await asyncio.gather(
@@ -125,7 +127,7 @@ async def test_a_slow_upstream_under_many_streams_completes_every_reply(
 
 
 async def test_a_database_locked_during_flushes_and_the_final_write_loses_nothing(
-    fake, alice, settings, monkeypatch
+    upstream, alice, settings, monkeypatch
 ) -> None:
     settings.STREAM_FLUSH_SECONDS = 0.05
     flush, finish = progress.flush_progress, progress.finish_generation
@@ -145,14 +147,14 @@ async def test_a_database_locked_during_flushes_and_the_final_write_loses_nothin
 
     monkeypatch.setattr(progress, "flush_progress", locked_flush)
     monkeypatch.setattr(progress, "finish_generation", locked_finish)
-    fake.push_script(tokens=40, interval_ms=10)
+    upstream.push_script(tokens=40, interval_ms=10)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "keep going")
     frames = await socket.done(accepted["message"])
     await socket.close()
     assert failures["flush"] > 5 and failures["finish"] == 3
     assert frames[-1]["status"] == "complete"
-    expected = streamed(fake)
+    expected = streamed(upstream)
     assert text_of(frames, accepted["message"]) == expected
     reply = await message(accepted["message"])
     assert (reply.status, reply.content) == ("complete", expected)
@@ -201,7 +203,7 @@ def test_a_reply_is_held_as_one_string_a_flush_and_never_loses_a_part() -> None:
 
 
 async def test_a_flush_reported_failed_after_its_commit_neither_repeats_nor_loses_text(
-    fake, alice, settings, monkeypatch
+    upstream, alice, settings, monkeypatch
 ) -> None:
     # The test runs each flush itself, after new text arrived, and the reply only ends when it
     # is stopped: what happens does not depend on how fast the machine is.
@@ -220,7 +222,7 @@ async def test_a_flush_reported_failed_after_its_commit_neither_repeats_nor_lose
         return refused
 
     monkeypatch.setattr(progress, "flush_progress", committed_then_failed)
-    fake.push_script(tokens=400, interval_ms=5, after=400, mid="stall")
+    upstream.push_script(tokens=400, interval_ms=5, after=400, mid="stall")
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "keep going")
     reply_id = accepted["message"]
@@ -245,10 +247,10 @@ async def test_a_flush_reported_failed_after_its_commit_neither_repeats_nor_lose
 
 
 async def test_a_client_that_does_not_read_is_dropped_not_the_reply_or_others(
-    fake, alice, settings
+    upstream, alice, settings
 ) -> None:
     settings.MAX_UNACKED_CHARS = 3000
-    fake.push_script(tokens=200, interval_ms=2, text="x" * 4000)
+    upstream.push_script(tokens=200, interval_ms=2, text="x" * 4000)
     watcher = await open_socket(alice)
     accepted = await send_and_accept(watcher, "a long one")
     # The sender reads and acknowledges everything; a second socket never acknowledges.
@@ -264,7 +266,7 @@ async def test_a_client_that_does_not_read_is_dropped_not_the_reply_or_others(
         if frames[-1]["type"] == "done":
             break
     assert frames[-1]["status"] == "complete"
-    assert text_of(frames, accepted["message"]) == streamed(fake)
+    assert text_of(frames, accepted["message"]) == streamed(upstream)
     # The silent socket was closed for not reading.
     closed = None
     while closed is None:
@@ -275,7 +277,7 @@ async def test_a_client_that_does_not_read_is_dropped_not_the_reply_or_others(
     await watcher.close()
 
 
-async def test_a_frame_storm_from_one_socket_is_cut_off(fake, alice, settings) -> None:
+async def test_a_frame_storm_from_one_socket_is_cut_off(upstream, alice, settings) -> None:
     settings.FRAME_BURST = 10
     settings.FRAMES_PER_SECOND = 5
     socket = await open_socket(alice)
@@ -293,13 +295,13 @@ async def test_a_frame_storm_from_one_socket_is_cut_off(fake, alice, settings) -
     assert outputs[-1]["code"] == 4429
     # The user's other sockets are not affected.
     other = await open_socket(alice)
-    fake.push_script(tokens=2, interval_ms=1)
+    upstream.push_script(tokens=2, interval_ms=1)
     accepted = await send_and_accept(other, "still fine")
     assert (await other.done(accepted["message"]))[-1]["status"] == "complete"
     await other.close()
 
 
-async def test_hundreds_of_clients_connecting_and_leaving_at_once(fake, alice) -> None:
+async def test_hundreds_of_clients_connecting_and_leaving_at_once(upstream, alice) -> None:
     async def visit() -> None:
         connected, _, socket = await connect(alice)
         assert connected
@@ -309,16 +311,16 @@ async def test_hundreds_of_clients_connecting_and_leaving_at_once(fake, alice) -
 
     await asyncio.gather(*(visit() for _ in range(300)))
     # Afterwards the server still serves a full reply.
-    fake.push_script(tokens=5, interval_ms=1)
+    upstream.push_script(tokens=5, interval_ms=1)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "after the crowd")
     assert (await socket.done(accepted["message"]))[-1]["status"] == "complete"
     await socket.close()
 
 
-async def test_the_per_user_message_rate_is_limited(fake, alice, settings) -> None:
+async def test_the_per_user_message_rate_is_limited(upstream, alice, settings) -> None:
     settings.MESSAGES_PER_MINUTE = 2
-    fake.set_default_script(tokens=1, interval_ms=1)
+    upstream.set_default_script(tokens=1, interval_ms=1)
     socket = await open_socket(alice)
     for text in ("one", "two"):
         accepted = await send_and_accept(socket, text)
@@ -327,12 +329,12 @@ async def test_the_per_user_message_rate_is_limited(fake, alice, settings) -> No
     answer = await socket.recv()
     await socket.close()
     assert answer["code"] == "rate_limited"
-    assert len(fake.chat_log()) == 2
+    assert len(upstream.chat_log()) == 2
 
 
-async def test_watching_is_limited_per_socket(fake, alice, settings) -> None:
+async def test_watching_is_limited_per_socket(upstream, alice, settings) -> None:
     settings.MAX_WATCHED_CONVERSATIONS = 2
-    fake.set_default_script(tokens=1, interval_ms=1)
+    upstream.set_default_script(tokens=1, interval_ms=1)
     socket = await open_socket(alice)
     conversations = []
     for text in ("a", "b", "c"):

@@ -118,8 +118,8 @@ def test_a_question_too_long_for_the_context_is_refused(user) -> None:
     assert "Tiny" in refused.value.message
 
 
-async def test_send_params_are_saved_on_the_conversation_and_sent_upstream(fake, alice) -> None:
-    fake.set_default_script(tokens=2, interval_ms=1)
+async def test_send_params_are_saved_on_the_conversation_and_sent_upstream(upstream, alice) -> None:
+    upstream.set_default_script(tokens=2, interval_ms=1)
     socket = await open_socket(alice)
     accepted = await send_and_accept(
         socket,
@@ -127,7 +127,7 @@ async def test_send_params_are_saved_on_the_conversation_and_sent_upstream(fake,
         params={"temperature": 0.2, "max_tokens": 300, "system_prompt": "Answer in French."},
     )
     await socket.done(accepted["message"])
-    body = fake.log[-1].body
+    body = upstream.log[-1].body
     assert body["temperature"] == 0.2
     assert body["max_tokens"] == 300
     assert body["messages"][0] == {"role": "system", "content": "Answer in French."}
@@ -135,7 +135,7 @@ async def test_send_params_are_saved_on_the_conversation_and_sent_upstream(fake,
     again = await send_and_accept(socket, "encore", conversation=accepted["conversation"])
     await socket.done(again["message"])
     await socket.close()
-    body = fake.log[-1].body
+    body = upstream.log[-1].body
     assert body["temperature"] == 0.2
     assert body["messages"][0]["content"] == "Answer in French."
     assert [m["role"] for m in body["messages"]] == [
@@ -146,8 +146,8 @@ async def test_send_params_are_saved_on_the_conversation_and_sent_upstream(fake,
     ]
 
 
-async def test_edit_replaces_the_question_and_later_messages(fake, alice) -> None:
-    fake.set_default_script(tokens=3, interval_ms=1)
+async def test_edit_replaces_the_question_and_later_messages(upstream, alice) -> None:
+    upstream.set_default_script(tokens=3, interval_ms=1)
     socket = await open_socket(alice)
     first = await send_and_accept(socket, "What is 2+2?")
     await socket.done(first["message"])
@@ -165,7 +165,7 @@ async def test_edit_replaces_the_question_and_later_messages(fake, alice) -> Non
     assert accepted["type"] == "accepted"
     assert (await socket.done(accepted["message"]))[-1]["status"] == "complete"
     await socket.close()
-    assert fake.log[-1].body["messages"] == [{"role": "user", "content": "What is 5+5?"}]
+    assert upstream.log[-1].body["messages"] == [{"role": "user", "content": "What is 5+5?"}]
 
     @database_sync_to_async
     def active() -> list[str]:
@@ -175,12 +175,12 @@ async def test_edit_replaces_the_question_and_later_messages(fake, alice) -> Non
             .values_list("content", flat=True)
         )
 
-    assert await active() == ["What is 5+5?", streamed(fake)]
+    assert await active() == ["What is 5+5?", streamed(upstream)]
     assert not (await message(second["message"])).active
 
 
-async def test_editing_another_users_question_is_not_found(fake, alice, bob) -> None:
-    fake.set_default_script(tokens=2, interval_ms=1)
+async def test_editing_another_users_question_is_not_found(upstream, alice, bob) -> None:
+    upstream.set_default_script(tokens=2, interval_ms=1)
     socket = await open_socket(alice)
     first = await send_and_accept(socket, "mine")
     await socket.done(first["message"])
@@ -199,10 +199,10 @@ async def test_editing_another_users_question_is_not_found(fake, alice, bob) -> 
     assert (answer["type"], answer["code"]) == ("error", "not_found")
 
 
-async def test_the_first_exchange_gets_a_billed_model_title(fake, alice, settings) -> None:
+async def test_the_first_exchange_gets_a_billed_model_title(upstream, alice, settings) -> None:
     settings.AUTO_TITLES = True
-    fake.push_script(tokens=4, interval_ms=1)
-    fake.push_script(text="Adding small numbers", tokens=3)
+    upstream.push_script(tokens=4, interval_ms=1)
+    upstream.push_script(text="Adding small numbers", tokens=3)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "What is 2+2? Please explain in detail.")
     await socket.done(accepted["message"])
@@ -221,22 +221,24 @@ async def test_the_first_exchange_gets_a_billed_model_title(fake, alice, setting
     assert charge.state == "settled"
     assert charge.user_id == alice.pk
     assert charge.conversation_id == accepted["conversation"]
-    title_request = fake.log[-1]
+    title_request = upstream.log[-1]
     assert charge.prompt_tokens == title_request.prompt_tokens
     assert charge.cost == (
         (charge.prompt_tokens + charge.completion_tokens) * Decimal("0.27216") / 1_000_000
     )
 
 
-async def test_without_a_model_title_the_first_line_stays(fake, alice, settings) -> None:
+async def test_without_a_model_title_the_first_line_stays(upstream, alice, settings) -> None:
     settings.AUTO_TITLES = True
     settings.UPSTREAM_MAX_RETRIES = 0
-    fake.push_script(tokens=2, interval_ms=1)
-    fake.push_script(status=500)
+    upstream.push_script(tokens=2, interval_ms=1)
+    upstream.push_script(status=500)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "Plan my trip\nto Lisbon in May")
     await socket.done(accepted["message"])
-    await fake.wait_until(lambda: len(fake.log) == 2 and fake.log[-1].outcome != "pending")
+    await upstream.wait_until(
+        lambda: len(upstream.log) == 2 and upstream.log[-1].outcome != "pending"
+    )
 
     @database_sync_to_async
     def title_state() -> tuple[str, str | None]:
@@ -255,9 +257,9 @@ async def test_without_a_model_title_the_first_line_stays(fake, alice, settings)
     assert (title, state) == ("Plan my trip", "settled")
 
 
-async def test_a_renamed_conversation_keeps_its_name(fake, alice, settings) -> None:
+async def test_a_renamed_conversation_keeps_its_name(upstream, alice, settings) -> None:
     settings.AUTO_TITLES = True
-    fake.push_script(tokens=2, interval_ms=1)
+    upstream.push_script(tokens=2, interval_ms=1)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "hello")
     await database_sync_to_async(Conversation.objects.filter(pk=accepted["conversation"]).update)(
@@ -303,7 +305,7 @@ def test_the_default_model_is_a_user_preference(user_client: Client, user) -> No
     assert conversations.default_model_id(user) == "Qwen/Qwen3-32B"
 
 
-async def test_a_send_without_a_model_uses_the_users_default(fake, alice) -> None:
+async def test_a_send_without_a_model_uses_the_users_default(upstream, alice) -> None:
     @database_sync_to_async
     def set_default() -> None:
         profile = conversations.profile_for(alice)
@@ -311,7 +313,7 @@ async def test_a_send_without_a_model_uses_the_users_default(fake, alice) -> Non
         profile.save()
 
     await set_default()
-    fake.set_default_script(tokens=2, interval_ms=1)
+    upstream.set_default_script(tokens=2, interval_ms=1)
     socket = await open_socket(alice)
     await socket.send(
         {"type": "send", "request_id": request_id(), "conversation": None, "content": "hi"}
@@ -319,7 +321,7 @@ async def test_a_send_without_a_model_uses_the_users_default(fake, alice) -> Non
     accepted = await socket.recv()
     await socket.done(accepted["message"])
     await socket.close()
-    assert fake.log[-1].body["model"] == "Qwen/Qwen3-32B"
+    assert upstream.log[-1].body["model"] == "Qwen/Qwen3-32B"
 
 
 def test_conversation_total_includes_replaced_replies_and_titles(user_client: Client, user) -> None:

@@ -128,18 +128,18 @@ def test_the_config_and_its_errors_never_show_a_secret() -> None:
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 async def test_secrets_never_reach_a_page_a_frame_an_error_or_a_log_line(
-    fake, alice, settings, caplog, make_user
+    upstream, alice, settings, caplog, make_user
 ) -> None:
     settings.LAVA_FORWARD_TOKEN = ""
     settings.LAVA_SECRET_KEY = SECRET_KEY_VALUE
     settings.CHUTES_API_KEY = PROVIDER_KEY
-    fake.tokens = (SECRET_KEY_VALUE,)
+    upstream.tokens = (SECRET_KEY_VALUE,)
     caplog.set_level(logging.DEBUG)
     seen: list[str] = []
 
     # Frames: a reply, an upstream refusal, a failure mid-stream.
     socket = await open_socket(alice)
-    fake.push_script(tokens=4, interval_ms=1)
+    upstream.push_script(tokens=4, interval_ms=1)
     accepted = await send_and_accept(socket, "hello")
     await socket.done(accepted["message"])
     for script in (
@@ -147,7 +147,7 @@ async def test_secrets_never_reach_a_page_a_frame_an_error_or_a_log_line(
         {"status": 402},
         {"tokens": 6, "after": 2, "mid": "error_line"},
     ):
-        fake.push_script(**script)
+        upstream.push_script(**script)
         failing = await send_and_accept(socket, "again", conversation=accepted["conversation"])
         await socket.done(failing["message"])
     await socket.close()

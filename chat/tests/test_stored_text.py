@@ -24,7 +24,7 @@ def content_event(text: str) -> bytes:
 
 
 async def test_split_and_lone_surrogates_are_saved_decoded_while_other_replies_keep_saving(
-    fake, alice, settings, monkeypatch
+    upstream, alice, settings, monkeypatch
 ) -> None:
     settings.STREAM_FLUSH_SECONDS = 0.05
     loop = asyncio.get_running_loop()
@@ -46,7 +46,7 @@ async def test_split_and_lone_surrogates_are_saved_decoded_while_other_replies_k
         return result
 
     monkeypatch.setattr(progress, "flush_progress", recording_flush)
-    fake.push_script(
+    upstream.push_script(
         raw=[
             content_event(f"Smile: {HIGH}"),
             content_event(f"{LOW} and a lone {LOW}"),
@@ -58,12 +58,12 @@ async def test_split_and_lone_surrogates_are_saved_decoded_while_other_replies_k
         ],
         interval_ms=60,
     )
-    fake.push_script(tokens=60, interval_ms=40)
+    upstream.push_script(tokens=60, interval_ms=40)
 
     odd, other = await open_socket(alice), await open_socket(alice)
     first = await send_and_accept(odd, "an emoji, please")
     # The stand-in serves scripts in the order requests arrive: the odd reply's goes first.
-    await fake.wait_until(lambda: len(fake.chat_log()) == 1)
+    await upstream.wait_until(lambda: len(upstream.chat_log()) == 1)
     second = await send_and_accept(other, "and a long answer")
     other_id = second["message"]
 
@@ -85,5 +85,5 @@ async def test_split_and_lone_surrogates_are_saved_decoded_while_other_replies_k
     await other.close()
     assert other_frames[-1]["status"] == "complete"
     other_reply = await message(other_id)
-    assert (other_reply.status, other_reply.content) == ("complete", streamed(fake))
+    assert (other_reply.status, other_reply.content) == ("complete", streamed(upstream))
     assert next(text for pk, text in saved if pk == other_id and text) in other_reply.content

@@ -15,11 +15,11 @@ from chat.testing.fakeupstream import FakeUpstream, delta_chunk, sse_event, usag
 from chat.tests.fixtures_upstream import (
     MODEL,
     REASONING_MODEL,
+    bare_upstream_fixture,  # noqa: F401 - fixture
     chat_body,
     collect,
     config_fixture,  # noqa: F401 - fixture
     config_for,
-    fake_fixture,  # noqa: F401 - fixture
 )
 from chat.upstream.client import Finish, TextDelta, Usage
 from chat.upstream.config import UpstreamConfig
@@ -50,27 +50,27 @@ TAILS = [pytest.param(b"", id="no-tail"), pytest.param(PARTIAL_LINE, id="partial
 @pytest.mark.parametrize("with_usage", USAGES)
 @pytest.mark.parametrize("ending", ENDINGS)
 async def test_after_a_finish_reason_every_ending_completes_the_reply(
-    fake: FakeUpstream, ending: str, with_usage: bool, tail: bytes
+    bare_upstream: FakeUpstream, ending: str, with_usage: bool, tail: bytes
 ) -> None:
     items = [*TEXT, FINISH, *([USAGE] if with_usage else []), *([tail] if tail else [])]
-    fake.push_script(raw=items, mid=ending)
-    result = await collect(chat_body(model=MODEL), config_with_short_idle(fake))
+    bare_upstream.push_script(raw=items, mid=ending)
+    result = await collect(chat_body(model=MODEL), config_with_short_idle(bare_upstream))
     assert result.error is None
     assert result.text(TextDelta) == "A whole answer."
     usage = [Usage(prompt_tokens=11, completion_tokens=2)] if with_usage else []
     assert result.of(Usage) == usage
     assert result.events[-1] == Finish("stop")
-    assert len(fake.chat_log()) == 1
+    assert len(bare_upstream.chat_log()) == 1
 
 
 @pytest.mark.parametrize("with_usage", USAGES)
 @pytest.mark.parametrize("ending", ["cut", "drop", "reset", "torn"])
 async def test_an_event_left_without_its_blank_line_at_the_end_still_counts(
-    fake: FakeUpstream, config: UpstreamConfig, ending: str, with_usage: bool
+    bare_upstream: FakeUpstream, config: UpstreamConfig, ending: str, with_usage: bool
 ) -> None:
     # The last event is whole up to its line end; only the blank line that ends it is missing.
     last = [FINISH, USAGE[:-1]] if with_usage else [FINISH[:-1]]
-    fake.push_script(raw=[*TEXT, *last], mid=ending)
+    bare_upstream.push_script(raw=[*TEXT, *last], mid=ending)
     result = await collect(chat_body(model=MODEL), config)
     assert result.error is None
     assert result.text(TextDelta) == "A whole answer."
@@ -81,10 +81,10 @@ async def test_an_event_left_without_its_blank_line_at_the_end_still_counts(
 @pytest.mark.parametrize("tail", TAILS)
 @pytest.mark.parametrize("ending", ENDINGS)
 async def test_before_a_finish_reason_every_ending_is_an_error_keeping_the_text(
-    fake: FakeUpstream, ending: str, tail: bytes
+    bare_upstream: FakeUpstream, ending: str, tail: bytes
 ) -> None:
-    fake.push_script(raw=[*TEXT, *([tail] if tail else [])], mid=ending)
-    result = await collect(chat_body(model=MODEL), config_with_short_idle(fake))
+    bare_upstream.push_script(raw=[*TEXT, *([tail] if tail else [])], mid=ending)
+    result = await collect(chat_body(model=MODEL), config_with_short_idle(bare_upstream))
     assert result.error is not None
     expected_code = "timeout" if ending == "stall" else "upstream_error"
     assert (result.error.code, result.error.after_tokens) == (expected_code, True)
@@ -93,13 +93,13 @@ async def test_before_a_finish_reason_every_ending_is_an_error_keeping_the_text(
     assert result.text(TextDelta) == "A whole answer."
     assert not result.of(Finish)
     # Never retried once tokens were out.
-    assert len(fake.chat_log()) == 1
+    assert len(bare_upstream.chat_log()) == 1
 
 
 async def test_a_reply_cut_after_its_finish_reason_is_logged_as_such(
-    fake: FakeUpstream, config: UpstreamConfig, caplog: pytest.LogCaptureFixture
+    bare_upstream: FakeUpstream, config: UpstreamConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake.push_script(raw=[*TEXT, FINISH], mid="drop")
+    bare_upstream.push_script(raw=[*TEXT, FINISH], mid="drop")
     assert (await collect(chat_body(model=MODEL), config)).error is None
     warnings = [r.getMessage() for r in caplog.records if r.name == "chat.upstream"]
     assert any("after its finish_reason" in text and "upstream_error" in text for text in warnings)
@@ -107,11 +107,13 @@ async def test_a_reply_cut_after_its_finish_reason_is_logged_as_such(
 
 @pytest.mark.parametrize("ending", ["drop", "reset", "torn", "stall"])
 async def test_text_held_back_is_released_when_the_body_breaks_off(
-    fake: FakeUpstream, ending: str
+    bare_upstream: FakeUpstream, ending: str
 ) -> None:
     # A reasoning model's text waits for a </think> that may come; half a surrogate pair
     # waits for its other half. When the connection breaks, both still reach the user.
-    fake.push_script(raw=[sse_event(delta_chunk({"content": "A plain answer \ud83d"}))], mid=ending)
-    result = await collect(chat_body(model=REASONING_MODEL), config_with_short_idle(fake))
+    bare_upstream.push_script(
+        raw=[sse_event(delta_chunk({"content": "A plain answer \ud83d"}))], mid=ending
+    )
+    result = await collect(chat_body(model=REASONING_MODEL), config_with_short_idle(bare_upstream))
     assert result.error is not None and result.error.after_tokens
     assert result.text(TextDelta) == "A plain answer \ufffd"

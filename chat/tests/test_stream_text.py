@@ -27,10 +27,10 @@ from chat.testing.fakeupstream import (
 from chat.tests.fixtures_upstream import (
     MODEL,
     REASONING_MODEL,
+    bare_upstream_fixture,  # noqa: F401 - fixture
     chat_body,
     collect,
     config_fixture,  # noqa: F401 - fixture
-    fake_fixture,  # noqa: F401 - fixture
     read_body,
 )
 from chat.upstream.client import Finish, ReasoningDelta, TextDelta
@@ -280,9 +280,9 @@ def test_any_text_in_a_think_block_split_at_every_byte_reads_as_its_decoding(
 
 @pytest.mark.parametrize("chunk_bytes", [0, 1, 3])
 async def test_a_pair_split_across_events_arrives_whole_over_http(
-    fake: FakeUpstream, config: UpstreamConfig, chunk_bytes: int
+    bare_upstream: FakeUpstream, config: UpstreamConfig, chunk_bytes: int
 ) -> None:
-    fake.push_script(
+    bare_upstream.push_script(
         raw=[
             event({"role": "assistant", "content": f"Hi {HIGH}"}),
             event({"content": f"{LOW}, and {LOW} alone, and {HIGH}"}),
@@ -303,14 +303,14 @@ async def test_a_pair_split_across_events_arrives_whole_over_http(
 
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning", "think"])
 async def test_a_pair_split_in_the_reasoning_arrives_whole_over_http(
-    fake: FakeUpstream, config: UpstreamConfig, field: str
+    bare_upstream: FakeUpstream, config: UpstreamConfig, field: str
 ) -> None:
     def thought(text: str) -> bytes:
         return event({"content": text} if field == "think" else {field: text})
 
     opening = "<think>" if field == "think" else ""
     closing = "</think>" if field == "think" else ""
-    fake.push_script(
+    bare_upstream.push_script(
         raw=[
             thought(f"{opening}Hmm {HIGH}"),
             thought(f"{LOW} and a lone {HIGH}"),

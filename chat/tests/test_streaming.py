@@ -35,8 +35,8 @@ pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 PRICE = Decimal("0.27216")
 
 
-async def test_a_send_streams_deltas_in_order_and_saves_the_reply(fake, alice) -> None:
-    fake.push_script(tokens=12, interval_ms=5)
+async def test_a_send_streams_deltas_in_order_and_saves_the_reply(upstream, alice) -> None:
+    upstream.push_script(tokens=12, interval_ms=5)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "Hello there")
     frames = await socket.done(accepted["message"])
@@ -47,7 +47,7 @@ async def test_a_send_streams_deltas_in_order_and_saves_the_reply(fake, alice) -
     deltas = [f for f in frames if f["type"] == "delta"]
     assert len(deltas) > 1
     assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1))
-    expected = streamed(fake)
+    expected = streamed(upstream)
     assert text_of(frames, accepted["message"]) == expected
 
     done = frames[-1]
@@ -56,16 +56,16 @@ async def test_a_send_streams_deltas_in_order_and_saves_the_reply(fake, alice) -
     reply = await message(accepted["message"])
     assert reply.content == expected
     assert reply.status == "complete"
-    assert reply.prompt_tokens == done["usage"]["prompt_tokens"] == fake.log[-1].prompt_tokens
+    assert reply.prompt_tokens == done["usage"]["prompt_tokens"] == upstream.log[-1].prompt_tokens
     assert reply.completion_tokens == done["usage"]["completion_tokens"]
     cost = (reply.prompt_tokens * PRICE + reply.completion_tokens * PRICE) / Decimal(1_000_000)
     assert reply.cost == cost
     assert Decimal(done["cost"]) == cost
-    assert reply.lava_request_id == fake.log[-1].request_id
-    assert fake.log[-1].body["messages"] == [{"role": "user", "content": "Hello there"}]
+    assert reply.lava_request_id == upstream.log[-1].request_id
+    assert upstream.log[-1].body["messages"] == [{"role": "user", "content": "Hello there"}]
 
 
-async def test_the_reply_text_is_written_once_at_the_end(fake, alice, monkeypatch) -> None:
+async def test_the_reply_text_is_written_once_at_the_end(upstream, alice, monkeypatch) -> None:
     calls: list[int] = []
     original = progress.finish_generation
 
@@ -74,18 +74,18 @@ async def test_the_reply_text_is_written_once_at_the_end(fake, alice, monkeypatc
         return original(outcome)
 
     monkeypatch.setattr(progress, "finish_generation", spy)
-    fake.push_script(tokens=30, interval_ms=1)
+    upstream.push_script(tokens=30, interval_ms=1)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "Count")
     await socket.done(accepted["message"])
     await socket.close()
     assert calls == [accepted["message"]]
     reply = await message(accepted["message"])
-    assert reply.content == streamed(fake)
+    assert reply.content == streamed(upstream)
 
 
-async def test_a_new_socket_resumes_a_reply_without_gap_or_duplicate(fake, alice) -> None:
-    fake.push_script(tokens=40, interval_ms=15)
+async def test_a_new_socket_resumes_a_reply_without_gap_or_duplicate(upstream, alice) -> None:
+    upstream.push_script(tokens=40, interval_ms=15)
     first = await open_socket(alice)
     accepted = await send_and_accept(first, "Tell me a story")
     # Let a few deltas arrive, then close the tab.
@@ -100,13 +100,13 @@ async def test_a_new_socket_resumes_a_reply_without_gap_or_duplicate(fake, alice
     snapshot = next(f for f in frames if f["type"] == "snapshot")
     assert snapshot["status"] == "streaming"
     assert snapshot["seq"] >= 3
-    expected = streamed(fake)
+    expected = streamed(upstream)
     assert text_of(frames, accepted["message"]) == expected
     assert (await message(accepted["message"])).content == expected
 
 
-async def test_two_sockets_watching_one_conversation_both_see_every_delta(fake, alice) -> None:
-    fake.push_script(tokens=1, interval_ms=1)
+async def test_two_sockets_watching_one_conversation_both_see_every_delta(upstream, alice) -> None:
+    upstream.push_script(tokens=1, interval_ms=1)
     one = await open_socket(alice)
     first = await send_and_accept(one, "warm up")
     await one.done(first["message"])
@@ -115,22 +115,22 @@ async def test_two_sockets_watching_one_conversation_both_see_every_delta(fake, 
     await two.send({"type": "watch", "conversation": first["conversation"]})
     await two.recv_until(lambda f: f["type"] == "watching")
 
-    fake.push_script(tokens=25, interval_ms=5)
+    upstream.push_script(tokens=25, interval_ms=5)
     accepted = await send_and_accept(one, "again", conversation=first["conversation"])
     frames_one = await one.done(accepted["message"])
     frames_two = await two.done(accepted["message"])
     await one.close()
     await two.close()
 
-    expected = streamed(fake)
+    expected = streamed(upstream)
     assert text_of(frames_one, accepted["message"]) == expected
     assert text_of(frames_two, accepted["message"]) == expected
     started = next(f for f in frames_two if f["type"] == "started")
     assert started["user_message"]["content"] == "again"
 
 
-async def test_stop_keeps_the_partial_and_cancels_the_upstream_request(fake, alice) -> None:
-    fake.push_script(tokens=200, interval_ms=20)
+async def test_stop_keeps_the_partial_and_cancels_the_upstream_request(upstream, alice) -> None:
+    upstream.push_script(tokens=200, interval_ms=20)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "A long answer please")
     frames = await socket.recv_until(lambda f: f["type"] == "delta" and f["seq"] >= 3)
@@ -145,13 +145,13 @@ async def test_stop_keeps_the_partial_and_cancels_the_upstream_request(fake, ali
     reply = await message(accepted["message"])
     assert reply.status == "stopped"
     assert reply.content == seen
-    assert 0 < len(seen) < len(streamed(fake))
+    assert 0 < len(seen) < len(streamed(upstream))
     assert reply.cost is not None and reply.cost > 0
-    await fake.wait_until(lambda: fake.log[-1].outcome == "cancelled", timeout=5)
+    await upstream.wait_until(lambda: upstream.log[-1].outcome == "cancelled", timeout=5)
 
 
-async def test_stop_of_a_finished_reply_answers_how_it_ended(fake, alice) -> None:
-    fake.push_script(tokens=2, interval_ms=1)
+async def test_stop_of_a_finished_reply_answers_how_it_ended(upstream, alice) -> None:
+    upstream.push_script(tokens=2, interval_ms=1)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "hi")
     await socket.done(accepted["message"])
@@ -176,10 +176,10 @@ UPSTREAM_FAILURES = [
 
 @pytest.mark.parametrize(("script", "code"), UPSTREAM_FAILURES)
 async def test_an_upstream_failure_ends_in_done_with_error_and_the_socket_stays_usable(
-    fake, alice, settings, script: dict[str, Any], code: str
+    upstream, alice, settings, script: dict[str, Any], code: str
 ) -> None:
     settings.UPSTREAM_MAX_RETRIES = 0
-    fake.set_default_script(**script)
+    upstream.set_default_script(**script)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "will fail")
     frames = await socket.done(accepted["message"])
@@ -199,14 +199,14 @@ async def test_an_upstream_failure_ends_in_done_with_error_and_the_socket_stays_
         # Refused before any response: nothing was produced, nothing is billed.
         assert (reply.prompt_tokens, reply.completion_tokens, reply.cost) == (0, 0, 0)  # type: ignore[comparison-overlap]  # Decimal(0) == 0
 
-    fake.set_default_script(tokens=3, interval_ms=1)
+    upstream.set_default_script(tokens=3, interval_ms=1)
     again = await send_and_accept(socket, "and now?", conversation=accepted["conversation"])
     assert (await socket.done(again["message"]))[-1]["status"] == "complete"
     await socket.close()
 
 
-async def test_a_stream_cut_without_done_keeps_the_partial(fake, alice) -> None:
-    fake.push_script(tokens=20, interval_ms=2, after=6, mid="cut")
+async def test_a_stream_cut_without_done_keeps_the_partial(upstream, alice) -> None:
+    upstream.push_script(tokens=20, interval_ms=2, after=6, mid="cut")
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "cut me")
     frames = await socket.done(accepted["message"])
@@ -218,8 +218,8 @@ async def test_a_stream_cut_without_done_keeps_the_partial(fake, alice) -> None:
     assert reply.content
 
 
-async def test_a_duplicate_request_id_starts_one_generation(fake, alice) -> None:
-    fake.set_default_script(tokens=10, interval_ms=5)
+async def test_a_duplicate_request_id_starts_one_generation(upstream, alice) -> None:
+    upstream.set_default_script(tokens=10, interval_ms=5)
     socket = await open_socket(alice)
     frame = send_frame("once only", model=MODEL)
     await socket.send(frame)
@@ -240,13 +240,15 @@ async def test_a_duplicate_request_id_starts_one_generation(fake, alice) -> None
     await socket.close()
     assert again[0] == accepted[0]
     assert again[-1]["status"] == "complete"
-    assert len([r for r in fake.log if r.path.endswith("/forward")]) == 1
+    assert len([r for r in upstream.log if r.path.endswith("/forward")]) == 1
     conversations, messages, charges = await counts()
     assert (conversations, messages, charges) == (1, 2, 1)
 
 
-async def test_another_users_conversation_is_not_found_for_every_action(fake, alice, bob) -> None:
-    fake.set_default_script(tokens=60, interval_ms=20)
+async def test_another_users_conversation_is_not_found_for_every_action(
+    upstream, alice, bob
+) -> None:
+    upstream.set_default_script(tokens=60, interval_ms=20)
     mine = await open_socket(alice)
     accepted = await send_and_accept(mine, "private")
     await mine.recv_until(lambda f: f["type"] == "delta")
@@ -273,7 +275,7 @@ async def test_another_users_conversation_is_not_found_for_every_action(fake, al
     assert frames[-1]["status"] == "complete"
     await mine.close()
     await theirs.close()
-    assert len(fake.log) == 1
+    assert len(upstream.log) == 1
 
 
 async def test_anonymous_sockets_are_closed_with_4401(db) -> None:
@@ -317,7 +319,7 @@ MALFORMED = [
 ]
 
 
-async def test_malformed_frames_are_answered_with_error_and_change_nothing(fake, alice) -> None:
+async def test_malformed_frames_are_answered_with_error_and_change_nothing(upstream, alice) -> None:
     socket = await open_socket(alice)
     before = await counts()
     for raw in MALFORMED:
@@ -333,15 +335,15 @@ async def test_malformed_frames_are_answered_with_error_and_change_nothing(fake,
     await socket.send_raw("x" * 1_000_001)
     assert (await socket.recv())["code"] == "content_too_long"
     assert await counts() == before
-    assert fake.log == []
+    assert upstream.log == []
     # Still open and usable.
-    fake.push_script(tokens=2, interval_ms=1)
+    upstream.push_script(tokens=2, interval_ms=1)
     accepted = await send_and_accept(socket, "still here?")
     assert (await socket.done(accepted["message"]))[-1]["status"] == "complete"
     await socket.close()
 
 
-async def test_an_unknown_or_disabled_model_is_refused(fake, alice) -> None:
+async def test_an_unknown_or_disabled_model_is_refused(upstream, alice) -> None:
     await database_sync_to_async(ChatModel.objects.filter(model_id=MODEL).update)(enabled=False)
     socket = await open_socket(alice)
     before = await counts()
@@ -355,7 +357,7 @@ async def test_an_unknown_or_disabled_model_is_refused(fake, alice) -> None:
 
 
 async def test_without_credentials_a_send_is_refused_as_not_configured(
-    fake, alice, settings
+    upstream, alice, settings
 ) -> None:
     settings.LAVA_FORWARD_TOKEN = ""
     socket = await open_socket(alice)
@@ -367,9 +369,9 @@ async def test_without_credentials_a_send_is_refused_as_not_configured(
     assert await counts() == (0, 0, 0)
 
 
-async def test_too_many_concurrent_generations_are_refused(fake, alice, settings) -> None:
+async def test_too_many_concurrent_generations_are_refused(upstream, alice, settings) -> None:
     settings.MAX_CONCURRENT_GENERATIONS = 1
-    fake.set_default_script(tokens=50, interval_ms=20)
+    upstream.set_default_script(tokens=50, interval_ms=20)
     socket = await open_socket(alice)
     first = await send_and_accept(socket, "one")
     await socket.send(send_frame("two", model=MODEL))
@@ -380,8 +382,8 @@ async def test_too_many_concurrent_generations_are_refused(fake, alice, settings
     await socket.close()
 
 
-async def test_the_reaper_interrupts_a_stale_streaming_reply(fake, alice) -> None:
-    fake.push_script(tokens=1, interval_ms=1)
+async def test_the_reaper_interrupts_a_stale_streaming_reply(upstream, alice) -> None:
+    upstream.push_script(tokens=1, interval_ms=1)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "first")
     await socket.done(accepted["message"])
@@ -421,9 +423,9 @@ async def test_the_reaper_interrupts_a_stale_streaming_reply(fake, alice) -> Non
     assert (charge.state, charge.cost) == ("settled", stale.cost)
 
 
-async def test_watching_an_orphaned_reply_marks_it_interrupted(fake, alice, settings) -> None:
+async def test_watching_an_orphaned_reply_marks_it_interrupted(upstream, alice, settings) -> None:
     """A reply left streaming by a process that died is settled as soon as someone looks."""
-    fake.push_script(tokens=1, interval_ms=1)
+    upstream.push_script(tokens=1, interval_ms=1)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "first")
     await socket.done(accepted["message"])
@@ -447,10 +449,10 @@ async def test_watching_an_orphaned_reply_marks_it_interrupted(fake, alice, sett
 
 
 async def test_database_writes_per_reply_are_bounded_whatever_the_token_count(
-    fake, alice, settings, db_writes
+    upstream, alice, settings, db_writes
 ) -> None:
     settings.STREAM_FLUSH_SECONDS = 0.25
-    fake.push_script(tokens=400, interval_ms=2)
+    upstream.push_script(tokens=400, interval_ms=2)
     socket = await open_socket(alice)
     db_writes.clear()
     started = asyncio.get_running_loop().time()
@@ -468,8 +470,8 @@ async def test_database_writes_per_reply_are_bounded_whatever_the_token_count(
     assert db_writes.count("INSERT", "chat_message") == 2
 
 
-async def test_regenerate_replaces_the_reply_and_keeps_the_old_one_billed(fake, alice) -> None:
-    fake.set_default_script(tokens=3, interval_ms=1)
+async def test_regenerate_replaces_the_reply_and_keeps_the_old_one_billed(upstream, alice) -> None:
+    upstream.set_default_script(tokens=3, interval_ms=1)
     socket = await open_socket(alice)
     first = await send_and_accept(socket, "question")
     await socket.done(first["message"])
@@ -485,7 +487,7 @@ async def test_regenerate_replaces_the_reply_and_keeps_the_old_one_billed(fake, 
     new = await message(accepted["message"])
     assert not old.active and old.cost is not None
     assert new.active and new.parent_id == old.parent_id
-    assert fake.log[-1].body["messages"] == [{"role": "user", "content": "question"}]
+    assert upstream.log[-1].body["messages"] == [{"role": "user", "content": "question"}]
 
 
 async def test_frames_skip_the_session_wrapper_only_where_it_never_acts() -> None:
@@ -505,13 +507,15 @@ async def test_frames_skip_the_session_wrapper_only_where_it_never_acts() -> Non
     assert _frame_sender(server_send) is server_send
 
 
-async def test_with_the_in_memory_layer_sockets_open_no_channel_of_their_own(fake, alice) -> None:
+async def test_with_the_in_memory_layer_sockets_open_no_channel_of_their_own(
+    upstream, alice
+) -> None:
     """One process: frames reach its sockets directly, so a socket needs no channel (no queue
     and no receiving task each); a reply still streams to every one of them."""
     layer = get_channel_layer()
     if not isinstance(layer, InMemoryChannelLayer):
         pytest.skip("the in-memory channel layer only: this run uses Redis")
-    fake.push_script(tokens=5, interval_ms=5)
+    upstream.push_script(tokens=5, interval_ms=5)
     sockets = [await open_socket(alice) for _ in range(5)]
     accepted = await send_and_accept(sockets[0], "to every tab")
     for other in sockets[1:]:

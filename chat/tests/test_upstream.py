@@ -21,11 +21,11 @@ from chat.tests.fixtures_upstream import (
     MODEL,
     REASONING_MODEL,
     TOKEN,
+    bare_upstream_fixture,  # noqa: F401 - fixture
     chat_body,
     collect,
     config_fixture,  # noqa: F401 - fixture
     config_for,
-    fake_fixture,  # noqa: F401 - fixture
 )
 from chat.upstream import http as upstream_http
 from chat.upstream.catalogue import fetch_models, parse_catalogue
@@ -119,58 +119,60 @@ def test_the_config_repr_shows_no_secret() -> None:
 
 
 async def test_a_reply_streams_through_the_forward_proxy(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
     body = chat_body("Bonjour, ça va?")
     result = await collect(body, config)
     assert result.error is None
     assert isinstance(result.events[0], RequestIds)
-    assert result.events[0].lava_request_id == fake.last.request_id
-    assert result.events[0].chutes_invocation_id == fake.last.invocation_id
+    assert result.events[0].lava_request_id == bare_upstream.last.request_id
+    assert result.events[0].chutes_invocation_id == bare_upstream.last.invocation_id
     assert result.text(TextDelta) == expected_text(None, body["messages"])
     assert "é" in result.text(TextDelta) or "🙂" in result.text(TextDelta)
     assert result.events[-2:] == [
-        Usage(prompt_tokens=fake.last.prompt_tokens, completion_tokens=12, cached_tokens=0),
+        Usage(
+            prompt_tokens=bare_upstream.last.prompt_tokens, completion_tokens=12, cached_tokens=0
+        ),
         Finish("stop"),
     ]
-    served = fake.last
+    served = bare_upstream.last
     assert served.via_forward and served.outcome == "complete"
     assert served.target == "https://llm.chutes.ai/v1/chat/completions"
     assert served.body["stream"] is True
     assert served.body["stream_options"] == {"include_usage": True}
 
 
-async def test_the_built_forward_token_carries_its_claims(fake: FakeUpstream) -> None:
-    config = config_for(fake, customer_id="cus_42", meter_slug="chat-tokens",
+async def test_the_built_forward_token_carries_its_claims(bare_upstream: FakeUpstream) -> None:
+    config = config_for(bare_upstream, customer_id="cus_42", meter_slug="chat-tokens",
                         chutes_api_key="cpk_own")  # fmt: skip
     assert (await collect(chat_body(), config)).error is None
-    assert fake.last.auth == "forward_token"
-    assert fake.last.claims == {
+    assert bare_upstream.last.auth == "forward_token"
+    assert bare_upstream.last.claims == {
         "customer_id": "cus_42",
         "meter_slug": "chat-tokens",
         "provider_key": "cpk_own",
     }
 
 
-async def test_a_plain_token_is_accepted_as_is(fake: FakeUpstream) -> None:
-    config = config_for(fake, secret_key="", forward_token=TOKEN)
+async def test_a_plain_token_is_accepted_as_is(bare_upstream: FakeUpstream) -> None:
+    config = config_for(bare_upstream, secret_key="", forward_token=TOKEN)
     assert (await collect(chat_body(), config)).error is None
-    assert fake.last.auth == "token"
+    assert bare_upstream.last.auth == "token"
 
 
-async def test_a_bad_token_is_an_auth_error(fake: FakeUpstream) -> None:
-    result = await collect(chat_body(), config_for(fake, secret_key="aks_test_wrong"))
+async def test_a_bad_token_is_an_auth_error(bare_upstream: FakeUpstream) -> None:
+    result = await collect(chat_body(), config_for(bare_upstream, secret_key="aks_test_wrong"))
     assert result.error is not None
     assert (result.error.code, result.error.status) == ("auth", 401)
     assert not result.error.retryable
-    assert len(fake.chat_log()) == 1
+    assert len(bare_upstream.chat_log()) == 1
 
 
 async def test_a_chunked_crlf_stream_with_pings_reads_the_same(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
     body = chat_body("Ünïcode everywhere 🙂")
-    fake.push_script(crlf=True, ping_every=2, chunk_bytes=1)
+    bare_upstream.push_script(crlf=True, ping_every=2, chunk_bytes=1)
     result = await collect(body, config)
     assert result.error is None
     assert result.text(TextDelta) == expected_text(None, body["messages"])
@@ -178,11 +180,11 @@ async def test_a_chunked_crlf_stream_with_pings_reads_the_same(
 
 @pytest.mark.parametrize("mode", ["reasoning_content", "reasoning", "think", "close_only"])
 async def test_each_reasoning_form_is_kept_apart_from_the_answer(
-    fake: FakeUpstream, config: UpstreamConfig, mode: str
+    bare_upstream: FakeUpstream, config: UpstreamConfig, mode: str
 ) -> None:
     body = chat_body("Why is the sky blue?", model=REASONING_MODEL)
     script = {"reasoning": "Light scatters — Rayleigh, I think.", "reasoning_mode": mode}
-    fake.push_script(**script, chunk_bytes=7)
+    bare_upstream.push_script(**script, chunk_bytes=7)
     result = await collect(body, config)
     assert result.error is None
     assert result.text(ReasoningDelta) == script["reasoning"]
@@ -190,9 +192,9 @@ async def test_each_reasoning_form_is_kept_apart_from_the_answer(
 
 
 async def test_the_reasoning_comes_before_the_answer(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
-    fake.push_script(reasoning="Thinking hard.", reasoning_mode="think")
+    bare_upstream.push_script(reasoning="Thinking hard.", reasoning_mode="think")
     result = await collect(chat_body(model=REASONING_MODEL), config)
     kinds = [type(e) for e in result.events if isinstance(e, TextDelta | ReasoningDelta)]
     assert kinds.index(TextDelta) > kinds.index(ReasoningDelta)
@@ -200,31 +202,31 @@ async def test_the_reasoning_comes_before_the_answer(
 
 
 async def test_a_reply_that_finished_but_lacks_done_is_accepted(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
-    fake.push_script(mid="no_done")
+    bare_upstream.push_script(mid="no_done")
     result = await collect(chat_body(), config)
     assert result.error is None
     assert result.events[-1] == Finish("stop")
 
 
-async def test_many_streams_share_the_pool_concurrently(fake: FakeUpstream) -> None:
-    config = config_for(fake)
-    fake.set_default_script(interval_ms=5, tokens=10)
+async def test_many_streams_share_the_pool_concurrently(bare_upstream: FakeUpstream) -> None:
+    config = config_for(bare_upstream)
+    bare_upstream.set_default_script(interval_ms=5, tokens=10)
     results = await asyncio.gather(*(collect(chat_body(f"n{i}"), config) for i in range(40)))
     assert all(result.error is None for result in results)
-    assert fake.active_streams == 0
+    assert bare_upstream.active_streams == 0
     stats = pool_stats(get_client(config))
     assert stats["requests"] == 0
     assert stats["connections"] <= 40
 
 
 async def test_a_finished_reply_leaves_no_reference_cycle_for_the_collector(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
     # httpx's response and its stream refer to each other; left linked, every reply's request
     # objects wait for the garbage collector instead of being freed when the reply is done.
-    fake.set_default_script(interval_ms=0, tokens=5)
+    bare_upstream.set_default_script(interval_ms=0, tokens=5)
     await collect(chat_body(), config)  # the client and its connection, kept for later
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)
@@ -259,10 +261,10 @@ async def test_a_finished_reply_leaves_no_reference_cycle_for_the_collector(
     ],
 )
 async def test_each_error_status_maps_to_its_code(
-    fake: FakeUpstream, status: int, code: str, retryable: bool
+    bare_upstream: FakeUpstream, status: int, code: str, retryable: bool
 ) -> None:
-    fake.push_script(status=status)
-    result = await collect(chat_body(), config_for(fake, max_retries=0))
+    bare_upstream.push_script(status=status)
+    result = await collect(chat_body(), config_for(bare_upstream, max_retries=0))
     assert result.error is not None
     assert (result.error.code, result.error.status) == (code, status)
     assert result.error.retryable is retryable
@@ -271,7 +273,7 @@ async def test_each_error_status_maps_to_its_code(
 
 
 async def test_an_unknown_model_is_named_in_the_message(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
     result = await collect(chat_body(model="acme/NoSuchModel-7B"), config)
     assert result.error is not None
@@ -280,9 +282,9 @@ async def test_an_unknown_model_is_named_in_the_message(
 
 
 async def test_a_short_plain_detail_reaches_the_message(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
-    fake.push_script(status=400, detail="max_tokens is too large")
+    bare_upstream.push_script(status=400, detail="max_tokens is too large")
     result = await collect(chat_body(), config)
     assert result.error is not None
     assert "max_tokens is too large" in result.error.message
@@ -313,42 +315,44 @@ def test_a_detail_holding_a_secret_never_reaches_the_message() -> None:
 
 
 async def test_busy_answers_are_retried_until_one_succeeds(
-    fake: FakeUpstream, config: UpstreamConfig, caplog: pytest.LogCaptureFixture
+    bare_upstream: FakeUpstream, config: UpstreamConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="chat.upstream")
     body = chat_body()
-    fake.push_script(status=503, fail_times=2)
+    bare_upstream.push_script(status=503, fail_times=2)
     result = await collect(body, config)
     assert result.error is None
     assert result.text(TextDelta) == expected_text(None, body["messages"])
-    assert [entry.status for entry in fake.chat_log()] == [503, 503, 200]
+    assert [entry.status for entry in bare_upstream.chat_log()] == [503, 503, 200]
     retries = [r for r in caplog.records if "retry_in_ms=" in r.getMessage()
                and "retry_in_ms=-" not in r.getMessage()]  # fmt: skip
     assert len(retries) == 2
     assert "attempt=3" in caplog.records[-1].getMessage()
 
 
-async def test_retries_stop_after_max_retries(fake: FakeUpstream) -> None:
-    fake.push_script(status=429, fail_times=10)
-    result = await collect(chat_body(), config_for(fake, max_retries=2))
+async def test_retries_stop_after_max_retries(bare_upstream: FakeUpstream) -> None:
+    bare_upstream.push_script(status=429, fail_times=10)
+    result = await collect(chat_body(), config_for(bare_upstream, max_retries=2))
     assert result.error is not None and result.error.code == "overloaded"
-    assert len(fake.chat_log()) == 3
+    assert len(bare_upstream.chat_log()) == 3
 
 
 async def test_retries_use_the_directive_in_the_message_too(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
     body = chat_body('Hi [[fake {"status": 429, "fail_times": 1}]]')
     result = await collect(body, config)
     assert result.error is None
-    assert [entry.status for entry in fake.chat_log()] == [429, 200]
+    assert [entry.status for entry in bare_upstream.chat_log()] == [429, 200]
 
 
-async def test_a_server_error_is_not_retried(fake: FakeUpstream, config: UpstreamConfig) -> None:
-    fake.push_script(status=500)
+async def test_a_server_error_is_not_retried(
+    bare_upstream: FakeUpstream, config: UpstreamConfig
+) -> None:
+    bare_upstream.push_script(status=500)
     result = await collect(chat_body(), config)
     assert result.error is not None and result.error.code == "upstream_error"
-    assert len(fake.chat_log()) == 1
+    assert len(bare_upstream.chat_log()) == 1
 
 
 async def test_an_unreachable_upstream_is_retried_then_reported(
@@ -374,66 +378,70 @@ async def test_an_unreachable_upstream_is_retried_then_reported(
 
 
 async def test_a_slow_first_token_beyond_the_idle_timeout_is_a_timeout(
-    fake: FakeUpstream,
+    bare_upstream: FakeUpstream,
 ) -> None:
-    fake.push_script(ttft_ms=2000)
-    result = await collect(chat_body(), config_for(fake, idle_timeout=0.2))
+    bare_upstream.push_script(ttft_ms=2000)
+    result = await collect(chat_body(), config_for(bare_upstream, idle_timeout=0.2))
     assert result.error is not None and result.error.code == "timeout"
-    assert len(fake.chat_log()) == 1
+    assert len(bare_upstream.chat_log()) == 1
 
 
 # Failures after the first token
 
 
 async def test_a_bare_error_line_mid_stream_is_an_error_after_tokens(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
     body = chat_body()
-    fake.push_script(mid="error_line", after=3)
+    bare_upstream.push_script(mid="error_line", after=3)
     result = await collect(body, config)
     assert result.error is not None
     assert (result.error.code, result.error.after_tokens) == ("upstream_error", True)
     plan = plan_reply(make_script(), body["messages"])
     assert result.text(TextDelta) == "".join(t.text for t in plan.tokens[:3]).lstrip("\n")
     # Never retried once a token was out.
-    assert len(fake.chat_log()) == 1
+    assert len(bare_upstream.chat_log()) == 1
     assert "Unhandled" not in result.error.message
 
 
 async def test_a_bare_error_line_before_any_token_is_not_after_tokens(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
-    fake.push_script(mid="error_line", after=0)
+    bare_upstream.push_script(mid="error_line", after=0)
     result = await collect(chat_body(), config)
     assert result.error is not None
     assert (result.error.code, result.error.after_tokens) == ("upstream_error", False)
-    assert len(fake.chat_log()) == 1
+    assert len(bare_upstream.chat_log()) == 1
 
 
 @pytest.mark.parametrize("mid", ["cut", "drop", "reset"])
 async def test_a_stream_that_breaks_off_is_an_upstream_error(
-    fake: FakeUpstream, config: UpstreamConfig, mid: str
+    bare_upstream: FakeUpstream, config: UpstreamConfig, mid: str
 ) -> None:
-    fake.push_script(mid=mid, after=2)
+    bare_upstream.push_script(mid=mid, after=2)
     result = await collect(chat_body(), config)
     assert result.error is not None
     assert result.error.code == "upstream_error"
     assert not any(isinstance(event, Finish) for event in result.events)
-    assert len(fake.chat_log()) == 1
+    assert len(bare_upstream.chat_log()) == 1
 
 
-async def test_a_stall_hits_the_idle_timeout(fake: FakeUpstream) -> None:
-    fake.push_script(mid="stall", after=2)
-    result = await collect(chat_body(), config_for(fake, idle_timeout=0.2))
+async def test_a_stall_hits_the_idle_timeout(bare_upstream: FakeUpstream) -> None:
+    bare_upstream.push_script(mid="stall", after=2)
+    result = await collect(chat_body(), config_for(bare_upstream, idle_timeout=0.2))
     assert result.error is not None
     assert (result.error.code, result.error.after_tokens) == ("timeout", True)
     # Giving up closes the connection, which the stand-in sees.
-    await fake.wait_until(lambda: fake.last.outcome == "cancelled")
+    await bare_upstream.wait_until(lambda: bare_upstream.last.outcome == "cancelled")
 
 
-async def test_a_reply_slower_than_the_total_deadline_times_out(fake: FakeUpstream) -> None:
-    fake.push_script(tokens=50, interval_ms=20)
-    result = await collect(chat_body(), config_for(fake, total_timeout=0.3, idle_timeout=5))
+async def test_a_reply_slower_than_the_total_deadline_times_out(
+    bare_upstream: FakeUpstream,
+) -> None:
+    bare_upstream.push_script(tokens=50, interval_ms=20)
+    result = await collect(
+        chat_body(), config_for(bare_upstream, total_timeout=0.3, idle_timeout=5)
+    )
     assert result.error is not None
     assert (result.error.code, result.error.after_tokens) == ("timeout", True)
     assert "time allowed" in result.error.message
@@ -485,9 +493,9 @@ async def _first_tokens(stream: Any, count: int) -> None:
 
 
 async def test_cancelling_the_task_closes_the_upstream_request(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
-    fake.push_script(tokens=200, interval_ms=20)
+    bare_upstream.push_script(tokens=200, interval_ms=20)
     reached = asyncio.Event()
 
     async def consume() -> None:
@@ -503,27 +511,27 @@ async def test_cancelling_the_task_closes_the_upstream_request(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert pool_stats(get_client(config))["requests"] == 0
-    await fake.wait_until(lambda: fake.last.outcome == "cancelled")
-    assert fake.active_streams == 0
-    assert fake.last.tokens_sent < 200
+    await bare_upstream.wait_until(lambda: bare_upstream.last.outcome == "cancelled")
+    assert bare_upstream.active_streams == 0
+    assert bare_upstream.last.tokens_sent < 200
 
 
 async def test_closing_the_iterator_closes_the_upstream_request(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
-    fake.push_script(tokens=200, interval_ms=20)
+    bare_upstream.push_script(tokens=200, interval_ms=20)
     async with contextlib.aclosing(stream_chat(chat_body(), config=config)) as stream:
         await _first_tokens(stream, 2)
     stats = pool_stats(get_client(config))
     assert stats["requests"] == 0
     assert stats["connections"] == stats["idle"]
-    await fake.wait_until(lambda: fake.last.outcome == "cancelled")
+    await bare_upstream.wait_until(lambda: bare_upstream.last.outcome == "cancelled")
     # The pool still works afterwards.
     assert (await collect(chat_body(), config)).error is None
 
 
 async def test_a_finished_stream_returns_its_connection_for_reuse(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
     for _ in range(3):
         assert (await collect(chat_body(), config)).error is None
@@ -535,23 +543,23 @@ async def test_a_finished_stream_returns_its_connection_for_reuse(
 
 
 async def test_no_secret_appears_in_errors_or_logs(
-    fake: FakeUpstream, caplog: pytest.LogCaptureFixture
+    bare_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     for name in (None, "httpx", "httpcore", "chat"):
         caplog.set_level(logging.DEBUG, logger=name)
-    config = config_for(fake, chutes_api_key="cpk_fixture-provider-key")
+    config = config_for(bare_upstream, chutes_api_key="cpk_fixture-provider-key")
     secrets = config.secrets()
     assert len(secrets) == 3
     errors: list[UpstreamError] = []
     for script in ({}, {"status": 401}, {"status": 402}, {"mid": "error_line", "after": 1},
                    {"status": 400, "detail": f"token {TOKEN} refused"}):  # fmt: skip
-        fake.push_script(**script)
+        bare_upstream.push_script(**script)
         result = await collect(chat_body(), config)
         errors += [result.error] if result.error else []
-    result = await collect(chat_body(), config_for(fake, secret_key=TOKEN + "-wrong"))
+    result = await collect(chat_body(), config_for(bare_upstream, secret_key=TOKEN + "-wrong"))
     errors.append(result.error)
     with pytest.raises(UpstreamError) as unconfigured:
-        config_for(fake, secret_key="").authorization()
+        config_for(bare_upstream, secret_key="").authorization()
     errors.append(unconfigured.value)
     assert len(errors) == 6
     assert any(r.name.startswith(("httpx", "httpcore")) for r in caplog.records)
@@ -565,11 +573,11 @@ async def test_no_secret_appears_in_errors_or_logs(
 
 
 async def test_the_catalogue_is_fetched_through_the_forward_proxy(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
     models = {model.id: model for model in await fetch_models(config=config)}
     assert len(models) == 18
-    assert fake.last.via_forward and fake.last.method == "GET"
+    assert bare_upstream.last.via_forward and bare_upstream.last.method == "GET"
     qwen = models["Qwen/Qwen3-32B"]
     assert qwen.prompt_price == Decimal("0.027")
     assert qwen.completion_price == Decimal("0.027")
@@ -617,7 +625,7 @@ def test_catalogue_entries_are_parsed_defensively() -> None:
 
 
 async def test_the_billed_cost_of_a_request_is_fetched(
-    fake: FakeUpstream, config: UpstreamConfig
+    bare_upstream: FakeUpstream, config: UpstreamConfig
 ) -> None:
     result = await collect(chat_body(model="Qwen/Qwen3-32B"), config)
     request_id = result.events[0].lava_request_id
@@ -626,9 +634,9 @@ async def test_the_billed_cost_of_a_request_is_fetched(
     assert (cost.input_tokens, cost.output_tokens) == (usage.prompt_tokens, 12)
     expected = Decimal("0.027216") * (usage.prompt_tokens + 12) / Decimal(1_000_000)
     assert cost.total_cost == expected
-    fake.set_request_cost(request_id, "0.00123")
+    bare_upstream.set_request_cost(request_id, "0.00123")
     assert (await fetch_request_cost(request_id, config=config)).total_cost == Decimal("0.00123")
-    assert fake.last.path == f"/v1/requests/{request_id}"
+    assert bare_upstream.last.path == f"/v1/requests/{request_id}"
 
 
 async def test_an_unknown_request_has_no_cost(config: UpstreamConfig) -> None:
@@ -695,9 +703,9 @@ async def _stream_reply(client: httpx.AsyncClient, fake: FakeUpstream, text: str
 
 
 async def test_requests_beyond_the_pool_wait_and_reuse_freed_connections(
-    fake: FakeUpstream,
+    bare_upstream: FakeUpstream,
 ) -> None:
-    fake.set_default_script(interval_ms=5, tokens=8)
+    bare_upstream.set_default_script(interval_ms=5, tokens=8)
     client, opened = _small_pool_client(max_connections=2, max_keepalive=2)
     most = 0
 
@@ -709,7 +717,9 @@ async def test_requests_beyond_the_pool_wait_and_reuse_freed_connections(
 
     watcher = asyncio.create_task(watch())
     try:
-        bodies = await asyncio.gather(*(_stream_reply(client, fake, f"q{i}") for i in range(6)))
+        bodies = await asyncio.gather(
+            *(_stream_reply(client, bare_upstream, f"q{i}") for i in range(6))
+        )
     finally:
         watcher.cancel()
         await client.aclose()
@@ -717,22 +727,22 @@ async def test_requests_beyond_the_pool_wait_and_reuse_freed_connections(
     # Four of the six waited, and each took a connection an earlier reply had finished with.
     assert len(opened) == 2
     assert most == 2
-    assert [entry.outcome for entry in fake.chat_log()] == ["complete"] * 6
+    assert [entry.outcome for entry in bare_upstream.chat_log()] == ["complete"] * 6
 
 
 async def test_idle_connections_beyond_the_keep_alive_limit_are_closed(
-    fake: FakeUpstream,
+    bare_upstream: FakeUpstream,
 ) -> None:
-    fake.set_default_script(interval_ms=5, tokens=5)
+    bare_upstream.set_default_script(interval_ms=5, tokens=5)
     client, opened = _small_pool_client(max_connections=4, max_keepalive=1)
     pool = client._transport._pool  # type: ignore[attr-defined]  # httpx's private pool
     try:
-        await asyncio.gather(*(_stream_reply(client, fake, f"q{i}") for i in range(4)))
+        await asyncio.gather(*(_stream_reply(client, bare_upstream, f"q{i}") for i in range(4)))
         assert len(opened) == 4
         assert pool_stats(client) == {"connections": 1, "idle": 1, "requests": 0}
         kept = pool.connections[0]
         for i in range(3):
-            await _stream_reply(client, fake, f"again {i}")
+            await _stream_reply(client, bare_upstream, f"again {i}")
         # One after another, the replies all went over the connection that was kept.
         assert len(opened) == 4
         assert pool.connections == [kept]
@@ -741,17 +751,19 @@ async def test_idle_connections_beyond_the_keep_alive_limit_are_closed(
 
 
 async def test_a_finished_connection_is_kept_while_more_replies_stream_than_the_limit(
-    fake: FakeUpstream,
+    bare_upstream: FakeUpstream,
 ) -> None:
     # The keep-alive limit is on idle connections: busy ones do not push a finished one out.
     client, opened = _small_pool_client(max_connections=10, max_keepalive=2)
-    fake.set_default_script(interval_ms=100, tokens=20)
-    long = [asyncio.create_task(_stream_reply(client, fake, f"long {i}")) for i in range(6)]
+    bare_upstream.set_default_script(interval_ms=100, tokens=20)
+    long = [
+        asyncio.create_task(_stream_reply(client, bare_upstream, f"long {i}")) for i in range(6)
+    ]
     try:
-        await fake.wait_until(lambda: fake.active_streams == 6)
-        fake.set_default_script(interval_ms=1, tokens=3)
+        await bare_upstream.wait_until(lambda: bare_upstream.active_streams == 6)
+        bare_upstream.set_default_script(interval_ms=1, tokens=3)
         for i in range(3):
-            await _stream_reply(client, fake, f"short {i}")
+            await _stream_reply(client, bare_upstream, f"short {i}")
         # Six busy connections and one the three short replies took turns on.
         assert len(opened) == 7
         assert pool_stats(client)["connections"] == 7

@@ -19,8 +19,10 @@ from chat.testing.wsclient import MODEL, message, open_socket, send_and_accept, 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 
-async def test_a_repeated_watch_sends_no_new_snapshot_and_a_resync_does(fake, alice) -> None:
-    fake.push_script(tokens=400, interval_ms=5, after=400, mid="stall", reasoning="deep thought")
+async def test_a_repeated_watch_sends_no_new_snapshot_and_a_resync_does(upstream, alice) -> None:
+    upstream.push_script(
+        tokens=400, interval_ms=5, after=400, mid="stall", reasoning="deep thought"
+    )
     sender = await open_socket(alice)
     accepted = await send_and_accept(sender, "keep going")
     await sender.recv_until(lambda f: f["type"] == "delta" and "content" in f)
@@ -50,10 +52,10 @@ async def test_a_repeated_watch_sends_no_new_snapshot_and_a_resync_does(fake, al
 
 
 async def test_replayed_sends_never_take_a_socket_past_its_watch_limit(
-    fake, alice, settings
+    upstream, alice, settings
 ) -> None:
     settings.MAX_WATCHED_CONVERSATIONS = 3
-    fake.set_default_script(tokens=1)
+    upstream.set_default_script(tokens=1)
     first = await open_socket(alice)
     sends = [send_frame(f"question {index}", model=MODEL) for index in range(5)]
     for frame in sends:
@@ -96,10 +98,10 @@ def plant(user: Any, conversation_id: int, model_id: int, age_seconds: float) ->
 
 
 async def test_the_reaper_settles_stale_replies_and_leaves_fresh_ones(
-    fake, alice, settings
+    upstream, alice, settings
 ) -> None:
     settings.STREAM_STALE_SECONDS = 30
-    fake.push_script(tokens=1)
+    upstream.push_script(tokens=1)
     socket = await open_socket(alice)
     accepted = await send_and_accept(socket, "first")
     await socket.done(accepted["message"])

@@ -19,7 +19,7 @@ PASSWORD = "a long browser-test password 7"
 _users = itertools.count(1)
 
 
-def fake(**fields: Any) -> str:
+def directive(**fields: Any) -> str:
     """A directive that scripts the stand-in's reply (see chat/testing/fakeupstream/script.py).
 
     A new user's model is the catalogue's first, a reasoning model; the server holds back such a

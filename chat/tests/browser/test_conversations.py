@@ -12,7 +12,7 @@ from playwright.sync_api import Browser, Locator, Page, Route, expect
 
 from chat.tests.browser.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
 from chat.tests.browser.live import LiveServer
-from chat.tests.browser.pages import ChatPage, fake
+from chat.tests.browser.pages import ChatPage, directive
 
 pytestmark = pytest.mark.browser
 
@@ -26,12 +26,12 @@ def test_history_and_titles_survive_a_reload(page: Page) -> None:
     chat.sign_up()
     # The stand-in answers the title request with the same scripted text: its first line.
     answer = "Cats are great.\nThey sleep a lot."
-    chat.ask("Tell me about cats\n" + fake(text=answer))
+    chat.ask("Tell me about cats\n" + directive(text=answer))
     expect(chat.sidebar_link("Cats are great")).to_be_visible()
     expect(chat.title).to_have_text("Cats are great")
     first = chat.conversation_id()
     chat.new_chat()
-    chat.ask(f"And dogs?\n{fake(text='Dogs are loyal.')}")
+    chat.ask(f"And dogs?\n{directive(text='Dogs are loyal.')}")
     expect(chat.sidebar_link("Dogs are loyal")).to_be_visible()
 
     chat.reload()
@@ -53,10 +53,10 @@ def test_history_and_titles_survive_a_reload(page: Page) -> None:
 def test_rename_search_and_delete(page: Page) -> None:
     chat = ChatPage(page)
     chat.sign_up()
-    chat.ask(f"Zebras have stripes\n{fake(text='About zebras.')}")
+    chat.ask(f"Zebras have stripes\n{directive(text='About zebras.')}")
     expect(chat.sidebar_link("About zebras")).to_be_visible()
     chat.new_chat()
-    chat.ask(f"Walruses have tusks\n{fake(text='About walruses.')}")
+    chat.ask(f"Walruses have tusks\n{directive(text='About walruses.')}")
     expect(chat.sidebar_link("About walruses")).to_be_visible()
 
     # Rename
@@ -99,7 +99,7 @@ def test_rename_search_and_delete(page: Page) -> None:
 def test_regenerate_replaces_the_last_reply(page: Page) -> None:
     chat = ChatPage(page)
     chat.sign_up()
-    reply = chat.ask(f"Pick a number\n{fake(text='Seven.')}")
+    reply = chat.ask(f"Pick a number\n{directive(text='Seven.')}")
     old_id = reply.get_attribute("data-id")
 
     reply.get_by_role("button", name="Regenerate").click()
@@ -118,15 +118,15 @@ def test_regenerate_replaces_the_last_reply(page: Page) -> None:
 def test_editing_a_question_replaces_it_and_everything_after(page: Page) -> None:
     chat = ChatPage(page)
     chat.sign_up()
-    chat.ask(f"First question\n{fake(text='First answer.')}")
-    chat.ask(f"Second question\n{fake(text='Second answer.')}")
+    chat.ask(f"First question\n{directive(text='First answer.')}")
+    chat.ask(f"Second question\n{directive(text='Second answer.')}")
 
     first = chat.questions.first
     first.hover()
     first.get_by_role("button", name="Edit").click()
     editor = page.get_by_label("Edit your message")
     expect(editor).to_have_value(re.compile("^First question"))
-    editor.fill(f"Better question\n{fake(text='Better answer.')}")
+    editor.fill(f"Better question\n{directive(text='Better answer.')}")
     editor.press("Enter")
 
     expect(chat.questions).to_have_count(1)
@@ -184,7 +184,9 @@ def test_a_thinking_model_shows_its_reasoning_apart_with_its_duration(page: Page
     chat.sign_up()
     chat.pick_model("DeepSeek R1 0528")
     reasoning = "First I weigh the question. Then I answer it."
-    reply = chat.ask(f"Think first {fake(reasoning=reasoning, text='It is 42.', interval_ms=40)}")
+    reply = chat.ask(
+        f"Think first {directive(reasoning=reasoning, text='It is 42.', interval_ms=40)}"
+    )
 
     thinking = reply.locator("details.thinking")
     expect(thinking.locator("summary")).to_have_text(re.compile(r"^Thought for \d+(\.\d)? s$"))
@@ -207,7 +209,7 @@ def test_settings_apply_to_a_new_chat_and_are_saved_on_the_conversation(page: Pa
     page.get_by_role("button", name="Save settings").click()
     expect(page.locator("#settings-status")).to_contain_text("Saved")
 
-    chat.ask(f"Ahoy {fake(text='Arr.')}")
+    chat.ask(f"Ahoy {directive(text='Arr.')}")
     chat.reload()
     page.get_by_role("button", name="Conversation settings").click()
     expect(page.get_by_role("textbox", name="System prompt")).to_have_value("Answer like a pirate.")
@@ -233,7 +235,7 @@ def test_copy_puts_the_reply_on_the_clipboard(page: Page) -> None:
     chat = ChatPage(page)
     chat.sign_up()
     text = "Run this:\n\n```python\nprint('hi')\n```\n"
-    reply = chat.ask(f"Code please {fake(text=text)}")
+    reply = chat.ask(f"Code please {directive(text=text)}")
 
     copy_code = reply.locator(".copy-code")
     copy_code.click()
@@ -248,7 +250,7 @@ def test_shift_enter_adds_a_line_and_enter_sends(page: Page) -> None:
     chat.sign_up()
     chat.prompt.press_sequentially("first line")
     chat.prompt.press("Shift+Enter")
-    chat.prompt.press_sequentially(f"second line {fake(text='Two lines.')}")
+    chat.prompt.press_sequentially(f"second line {directive(text='Two lines.')}")
     expect(chat.questions).to_have_count(0)
 
     chat.prompt.press("Enter")
@@ -312,7 +314,7 @@ def test_a_disabled_model_shows_as_unavailable_until_another_is_picked(
     chat = ChatPage(page)
     chat.sign_up()
     chat.pick_model("Mistral Small 24B 2501")
-    chat.ask(f"Hello {fake(text='Hello.')}")
+    chat.ask(f"Hello {directive(text='Hello.')}")
     admin_context = browser.new_context(base_url=chat_server.url)
     admin = ChatPage(admin_context.new_page())
     admin.log_in(ADMIN_USERNAME, ADMIN_PASSWORD, next_url="/admin/")
@@ -330,7 +332,7 @@ def test_a_disabled_model_shows_as_unavailable_until_another_is_picked(
 
         expect(page.locator("#model-notice")).to_be_hidden()
         expect(chat.prompt).to_be_enabled()
-        reply = chat.ask(f"Still there? {fake(text='Yes.')}")
+        reply = chat.ask(f"Still there? {directive(text='Yes.')}")
         expect(reply.locator(".meta-model")).to_have_text("Gemma 3 12B")
         chat.reload()
         expect(page.locator("#model-name")).to_have_text("Gemma 3 12B")

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from chat.tests.browser.conftest import MAX_MESSAGE_CHARS
-from chat.tests.browser.pages import ChatPage, fake
+from chat.tests.browser.pages import ChatPage, directive
 
 pytestmark = pytest.mark.browser
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.browser
 def test_an_edit_over_the_limit_is_refused_by_the_page_and_never_sent(page: Page) -> None:
     chat = ChatPage(page)
     chat.sign_up()
-    chat.ask(f"First question\n{fake(text='First answer.')}")
+    chat.ask(f"First question\n{directive(text='First answer.')}")
     sent: list[Any] = []  # text frames, as str
     page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
     chat.reload()

@@ -28,7 +28,7 @@ from chat.tests.browser.conftest import (
     ScriptedServer,
     open_context,
 )
-from chat.tests.browser.pages import ChatPage, fake, png_file
+from chat.tests.browser.pages import ChatPage, directive, png_file
 
 pytestmark = pytest.mark.browser
 
@@ -80,7 +80,7 @@ def test_an_image_reaches_a_vision_model_and_shows_in_the_history(
     chat.attach(png_file("red.png", 80, 60))
     expect(chat.attachments).to_have_attribute("data-state", "ready")
     expect(chat.attachments.locator("img")).to_have_attribute("alt", "red.png")
-    reply = chat.ask(f"What colour is this? {fake(text='It is red.', reasoning=None)}")
+    reply = chat.ask(f"What colour is this? {directive(text='It is red.', reasoning=None)}")
 
     assert chat.text_of(reply) == "It is red."
     expect(chat.attachments).to_have_count(0)
@@ -278,7 +278,7 @@ def test_flipping_to_an_earlier_reply_continues_the_conversation_from_it(
 def test_a_conversation_downloads_as_markdown_and_as_json(page: Page) -> None:
     chat = ChatPage(page)
     chat.sign_up()
-    chat.ask(f"Export me\n{fake(text='Exported **answer**.')}")
+    chat.ask(f"Export me\n{directive(text='Exported **answer**.')}")
     conversation = chat.conversation_id()
 
     menu = chat.open_conversation_menu()
@@ -312,10 +312,10 @@ def test_export_all_then_import_into_another_account_all_or_nothing(
 ) -> None:
     chat = ChatPage(page)
     chat.sign_up()
-    chat.ask(f"About owls\n{fake(text='Owls hunt at night.')}")
+    chat.ask(f"About owls\n{directive(text='Owls hunt at night.')}")
     expect(chat.sidebar_link("Owls hunt at night")).to_be_visible()
     chat.new_chat()
-    chat.ask(f"About bats\n{fake(text='Bats use echoes.')}")
+    chat.ask(f"About bats\n{directive(text='Bats use echoes.')}")
     expect(chat.sidebar_link("Bats use echoes")).to_be_visible()
     with page.expect_download() as download:
         page.get_by_role("link", name="Export all").click()
@@ -500,7 +500,7 @@ def test_a_preset_saved_from_the_settings_starts_a_chat_with_its_model_and_promp
     expect(page.get_by_label("Temperature")).to_have_value("0.4")
     page.get_by_role("button", name="Close", exact=True).click()
 
-    chat.ask(f"Ahoy there\n{fake(text='Arr.', reasoning=None)}")
+    chat.ask(f"Ahoy there\n{directive(text='Arr.', reasoning=None)}")
 
     expect(note).to_be_hidden()
     body = request_with(scripted_server, "Ahoy there").body

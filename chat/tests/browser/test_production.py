@@ -23,7 +23,7 @@ from chat.testing import processes
 from chat.testing.processes import SITE_HOST
 from chat.tests.browser.conftest import ADMIN_ENV, ADMIN_PASSWORD, ADMIN_USERNAME, open_context
 from chat.tests.browser.live import LiveServer, start_live_server
-from chat.tests.browser.pages import ChatPage, fake, words
+from chat.tests.browser.pages import ChatPage, directive, words
 
 pytestmark = pytest.mark.browser
 
@@ -133,7 +133,7 @@ def test_the_core_flow_works_in_production(page: Page, site: Site) -> None:
 
     # A reply that streams for several seconds: watched as it grows, then stopped.
     first = words(60)
-    chat.send(f"Stop me {fake(text=first, tokens=60, interval_ms=100, reasoning=None)}")
+    chat.send(f"Stop me {directive(text=first, tokens=60, interval_ms=100, reasoning=None)}")
     reply = chat.replies.first
     chat.wait_seq(reply, 3)
     expect(reply).to_have_attribute("data-status", "streaming")
@@ -147,7 +147,7 @@ def test_the_core_flow_works_in_production(page: Page, site: Site) -> None:
 
     # A second reply, reloaded mid-stream: it resumes and ends whole, once.
     second = words(40, prefix="v")
-    chat.send(f"Go on {fake(text=second, tokens=40, interval_ms=70, reasoning=None)}")
+    chat.send(f"Go on {directive(text=second, tokens=40, interval_ms=70, reasoning=None)}")
     chat.wait_seq(chat.replies.nth(1), 5)
     chat.reload()
     resumed = chat.replies.nth(1)

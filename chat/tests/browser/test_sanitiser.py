@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Locator, Page, Request, expect
 
 from chat.tests.browser.live import HitRecorder
-from chat.tests.browser.pages import ChatPage, fake
+from chat.tests.browser.pages import ChatPage, directive
 
 pytestmark = pytest.mark.browser
 
@@ -104,7 +104,7 @@ def test_html_that_markdown_does_not_write_never_reaches_the_page(
     chat.sign_up()
     text = hostile(image_host.origin)
 
-    reply = chat.ask(f"Be sneaky\n{fake(text=text, tokens=30, interval_ms=20)}")
+    reply = chat.ask(f"Be sneaky\n{directive(text=text, tokens=30, interval_ms=20)}")
 
     content = reply.locator(".content")
     assert_only_markdown(content)
@@ -128,7 +128,7 @@ def test_markdown_still_renders_in_full(page: Page) -> None:
     chat = ChatPage(page)
     chat.sign_up()
 
-    reply = chat.ask(f"Show me markdown\n{fake(text=NORMAL, reasoning='Let me think.')}")
+    reply = chat.ask(f"Show me markdown\n{directive(text=NORMAL, reasoning='Let me think.')}")
 
     content = reply.locator(".content")
     expect(content.locator("h1")).to_have_text("A heading")

@@ -10,7 +10,7 @@ from playwright.sync_api import Page, Request, expect
 
 from chat.tests.browser.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
 from chat.tests.browser.live import HitRecorder
-from chat.tests.browser.pages import ChatPage, fake
+from chat.tests.browser.pages import ChatPage, directive
 
 pytestmark = pytest.mark.browser
 
@@ -50,7 +50,7 @@ def test_html_in_a_reply_runs_no_script(page: Page) -> None:
     chat = ChatPage(page)
     chat.sign_up()
     # Streamed slowly, so partial renders (a half-written tag) are sanitised too.
-    reply = chat.ask(f"Be evil\n{fake(text=HOSTILE, tokens=24, interval_ms=30)}")
+    reply = chat.ask(f"Be evil\n{directive(text=HOSTILE, tokens=24, interval_ms=30)}")
     content = reply.locator(".content")
     content.get_by_text("hover me").hover()
     content.get_by_text("click me").click()
@@ -90,7 +90,7 @@ def test_a_markdown_image_on_another_host_is_not_fetched(
     dot = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
     text = f"Look: ![the secret]({leak})\n\nAnd a dot: ![a dot]({dot})\n"
 
-    reply = chat.ask(f"Show images\n{fake(text=text, tokens=12, interval_ms=30)}")
+    reply = chat.ask(f"Show images\n{directive(text=text, tokens=12, interval_ms=30)}")
 
     blocked = reply.locator(".blocked-image")
     expect(blocked).to_contain_text("Image not loaded: the secret")
@@ -110,7 +110,7 @@ def test_the_chat_page_runs_under_its_policy_without_violations(page: Page) -> N
     assert "script-src 'self'" in response.headers["content-security-policy"]
     chat.sign_up()
     text = "# Heading\n\n```python\nx = 1\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
-    chat.ask(f"Markdown\n{fake(text=text)}")
+    chat.ask(f"Markdown\n{directive(text=text)}")
     page.get_by_role("button", name="Conversation settings").click()
     page.get_by_role("button", name=re.compile("^Model:")).click()
 

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, WebSocketRoute, expect
 
 from chat.tests.browser.conftest import MAX_MESSAGE_CHARS
-from chat.tests.browser.pages import ChatPage, eventually, fake, words
+from chat.tests.browser.pages import ChatPage, directive, eventually, words
 
 pytestmark = pytest.mark.browser
 
@@ -36,7 +36,7 @@ def test_a_reply_grows_in_several_steps_before_it_is_done(page: Page) -> None:
         }"""
     )
     text = words(20)
-    reply = chat.ask(f"Count slowly {fake(text=text, tokens=20, interval_ms=60)}")
+    reply = chat.ask(f"Count slowly {directive(text=text, tokens=20, interval_ms=60)}")
 
     growth = page.evaluate("window.growth")
     while_streaming = [length for status, length in growth if status == "streaming" and length]
@@ -50,7 +50,7 @@ def test_a_reload_mid_reply_finishes_it_complete_and_not_doubled(page: Page) -> 
     chat = ChatPage(page)
     chat.sign_up()
     text = words(40)
-    chat.send(f"A long answer {fake(text=text, tokens=40, interval_ms=70)}")
+    chat.send(f"A long answer {directive(text=text, tokens=40, interval_ms=70)}")
     reply = chat.replies.first
     chat.wait_seq(reply, 5)
 
@@ -68,7 +68,7 @@ def test_stop_keeps_the_partial_reply_and_it_is_still_there_after_a_reload(page:
     chat = ChatPage(page)
     chat.sign_up()
     text = words(60)
-    chat.send(f"Stop me {fake(text=text, tokens=60, interval_ms=100)}")
+    chat.send(f"Stop me {directive(text=text, tokens=60, interval_ms=100)}")
     reply = chat.replies.first
     chat.wait_seq(reply, 4)
     expect(page.get_by_role("button", name="Stop the reply (Esc)")).to_be_visible()
@@ -95,7 +95,7 @@ def test_stop_keeps_the_partial_reply_and_it_is_still_there_after_a_reload(page:
 def test_the_stop_button_stops_a_reply_too(page: Page) -> None:
     chat = ChatPage(page)
     chat.sign_up()
-    chat.send(f"Stop me {fake(tokens=60, interval_ms=100)}")
+    chat.send(f"Stop me {directive(tokens=60, interval_ms=100)}")
     reply = chat.replies.first
     chat.wait_seq(reply, 2)
 
@@ -107,14 +107,14 @@ def test_the_stop_button_stops_a_reply_too(page: Page) -> None:
 def test_a_second_tab_shows_the_same_stream(page: Page, context: BrowserContext) -> None:
     chat = ChatPage(page)
     chat.sign_up()
-    chat.ask(f"Hello {fake(text='Hi.')}")
+    chat.ask(f"Hello {directive(text='Hi.')}")
     other = ChatPage(context.new_page())
     other.page.goto(page.url)
     other.wait_ready()
     expect(other.replies).to_have_count(1)
 
     text = words(30)
-    chat.send(f"Both tabs see this {fake(text=text, tokens=30, interval_ms=60)}")
+    chat.send(f"Both tabs see this {directive(text=text, tokens=30, interval_ms=60)}")
 
     expect(other.questions.nth(1)).to_contain_text("Both tabs see this")
     reply = other.replies.nth(1)
@@ -142,7 +142,7 @@ def test_the_socket_reconnects_and_the_reply_continues_without_a_gap(page: Page)
         }"""
     )
     text = words(40)
-    chat.send(f"Keep going {fake(text=text, tokens=30, interval_ms=70)}")
+    chat.send(f"Keep going {directive(text=text, tokens=30, interval_ms=70)}")
     reply = chat.replies.first
     chat.wait_seq(reply, 5)
 
@@ -191,7 +191,7 @@ def test_a_send_whose_answer_was_lost_is_resent_once_with_the_same_request_id(
     chat = ChatPage(page)
     chat.sign_up()
 
-    reply = chat.ask(f"Only once {fake(text='Answered once.')}")
+    reply = chat.ask(f"Only once {directive(text='Answered once.')}")
 
     assert chat.text_of(reply) == "Answered once."
     assert len(sent) == 2 and sent[0] == sent[1]
@@ -262,8 +262,8 @@ def test_a_message_over_the_limit_is_refused_by_the_page_and_never_sent(page: Pa
     expect(page.get_by_role("button", name="Send")).to_be_enabled()
     # Characters as the server counts them: at the limit in emoji (twice as many UTF-16 units),
     # the message goes. It is the first frame the server sees: the refused one never went.
-    directive = fake(text="Fine.")
-    at_limit = "🙂" * (MAX_MESSAGE_CHARS - len(directive)) + directive
+    scripted = directive(text="Fine.")
+    at_limit = "🙂" * (MAX_MESSAGE_CHARS - len(scripted)) + scripted
     chat.ask(at_limit)
     expect(chat.composer_error).to_be_hidden()
     assert len(sent) == 1, "the refused message was sent"
@@ -274,7 +274,7 @@ def test_a_failed_reply_says_why_and_retry_asks_again(page: Page) -> None:
     chat = ChatPage(page)
     chat.sign_up()
 
-    reply = chat.ask(f"Break {fake(mid='error_line', after=3)}", status="error")
+    reply = chat.ask(f"Break {directive(mid='error_line', after=3)}", status="error")
 
     expect(reply.locator(".meta-status")).to_have_text("Failed")
     expect(reply.locator(".reply-error")).to_be_visible()
@@ -314,7 +314,7 @@ def test_the_page_acknowledges_what_it_has_read(page: Page) -> None:
     page.route_web_socket(SOCKET_URL, route)
     chat = ChatPage(page)
     chat.sign_up()
-    chat.ask(f"Acknowledge {fake(tokens=30, interval_ms=20)}")
+    chat.ask(f"Acknowledge {directive(tokens=30, interval_ms=20)}")
 
     # Within a second of the last frame, an ack counts every character read (the stand-in's
     # text has emoji: characters, not UTF-16 units).

@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from chat.tests.browser.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, ScriptedServer, open_context
-from chat.tests.browser.pages import ChatPage, fake
+from chat.tests.browser.pages import ChatPage, directive
 
 pytestmark = pytest.mark.browser
 
@@ -92,7 +92,7 @@ def test_a_question_with_markup_is_shown_as_text_when_sent_streamed_and_stored(
     guard = Guard(page)
     chat = ChatPage(page)
     chat.sign_up()
-    chat.ask(f"Hello\n{fake(text='Hi.')}")
+    chat.ask(f"Hello\n{directive(text='Hi.')}")
     # A second tab of the same conversation receives the next question in a `started` frame.
     other_page = context.new_page()
     other_guard = Guard(other_page)
@@ -101,7 +101,7 @@ def test_a_question_with_markup_is_shown_as_text_when_sent_streamed_and_stored(
     other.wait_ready()
 
     payload = f"{IMG} {SCRIPT} {SVG}"
-    chat.ask(f"{payload}\n{fake(text='Noted.')}")
+    chat.ask(f"{payload}\n{directive(text='Noted.')}")
 
     for view in (chat, other):
         question = view.questions.nth(1).locator(".user-text")
@@ -131,7 +131,7 @@ def test_a_title_written_by_the_model_or_typed_in_a_rename_is_shown_as_text(
     chat.sign_up()
     # The stand-in answers the title request with the same scripted text: its first line.
     model_title = f"{IMG} Tea notes"
-    chat.ask(f"Tea?\n{fake(text=model_title + chr(10) + chr(10) + 'Green tea is nice.')}")
+    chat.ask(f"Tea?\n{directive(text=model_title + chr(10) + chr(10) + 'Green tea is nice.')}")
     expect(chat.title).to_have_text(model_title)
     expect(chat.sidebar_link("Tea notes")).to_have_text(model_title)
     assert model_title in page.title()
@@ -197,7 +197,7 @@ def check_the_chat_page(page: Page, name: str, description: str) -> None:
     expect(option).to_have_attribute("title", description)
     option.click()
     expect(page.locator("#model-name")).to_have_text(name)
-    reply = chat.ask(f"Code?\n{fake(text='Sure.', reasoning=None)}")
+    reply = chat.ask(f"Code?\n{directive(text='Sure.', reasoning=None)}")
     expect(reply.locator(".meta-model")).to_have_text(name)
     # The presets dialog names the model of the current settings.
     dialog = chat.open_presets()
