@@ -29,6 +29,7 @@ from chutesweb.runtime import daphne_frames, socket_buffers
 
 from .engine import get_manager
 from .generation import Snapshot, done_frame_for
+from .watching import WatchList
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -67,9 +68,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user = cast("User", user)
         # Conversations this socket watches; frames of this process's generations are
         # delivered to it directly, and (with Redis) other processes' through the layer.
-        # In the order they were first watched: past the limit, the oldest is let go.
-        self.watching: dict[int, None] = {}
-        self.remote_groups: set[int] = set()
+        self.watching = WatchList(settings.MAX_WATCHED_CONVERSATIONS)
         # Per reply: the last sequence number this socket delivered.
         self.delivered: dict[int, int] = {}
         # Replies whose snapshot is on its way from another process, with deltas held meanwhile.
@@ -182,10 +181,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             await self.send_frame(protocol.watching_frame(conversation_id, streaming))
             return
-        if len(self.watching) >= settings.MAX_WATCHED_CONVERSATIONS:
+        if self.watching.full:
             raise Refused(
                 errors.INVALID_FRAME,
-                f"A connection can watch at most {settings.MAX_WATCHED_CONVERSATIONS} "
+                f"A connection can watch at most {self.watching.limit} "
                 "conversations; unwatch one first.",
             )
         # Ownership first: watching someone else's conversation reveals nothing.
@@ -213,11 +212,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.manager.spawn(self.manager.write_title(reply_id, again=True))
 
     async def _make_room(self, conversation_id: int) -> None:
-        while (
-            conversation_id not in self.watching
-            and len(self.watching) >= settings.MAX_WATCHED_CONVERSATIONS
-        ):
-            oldest = next(iter(self.watching))
+        for oldest in self.watching.to_let_go(conversation_id):
             await self._leave(oldest)
             await self.send_frame({"type": "unwatched", "conversation": oldest})
 
@@ -228,21 +223,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _join_remote(self, conversation_id: int) -> None:
         """Subscribe to other processes' frames of the conversation (Redis only)."""
-        if self.manager.remote and conversation_id not in self.remote_groups:
+        if self.manager.remote and conversation_id not in self.watching.remote:
             await self.channel_layer.group_add(
                 conversation_group(conversation_id), self.channel_name
             )
-            self.remote_groups.add(conversation_id)
+            self.watching.remote.add(conversation_id)
 
     def _join_local(self, conversation_id: int) -> None:
-        self.watching[conversation_id] = None
+        self.watching.add(conversation_id)
         self.manager.watch(conversation_id, self)
 
     async def _leave(self, conversation_id: int) -> None:
-        self.watching.pop(conversation_id, None)
+        self.watching.discard(conversation_id)
         self.manager.unwatch(conversation_id, self)
-        if conversation_id in self.remote_groups:
-            self.remote_groups.discard(conversation_id)
+        if conversation_id in self.watching.remote:
+            self.watching.remote.discard(conversation_id)
             await self.channel_layer.group_discard(
                 conversation_group(conversation_id), self.channel_name
             )

@@ -15,6 +15,7 @@ from typing import Any
 from chat import protocol
 from chat.realtime.consumer import ChatConsumer, snapshot_frames
 from chat.realtime.generation import Snapshot
+from chat.realtime.watching import WatchList
 
 CONVERSATION, MESSAGE = 7, 42
 
@@ -44,8 +45,8 @@ class Recorder(ChatConsumer):
     def __init__(self) -> None:
         super().__init__()
         self.user = SimpleNamespace(pk=1)
-        self.watching = {CONVERSATION: None}
-        self.remote_groups: set[int] = set()
+        self.watching = WatchList(10)
+        self.watching.add(CONVERSATION)
         self.delivered: dict[int, int] = {}
         self.held: dict[int, list[dict[str, Any]]] = {}
         self.finished: OrderedDict[int, None] = OrderedDict()
