@@ -18,7 +18,7 @@ from chat import attachments
 from chat.models import Attachment, Conversation, Message
 
 from .test_api_conversations import make_conversation
-from .test_features import png, upload
+from .test_images import png, upload
 
 pytestmark = pytest.mark.django_db
 
