@@ -13,7 +13,15 @@ from channels.db import database_sync_to_async
 from chat.actions import replies as replies_actions
 from chat.billing import budgets, prices
 from chat.models import Charge, Conversation
-from chat.testing.wsclient import MODEL, message, open_socket, request_id, send_and_accept, text_of
+from chat.testing.wsclient import (
+    MODEL,
+    message,
+    open_socket,
+    request_id,
+    send_and_accept,
+    send_frame,
+    text_of,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -116,16 +124,7 @@ async def test_a_worst_case_exactly_equal_to_what_is_left_is_accepted(upstream, 
     await socket.done(accepted["message"])
     # One smallest amount less and the same send is refused.
     settings.MONTHLY_BUDGET_USD = worst - prices.COST_QUANTUM + (await standing_of(alice)).spent
-    await socket.send(
-        {
-            "type": "send",
-            "request_id": request_id(),
-            "conversation": None,
-            "model": MODEL,
-            "content": "exactly enough",
-            "params": {"max_tokens": 100},
-        }
-    )
+    await socket.send(send_frame("exactly enough", model=MODEL, params={"max_tokens": 100}))
     refused = await socket.recv()
     await socket.close()
     assert (refused["type"], refused["code"]) == ("error", "budget_exceeded")

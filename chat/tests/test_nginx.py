@@ -12,7 +12,6 @@ import re
 import socket
 import ssl
 import time
-import uuid
 from collections.abc import Iterator
 from http import HTTPStatus
 
@@ -26,6 +25,7 @@ from websockets.typing import Origin
 from chat import bodylimit
 from chat.testing import processes
 from chat.testing.processes import NGINX_CONF, SITE_HOST, Nginx, Process
+from chat.testing.wsclient import MODEL, send_frame
 
 HOST = SITE_HOST
 UPLOAD_PATHS = ("/api/import", "/api/images")
@@ -128,17 +128,8 @@ def test_a_reply_streams_through_nginx_over_tls(stack: Nginx, client: httpx.Clie
         additional_headers={"Cookie": cookie},
         open_timeout=10,
     ) as ws:
-        ws.send(
-            json.dumps(
-                {
-                    "type": "send",
-                    "request_id": uuid.uuid4().hex,
-                    "conversation": None,
-                    "model": "deepseek-ai/DeepSeek-V3-0324",
-                    "content": '[[fake {"tokens": 20, "interval_ms": 50}]] through the proxy',
-                }
-            )
-        )
+        content = '[[fake {"tokens": 20, "interval_ms": 50}]] through the proxy'
+        ws.send(json.dumps(send_frame(content, model=MODEL)))
         arrivals: list[float] = []
         while True:
             frame = json.loads(ws.recv(timeout=20))

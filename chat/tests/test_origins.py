@@ -6,11 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from channels.testing import WebsocketCommunicator
 
 from chat.realtime.origins import allowed, parse_origin
-from chat.testing.wsclient import session_cookie
-from chutesweb.asgi import application
+from chat.testing.wsclient import connect
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -79,18 +77,8 @@ def test_origins_are_parsed_with_their_default_ports() -> None:
 
 
 async def test_a_handshake_from_another_port_of_the_same_host_is_refused(alice) -> None:
-    cookie = (await session_cookie(alice)).encode()
     for origin, expected in (("http://127.0.0.1:8080", False), ("http://127.0.0.1:8000", True)):
-        communicator = WebsocketCommunicator(
-            application,
-            "/ws/chat/",
-            headers=[
-                (b"host", b"127.0.0.1:8000"),
-                (b"origin", origin.encode()),
-                (b"cookie", cookie),
-            ],
-        )
-        connected, _ = await communicator.connect(timeout=5)
+        connected, _, socket = await connect(alice, origin=origin)
         assert connected is expected
         if connected:
-            await communicator.disconnect()
+            await socket.close()

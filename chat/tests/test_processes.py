@@ -25,11 +25,11 @@ from websockets.typing import Origin
 
 from chat.testing import processes
 from chat.testing.processes import Process
+from chat.testing.wsclient import MODEL, send_frame, text_of
 
 pytestmark = pytest.mark.slow
 
 PASSWORD = "correct horse battery staple"
-MODEL = "deepseek-ai/DeepSeek-V3-0324"
 REDIS_URL = os.getenv("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
@@ -64,17 +64,7 @@ class Client:
                 return frame
 
     def text(self, message: int) -> str:
-        text, seq = "", None
-        for frame in self.frames:
-            if frame.get("message") != message:
-                continue
-            if frame["type"] == "snapshot":
-                text, seq = frame["content"], frame["seq"]
-            elif frame["type"] == "delta":
-                assert seq is None or frame["seq"] == seq + 1
-                seq = frame["seq"]
-                text += frame.get("content", "")
-        return text
+        return text_of(self.frames, message)
 
     def close(self) -> None:
         self.ws.close()
@@ -88,16 +78,7 @@ def close_clients() -> Iterator[None]:
 
 
 def send(client: Client, content: str, **extra: Any) -> dict[str, Any]:
-    client.send(
-        {
-            "type": "send",
-            "request_id": uuid.uuid4().hex,
-            "conversation": None,
-            "model": MODEL,
-            "content": content,
-            **extra,
-        }
-    )
+    client.send(send_frame(content, model=extra.pop("model", MODEL), **extra))
     return client.until(lambda f: f["type"] in ("accepted", "error"))
 
 

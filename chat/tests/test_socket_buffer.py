@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,11 @@ from websockets.sync.client import connect
 from websockets.typing import Origin
 
 from chat.testing import processes
+from chat.testing.wsclient import MODEL, send_frame
 
 pytestmark = pytest.mark.slow
 
 PASSWORD = "correct horse battery staple"
-MODEL = "deepseek-ai/DeepSeek-V3-0324"
 BUFFER_LIMIT = 256 * 1024
 
 
@@ -67,17 +66,7 @@ def test_a_client_that_claims_to_read_everything_and_reads_nothing_is_closed(
         text = "abcdefghij" * 90_000
         directive = json.dumps({"text": text, "tokens": 300, "interval_ms": 30})
         with connect(url, additional_headers={"Cookie": cookie}, origin=origin) as sender:
-            sender.send(
-                json.dumps(
-                    {
-                        "type": "send",
-                        "request_id": uuid.uuid4().hex,
-                        "conversation": None,
-                        "model": MODEL,
-                        "content": f"[[fake {directive}]] long",
-                    }
-                )
-            )
+            sender.send(json.dumps(send_frame(f"[[fake {directive}]] long", model=MODEL)))
             accepted = next(
                 frame
                 for frame in (json.loads(sender.recv(timeout=20)) for _ in range(10))
