@@ -62,9 +62,10 @@ def test_a_client_that_claims_to_read_everything_and_reads_nothing_is_closed(
         cookie = processes.login_cookie(app.url, "kim", PASSWORD)
         origin = Origin(app.url)
         url = f"ws://127.0.0.1:{app.port}/ws/chat/"
-        # A reply of 900 KB that takes about nine seconds.
+        # A reply of 900 KB that takes about forty seconds: still streaming, so still sending
+        # snapshots, however long a busy machine takes to fill the hostile client's buffers.
         text = "abcdefghij" * 90_000
-        directive = json.dumps({"text": text, "tokens": 300, "interval_ms": 30})
+        directive = json.dumps({"text": text, "tokens": 400, "interval_ms": 100})
         with connect(url, additional_headers={"Cookie": cookie}, origin=origin) as sender:
             sender.send(json.dumps(send_frame(f"[[fake {directive}]] long", model=MODEL)))
             accepted = next(
@@ -116,7 +117,7 @@ def test_a_client_that_claims_to_read_everything_and_reads_nothing_is_closed(
             # The reply and its sender carried on.
             done = None
             while done is None:
-                frame = json.loads(sender.recv(timeout=30))
+                frame = json.loads(sender.recv(timeout=60))
                 if frame["type"] == "done":
                     done = frame
             assert done["status"] == "complete"
