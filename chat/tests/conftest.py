@@ -18,6 +18,9 @@ from django.test import Client
 from chat.realtime.engine import get_manager
 from chat.testing.fakeupstream import FakeUpstream
 
+# The bare stand-in upstream and an upstream config pointing at it, for every test module.
+from chat.tests.fixtures_upstream import bare_upstream_fixture, config_fixture  # noqa: F401
+
 _counter = itertools.count(1)
 
 

@@ -1,8 +1,7 @@
 """Fixtures for the upstream client tests: a stand-in on loopback and configs that point at it.
 
-Import the fixtures a module uses explicitly (they are registered under their `name`):
-
-    from chat.tests.fixtures_upstream import bare_upstream_fixture, config_fixture  # noqa: F401
+The fixtures `bare_upstream` and `config` are registered for every test module by
+`chat/tests/conftest.py`; the helpers are imported where they are used.
 """
 
 from __future__ import annotations

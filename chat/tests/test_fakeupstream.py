@@ -28,7 +28,6 @@ from chat.tests.fixtures_upstream import (
     MODEL,
     REASONING_MODEL,
     TOKEN,
-    bare_upstream_fixture,  # noqa: F401 - fixture
     chat_body,
 )
 from chat.upstream.sse import SSEDecoder

@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 from chat.testing.fakeupstream import DONE_EVENT, FakeUpstream, delta_chunk, sse_event
 from chat.tests.fixtures_upstream import (
     MODEL,
-    bare_upstream_fixture,  # noqa: F401 - fixture
     chat_body,
     collect,
     config_for,

@@ -15,10 +15,8 @@ from chat.testing.fakeupstream import FakeUpstream, delta_chunk, sse_event, usag
 from chat.tests.fixtures_upstream import (
     MODEL,
     REASONING_MODEL,
-    bare_upstream_fixture,  # noqa: F401 - fixture
     chat_body,
     collect,
-    config_fixture,  # noqa: F401 - fixture
     config_for,
 )
 from chat.upstream.client import Finish, TextDelta, Usage

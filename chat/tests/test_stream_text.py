@@ -27,10 +27,8 @@ from chat.testing.fakeupstream import (
 from chat.tests.fixtures_upstream import (
     MODEL,
     REASONING_MODEL,
-    bare_upstream_fixture,  # noqa: F401 - fixture
     chat_body,
     collect,
-    config_fixture,  # noqa: F401 - fixture
     read_body,
 )
 from chat.upstream.client import Finish, ReasoningDelta, TextDelta

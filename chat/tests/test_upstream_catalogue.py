@@ -11,10 +11,8 @@ from chat.testing.fakeupstream import FakeUpstream
 from chat.tests.fixtures_upstream import (
     MODEL,
     TOKEN,
-    bare_upstream_fixture,  # noqa: F401 - fixture
     chat_body,
     collect,
-    config_fixture,  # noqa: F401 - fixture
     config_for,
 )
 from chat.upstream.catalogue import fetch_models, parse_catalogue

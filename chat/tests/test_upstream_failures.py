@@ -17,10 +17,8 @@ from chat.testing.fakeupstream import FakeUpstream, expected_text, plan_reply
 from chat.testing.fakeupstream.script import make_script
 from chat.tests.fixtures_upstream import (
     TOKEN,
-    bare_upstream_fixture,  # noqa: F401 - fixture
     chat_body,
     collect,
-    config_fixture,  # noqa: F401 - fixture
     config_for,
 )
 from chat.upstream import http as upstream_http

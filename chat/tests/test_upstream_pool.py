@@ -12,9 +12,7 @@ import httpx
 from chat.testing.fakeupstream import FakeUpstream
 from chat.tests.fixtures_upstream import (
     TOKEN,
-    bare_upstream_fixture,  # noqa: F401 - fixture
     chat_body,
-    config_fixture,  # noqa: F401 - fixture
 )
 from chat.upstream.config import UpstreamConfig
 from chat.upstream.http import aclose_clients, get_client, pool_stats

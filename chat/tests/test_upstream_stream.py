@@ -14,10 +14,8 @@ from chat.testing.fakeupstream import FakeUpstream, expected_text
 from chat.tests.fixtures_upstream import (
     REASONING_MODEL,
     TOKEN,
-    bare_upstream_fixture,  # noqa: F401 - fixture
     chat_body,
     collect,
-    config_fixture,  # noqa: F401 - fixture
     config_for,
 )
 from chat.upstream.client import Finish, ReasoningDelta, RequestIds, TextDelta, Usage, stream_chat
