@@ -369,6 +369,20 @@ def _accept_send(user: User, frame: Send, state: SenderState) -> GenerationPlan:
     )
 
 
+def _replace_from(
+    old: Message, model_id: str | None, state: SenderState, request_id: str
+) -> tuple[ChatModel, list[Message]]:
+    """For a regenerate or an edit of `old`: the model, checked with the limits, and the shown
+    path before `old`; `old` and everything after it stop being shown (they stay stored)."""
+    model = usable_model(model_id, request_id)
+    _check_configured(request_id)
+    _check_limits(state, request_id)
+    conversation = old.conversation
+    history = [m for m in active_path(conversation) if m.pk < old.pk]
+    conversation.messages.filter(active=True, pk__gte=old.pk).update(active=False)
+    return model, history
+
+
 def _accept_regenerate(user: User, frame: Regenerate, state: SenderState) -> GenerationPlan:
     """Replace a finished reply with a new one; the old one stays stored (billed), inactive."""
     old = (
@@ -387,11 +401,7 @@ def _accept_regenerate(user: User, frame: Regenerate, state: SenderState) -> Gen
         )
     conversation = old.conversation
     model_id = frame.model or (old.model.model_id if old.model else None)
-    model = usable_model(model_id, frame.request_id)
-    _check_configured(frame.request_id)
-    _check_limits(state, frame.request_id)
-    history = [m for m in active_path(conversation) if m.pk < old.pk]
-    conversation.messages.filter(active=True, pk__gte=old.pk).update(active=False)
+    model, history = _replace_from(old, model_id, state, frame.request_id)
     return _start_reply(
         user=user,
         conversation=conversation,
@@ -425,11 +435,7 @@ def _accept_edit(user: User, frame: Edit, state: SenderState) -> GenerationPlan:
             frame.request_id,
         )
     model_id = frame.model or (conversation.model.model_id if conversation.model else None)
-    model = usable_model(model_id, frame.request_id)
-    _check_configured(frame.request_id)
-    _check_limits(state, frame.request_id)
-    history = [m for m in active_path(conversation) if m.pk < old.pk]
-    conversation.messages.filter(active=True, pk__gte=old.pk).update(active=False)
+    model, history = _replace_from(old, model_id, state, frame.request_id)
     question = Message.objects.create(
         conversation=conversation,
         user=user,
