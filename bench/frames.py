@@ -8,8 +8,9 @@ that accepts a websocket and, when the client says "go", sends `--frames` text f
 like a reply's delta frames, then closes. The client (this process, on core 1) reads every
 frame and checks them. The child measures the CPU time of its event loop's thread over the
 sending loop only, so the client's reading is not counted; frames go out through daphne's `send`
-(`DIRECT_WEBSOCKET_FRAMES=false`) or through `daphne_frames.text_writer` (the default),
-alternately, `--rounds` times each. Prints the CPU µs per frame of each round and the medians.
+(the child run with `RUNTIME_PATCHES_OFF=direct_text_frames`) or through
+`daphne_frames.text_writer` (the default), alternately, `--rounds` times each. Prints the CPU µs
+per frame of each round and the medians.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = textwrap.dedent(
     """
-    import asyncio, json, sys, time
+    import asyncio, json, os, sys, time
 
     from twisted.internet import asyncioreactor
 
@@ -42,7 +43,10 @@ SERVER = textwrap.dedent(
     from chutesweb.runtime import daphne_frames
 
     direct, count = sys.argv[1] == "direct", int(sys.argv[2])
-    runtime.install(direct_text_frames=direct)
+    if not direct:
+        off = os.getenv("RUNTIME_PATCHES_OFF", "")
+        os.environ["RUNTIME_PATCHES_OFF"] = off + ",direct_text_frames"
+    runtime.install()
     result = {}
 
     def frame(seq):

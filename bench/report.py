@@ -75,11 +75,6 @@ def markdown(results: dict[str, Any]) -> str:
                 else ""
             )
             + (
-                " Daphne's eager socket writes turned off (EAGER_SOCKET_WRITES=false)."
-                if options.get("eager_writes") is False
-                else ""
-            )
-            + (
                 " Runtime patches switched off (RUNTIME_PATCHES_OFF): "
                 + ", ".join(options["runtime_patches_off"])
                 + "."

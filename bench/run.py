@@ -774,9 +774,7 @@ def environment(options: Options) -> dict[str, Any]:
         "command": "python -m bench.run " + shlex.join(sys.argv[1:]),
         "options": {
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.__dict__.items()},
-            # The app reads these from the environment it inherits (chutesweb/runtime).
-            "eager_writes": os.getenv("EAGER_SOCKET_WRITES", "true").lower()
-            not in ("0", "false", "no", "off"),
+            # The app reads this from the environment it inherits (chutesweb/runtime).
             "runtime_patches_off": sorted(
                 {name.strip() for name in os.getenv("RUNTIME_PATCHES_OFF", "").split(",")} - {""}
             ),

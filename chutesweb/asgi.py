@@ -26,11 +26,9 @@ from chutesweb import runtime  # noqa: E402
 from chutesweb.runtime import collector, server_lifecycle  # noqa: E402
 
 # Daphne imports this module with its reactor running; under uvicorn this does nothing. Each
-# patch is applied only on the library versions it was written for (chutesweb/runtime).
-runtime.install(
-    eager_writes=settings.EAGER_SOCKET_WRITES,
-    direct_text_frames=settings.DIRECT_WEBSOCKET_FRAMES,
-)
+# patch is applied only on the library versions it was written for, and not when
+# RUNTIME_PATCHES_OFF names it (chutesweb/runtime).
+runtime.install()
 # Saving, the reaper and the settling of replies a crash left streaming start with the server.
 server_lifecycle.start_with_server(lambda: get_manager().ensure_started())
 

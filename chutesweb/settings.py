@@ -306,12 +306,6 @@ SHUTDOWN_GRACE_SECONDS = envfloat("SHUTDOWN_GRACE_SECONDS", "5")
 # With several processes (REDIS_URL), a restarted process settles the replies it left
 # `streaming` at once rather than waiting for them to go stale. One process needs none.
 WORKER_NAME = os.getenv("WORKER_NAME", "").strip()[:100]
-# Under daphne, send websocket frames at once rather than on the reactor's next turn
-# (chutesweb/runtime/twisted_writes.py).
-EAGER_SOCKET_WRITES = envbool("EAGER_SOCKET_WRITES", "true")
-# Under daphne, write a reply's text frames to the connection without going through daphne's
-# and autobahn's per-message layers (chutesweb/runtime/daphne_frames.py).
-DIRECT_WEBSOCKET_FRAMES = envbool("DIRECT_WEBSOCKET_FRAMES", "true")
 # RUNTIME_PATCHES_OFF=name,name switches runtime patches off by name, to measure each one; read
 # from the environment by chutesweb/runtime, not here.
 # Leave everything loaded at start-up out of the garbage collector's full passes

@@ -27,7 +27,7 @@ from chutesweb.runtime import daphne_bodies, daphne_frames
 
 SCRIPT = textwrap.dedent(
     """
-    import json, socket, sys, threading, time
+    import json, os, socket, sys, threading, time
 
     from twisted.internet import asyncioreactor
 
@@ -40,7 +40,9 @@ SCRIPT = textwrap.dedent(
 
     from chutesweb import runtime
 
-    installed = runtime.install(eager_writes=sys.argv[1] == "on")
+    if sys.argv[1] == "off":
+        os.environ["RUNTIME_PATCHES_OFF"] = "eager_writes"
+    installed = runtime.install()
     eager = "eager_writes" in installed
     queued = []
     add_writer = reactor.addWriter
@@ -174,7 +176,7 @@ SERVE = textwrap.dedent(
 DIRECT_SCRIPT = (
     textwrap.dedent(
         """
-    import json, sys, threading
+    import json, os, sys, threading
 
     from twisted.internet import asyncioreactor
 
@@ -187,7 +189,9 @@ DIRECT_SCRIPT = (
     from chutesweb import runtime
     from chutesweb.runtime import daphne_frames
 
-    installed = runtime.install(direct_text_frames=sys.argv[1] == "on")
+    if sys.argv[1] == "off":
+        os.environ["RUNTIME_PATCHES_OFF"] = "direct_text_frames"
+    installed = runtime.install()
     LIMIT = 100_000
     TEXTS = [
         "a",

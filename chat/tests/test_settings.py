@@ -86,20 +86,6 @@ def test_a_full_collection_spacing_below_one_is_refused(value: str) -> None:
     assert "GC_FULL_PASS_EVERY must be" in result.stderr
 
 
-@pytest.mark.parametrize(("value", "direct"), [("true", True), ("false", False)])
-def test_under_daphne_reply_frames_go_directly_unless_told_not_to(value: str, direct: bool) -> None:
-    # daphne's app (in INSTALLED_APPS) installs Twisted's reactor, as the daphne command does.
-    result = load_settings(
-        {"DIRECT_WEBSOCKET_FRAMES": value},
-        "(__import__('chutesweb.asgi'), "
-        "sorted(__import__('chutesweb.runtime').runtime.in_force()))[1]",
-    )
-    assert result.returncode == 0, result.stderr
-    installed = json.loads(result.stdout)
-    assert "eager_writes" in installed
-    assert ("direct_text_frames" in installed) is direct
-
-
 def test_production_refuses_the_development_secret_key() -> None:
     result = load_settings({"DEBUG": "false", "SECRET_KEY": ""})
     assert result.returncode != 0

@@ -5,10 +5,10 @@ A patch reads or replaces names that its library does not promise to keep. Each 
 applied only when every distribution it requires is installed at one of the versions listed;
 outside these versions, one warning is logged (naming the patch, the installed and the supported
 versions) and the stock path runs: the library's own code, as if the patch did not exist.
-`RUNTIME_PATCHES_OFF=name,name` switches patches off by name, for measuring what each one gains
-(docs/benchmarks.md); the settings EAGER_SOCKET_WRITES and DIRECT_WEBSOCKET_FRAMES still switch
-their two off. chat/tests/test_runtime_registry.py checks that every name a patch touches still
-exists in the installed libraries and that the installed versions are the supported ones.
+`RUNTIME_PATCHES_OFF=name,name` switches patches off by name (`RUNTIME_PATCHES_OFF=eager_writes`,
+`RUNTIME_PATCHES_OFF=direct_text_frames`, ...), for measuring what each one gains
+(docs/benchmarks.md). chat/tests/test_runtime_registry.py checks that every name a patch touches
+still exists in the installed libraries and that the installed versions are the supported ones.
 
 The table (patch, in module; what it touches; versions; what it works around; when to delete it):
 
@@ -411,9 +411,7 @@ def in_force() -> frozenset[str]:
     return frozenset(_installed)
 
 
-def install(
-    *, eager_writes: bool = True, direct_text_frames: bool = True, body_limits: bool = True
-) -> set[str]:
+def install(*, body_limits: bool = True) -> set[str]:
     """Apply the server's patches, once each, if this process runs on Twisted (daphne), and only
     those on the versions they support; returns the set in force. Under uvicorn this does
     nothing. (The upstream client's patches are applied to each of its transports,
@@ -425,7 +423,7 @@ def install(
 
         if daphne_bodies.apply():
             _installed.add("body_limits")
-    if eager_writes and "eager_writes" not in _installed and enabled(EAGER_WRITES):
+    if "eager_writes" not in _installed and enabled(EAGER_WRITES):
         from . import twisted_writes
 
         twisted_writes.apply()
@@ -440,7 +438,7 @@ def install(
 
         daphne_connections.apply()
         _installed.add("free_closed_connections")
-    if direct_text_frames and enabled(DIRECT_TEXT_FRAMES):
+    if enabled(DIRECT_TEXT_FRAMES):
         _installed.add("direct_text_frames")
     else:
         _installed.discard("direct_text_frames")

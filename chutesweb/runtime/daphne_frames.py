@@ -10,8 +10,8 @@ does so when autobahn would send exactly that frame now: the connection open, no
 another message in progress or queued, no compression, masking, fragmenting, frame logging or
 timing, the text within the message size limit and the connection still daphne's. Anything
 else returns False and the frame takes daphne's own path. daphne's debug line for the frame is
-logged as before; autobahn's own per-frame debug line is not. Set `DIRECT_WEBSOCKET_FRAMES=false`
-to turn it off.
+logged as before; autobahn's own per-frame debug line is not. Set
+`RUNTIME_PATCHES_OFF=direct_text_frames` to turn it off.
 
 Nothing is replaced: chutesweb.runtime.install only marks it in force, when supported.
 """

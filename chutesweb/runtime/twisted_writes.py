@@ -12,7 +12,7 @@ Only when nothing is queued already (so bytes never overtake earlier ones) and t
 is plain TCP (TLS terminated in front of the app, as docs/deployment.md sets it up); anything
 else, a partial send included, takes Twisted's own path for the rest, unchanged. A failed send
 is left to that path too, which finds the error on its next write and closes the connection
-as it always does. Set `EAGER_SOCKET_WRITES=false` to turn it off.
+as it always does. Set `RUNTIME_PATCHES_OFF=eager_writes` to turn it off.
 """
 
 from __future__ import annotations
