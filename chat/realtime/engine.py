@@ -44,6 +44,7 @@ from .generation import (
     Snapshot,
     done_frame_for,
 )
+from .pacing import LoadGauge
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class GenerationManager:
         # without a channel-layer hop per frame per socket.
         self.local: dict[int, set[Any]] = {}
         self.channel_name = ""
+        # The process's load, which sets how long a reply's tokens may wait to share a frame.
+        self.load = LoadGauge()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._start_lock = asyncio.Lock()

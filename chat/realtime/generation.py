@@ -25,6 +25,8 @@ from chat.upstream.errors import UpstreamError
 from chat.upstream.settings import config_from_settings
 from chat.upstream.text import clean_text
 
+from .pacing import Pacing
+
 if TYPE_CHECKING:
     from .engine import GenerationManager
 
@@ -131,8 +133,9 @@ class Generation:
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._emitting = False
-        self._window = settings.STREAM_COALESCE_MS / 1000
-        self._last_emit = 0.0
+        self._pacing = Pacing(manager.load, settings.STREAM_COALESCE_MS / 1000)
+        # When the emitter sends the text it was woken for (time.monotonic()).
+        self._due = 0.0
         self._reader: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -262,27 +265,30 @@ class Generation:
             )
 
     async def _queued(self) -> None:
-        """New text is pending: a token after a quiet window goes out at once, from here
-        (no task switch); tokens closer together are left to the emitter to coalesce."""
-        if (
-            not self._emitting
-            and not self._wake.is_set()
-            and asyncio.get_running_loop().time() - self._last_emit >= self._window
-        ):
+        """New text is pending: it goes out at once, from here (no task switch), or the emitter
+        is told when to send it (`pacing.py` decides)."""
+        now = time.monotonic()
+        due = self._pacing.arrived(now)
+        if self._wake.is_set():
+            # A frame is already due: this text goes with it.
+            return
+        if due is None and not self._emitting:
             await self._emit()
-        elif not self._wake.is_set():
-            self._wake.set()
+            return
+        self._due = now if due is None else due
+        self._wake.set()
 
     async def _emit_loop(self) -> None:
-        """Send pending text at most once per coalescing window."""
-        loop = asyncio.get_running_loop()
+        """Send pending text when it is due."""
         while not self._closing.is_set():
             await self._wake.wait()
-            delay = self._last_emit + self._window - loop.time()
+            delay = self._due - time.monotonic()
             if delay > 0 and not self._closing.is_set():
-                # Sleep out the window, but not past the end of the reply.
+                # Wait until it is due, but not past the end of the reply.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), delay)
+            # Due now: the emitter runs once the reader has taken apart the read that carried
+            # the text (it does not yield in between), so the tokens of one read share a frame.
             self._wake.clear()
             await self._emit()
 
@@ -307,7 +313,7 @@ class Generation:
         if reasoning:
             self._reasoning.append(reasoning)
             self._unsaved_reasoning.append(reasoning)
-        self._last_emit = asyncio.get_running_loop().time()
+        self._pacing.sent(time.monotonic())
         frame = protocol.delta_frame(
             self.conversation_id, self.message_id, self.seq, content, reasoning
         )
