@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 
 # Load below which nothing is held, and load at which the whole window applies.
-IDLE_LOAD = 0.5
-BUSY_LOAD = 0.9
+IDLE_LOAD = 0.3
+BUSY_LOAD = 0.7
 
 # How often the load is sampled (lazily, when a token asks), and the weight of a new sample.
 SAMPLE_SECONDS = 0.1
