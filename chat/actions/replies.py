@@ -271,6 +271,37 @@ def accept(user: User, frame: Send | Regenerate | Edit) -> GenerationPlan:
         return replay
 
 
+def accept_many(
+    requests: list[tuple[User, Send | Regenerate | Edit]],
+) -> list[GenerationPlan | Exception]:
+    """Accept requests that arrived together in one transaction: each as `accept` would alone,
+    in a savepoint of its own, so one refused or failing request changes nothing for the others.
+
+    Nothing is visible, and no reply may start, before the whole batch commits; a failure of the
+    commit itself fails every request, leaving nothing written. On PostgreSQL each request locks
+    its user's row until the commit, so requests are taken in order of user: two batches in two
+    processes then lock in the same order and cannot deadlock.
+    """
+    if len(requests) == 1:
+        user, frame = requests[0]
+        try:
+            return [accept(user, frame)]
+        except Exception as exc:
+            return [exc]
+    results: list[GenerationPlan | Exception | None] = [None] * len(requests)
+    order = sorted(range(len(requests)), key=lambda i: requests[i][0].pk)
+    with transaction.atomic():
+        for i in order:
+            user, frame = requests[i]
+            try:
+                results[i] = accept(user, frame)
+            except Exception as exc:
+                results[i] = exc
+    done = [result for result in results if result is not None]
+    assert len(done) == len(requests)
+    return done
+
+
 def _check_shown(message: Message, what: str, request_id: str) -> None:
     """Only a message on the conversation's shown path can be regenerated or edited. One that
     an edit, a regenerate or a switch of versions replaced (in another tab, say) would build its

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from chat import errors, protocol
-from chat.actions import conversations, replies, titles
+from chat.actions import conversations, titles
 from chat.errors import Refused
 from chat.events import conversation_group
 from chat.models import Message
@@ -140,7 +140,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     ) -> None:
         """A question, a regenerate or an edit: accepted (or refused) in one transaction, then
         this socket watches the conversation and the reply starts."""
-        plan = await database_sync_to_async(replies.accept)(self.user, frame)
+        plan = await self.manager.accepts.accept(self.user, frame)
         # Watch before the generation starts so the sender misses no frame of it. Past the
         # watch limit the conversation watched longest is let go (the page is told), so that
         # sends, replayed ones included, never take a socket past the limit.

@@ -37,6 +37,7 @@ from chat.upstream.errors import UpstreamError
 from chat.upstream.settings import config_from_settings
 from chutesweb.runtime import server_lifecycle
 
+from .accepting import AcceptQueue
 from .generation import (
     MAX_SAVE_FAILURES,
     TRANSIENT_DATABASE_ERRORS,
@@ -64,6 +65,8 @@ class GenerationManager:
         # without a channel-layer hop per frame per socket.
         self.local: dict[int, set[Any]] = {}
         self.channel_name = ""
+        # Requests accepted in batches when they come in bursts.
+        self.accepts = AcceptQueue()
         # The process's load, which sets how long a reply's tokens may wait to share a frame.
         self.load = LoadGauge()
         self._tasks: set[asyncio.Task[Any]] = set()
