@@ -68,7 +68,12 @@ def markdown(results: dict[str, Any]) -> str:
             f"and stand-in on core {options.get('client_core')}. Each stream: "
             f"{options.get('tokens')} tokens every {num(options.get('interval_ms'), 1)} ms after "
             f"a {num(options.get('ttft_ms'), 0)} ms time to first token. "
-            f"Direct client: {options.get('direct_client')}."
+            + (
+                f"A burst's sends arrive within {num(options.get('burst_ms'), 0)} ms. "
+                if options.get("burst_ms")
+                else "A burst's sends arrive at once. "
+            )
+            + f"Direct client: {options.get('direct_client')}."
             + (
                 " **A/A check: both cohorts read the stand-in directly.**"
                 if options.get("aa")

@@ -73,6 +73,7 @@ class Options:
     quiet: bool
     profile: Path | None
     stream_timeout: float
+    burst_ms: float = 20.0
     find_limit: int = 0
     watch_loop: bool = False
 
@@ -95,8 +96,14 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--mode",
         default="burst,steady",
-        help="burst (every stream of a level starts at once), steady (arrivals spread evenly "
-        "so that about N run at a time), or both, comma-separated",
+        help="burst (every stream of a level starts within --burst-ms), steady (arrivals "
+        "spread evenly so that about N run at a time), or both, comma-separated",
+    )
+    parser.add_argument(
+        "--burst-ms",
+        type=float,
+        default=20.0,
+        help="a burst's sends arrive evenly spread over this many ms (0: all at once)",
     )
     parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
     parser.add_argument("--tokens", type=int, default=90, help="tokens per reply")
@@ -189,6 +196,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         stream_timeout=args.stream_timeout,
         find_limit=args.find_limit,
         watch_loop=args.watch_loop,
+        burst_ms=args.burst_ms,
     )
 
 
@@ -311,6 +319,8 @@ class Bench:
         async def one(position: float, cohort: str, index: int) -> None:
             if mode == "steady":
                 await asyncio.sleep(max(0.0, t0 + position * span - time.monotonic()))
+            elif o.burst_ms > 0:
+                await asyncio.sleep(max(0.0, t0 + position * o.burst_ms / 1000 - time.monotonic()))
             result = StreamResult(cohort, o.tokens)
             results.append(result)
             if cohort == "relayed":
