@@ -86,6 +86,20 @@ def test_a_full_collection_spacing_below_one_is_refused(value: str) -> None:
     assert "GC_FULL_PASS_EVERY must be" in result.stderr
 
 
+@pytest.mark.parametrize("off", ["", "direct_text_frames"])
+def test_loading_the_app_installs_the_runtime_patches_unless_switched_off(off: str) -> None:
+    # daphne's app (in INSTALLED_APPS) installs Twisted's reactor, as the daphne command does.
+    result = load_settings(
+        {"RUNTIME_PATCHES_OFF": off},
+        "(__import__('chutesweb.asgi'), "
+        "sorted(__import__('chutesweb.runtime').runtime.in_force()))[1]",
+    )
+    assert result.returncode == 0, result.stderr
+    installed = json.loads(result.stdout)
+    assert "eager_writes" in installed
+    assert ("direct_text_frames" in installed) is (off == "")
+
+
 def test_production_refuses_the_development_secret_key() -> None:
     result = load_settings({"DEBUG": "false", "SECRET_KEY": ""})
     assert result.returncode != 0
