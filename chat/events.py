@@ -26,6 +26,16 @@ def control_group(message_id: int) -> str:
     return f"gen.{message_id}"
 
 
+# Every process listens here (with several processes) for the conversations the others' sockets
+# watch: a reply's deltas cross to other processes only for those.
+WATCHERS_GROUP = "chat.watchers"
+
+
+def watchers_event(origin: str, conversation_ids: list[int]) -> dict[str, Any]:
+    """The conversations a process's sockets watch (sent to WATCHERS_GROUP)."""
+    return {"type": "gen.watchers", "origin": origin, "conversations": conversation_ids}
+
+
 def stop_event(message_id: int) -> dict[str, Any]:
     """Stop the reply `message_id` (sent to its control group)."""
     return {"type": "gen.stop", "message": message_id}

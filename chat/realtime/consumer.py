@@ -228,6 +228,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 conversation_group(conversation_id), self.channel_name
             )
             self.watching.remote.add(conversation_id)
+            # Before anything is read: a reply another process starts from now on sends its
+            # deltas through the layer.
+            await self.manager.announce([conversation_id])
 
     def _join_local(self, conversation_id: int) -> None:
         self.watching.add(conversation_id)
@@ -367,6 +370,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         kind: str = event["kind"]
         if kind == "delta":
             await self._deliver_delta(message_id, event)
+        elif kind == "started":
+            # Deltas of the reply follow from 1: one missing is a gap (see `_deliver_delta`).
+            self.delivered.setdefault(message_id, 0)
+            await self.send_text(event["frame"])
         elif kind == "done":
             if message_id in self.held:
                 self.held[message_id].append(event)

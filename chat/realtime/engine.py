@@ -30,7 +30,13 @@ from chat import attachments, protocol
 from chat.actions import progress as progress_actions
 from chat.actions import titles
 from chat.actions.replies import GenerationPlan
-from chat.events import control_group, conversation_group, stop_event
+from chat.events import (
+    WATCHERS_GROUP,
+    control_group,
+    conversation_group,
+    stop_event,
+    watchers_event,
+)
 from chat.models import Message
 from chat.upstream import client as upstream_client
 from chat.upstream.errors import UpstreamError
@@ -48,6 +54,9 @@ from .generation import (
 from .pacing import LoadGauge
 
 logger = logging.getLogger(__name__)
+
+# How often a process tells the others which conversations its sockets watch.
+WATCH_ANNOUNCE_SECONDS = 60.0
 
 
 class GenerationManager:
@@ -67,6 +76,9 @@ class GenerationManager:
         self.channel_name = ""
         # Requests accepted in batches when they come in bursts.
         self.accepts = AcceptQueue()
+        # Conversations sockets of other processes watch, until when (time.monotonic()): only
+        # their deltas go through the layer (see `broadcast`).
+        self.watched_elsewhere: dict[int, float] = {}
         # The process's load, which sets how long a reply's tokens may wait to share a frame.
         self.load = LoadGauge()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -85,6 +97,9 @@ class GenerationManager:
             # one shared list, and a channel with another prefix would starve the others.
             self.channel_name = await self.layer.new_channel()
             await self._settle_orphans()
+            if self.remote:
+                await self.layer.group_add(WATCHERS_GROUP, self.channel_name)
+                self._spawn(self._announce_loop())
             self._spawn(self._control_loop())
             self._spawn(self._flush_loop())
             self._spawn(self._reaper_loop())
@@ -217,11 +232,51 @@ class GenerationManager:
                 self.unwatch(conversation_id, consumer)
         if not self.remote:
             return
+        if kind == "delta" and not self.is_watched_elsewhere(conversation_id):
+            # No other process's socket watches it: a delta through the layer would come back
+            # only to this process's own sockets, which drop it. A socket elsewhere that starts
+            # watching announces it (or asks this process for a snapshot) before it reads, and a
+            # delta missed meanwhile is a gap it resynchronises from; starts, ends and titles
+            # always go.
+            return
         try:
             await self.layer.group_send(conversation_group(conversation_id), event)
         except Exception:
             # A watcher missing a frame resynchronises from a snapshot; the generation goes on.
             logger.exception("could not fan out %s %s of reply %s", kind, seq, message_id)
+
+    def is_watched_elsewhere(self, conversation_id: int) -> bool:
+        until = self.watched_elsewhere.get(conversation_id)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self.watched_elsewhere[conversation_id]
+            return False
+        return True
+
+    async def announce(self, conversation_ids: list[int]) -> None:
+        """Tell the other processes that sockets of this one watch these conversations."""
+        if self.remote and conversation_ids:
+            await self.layer.group_send(
+                WATCHERS_GROUP, watchers_event(self.origin, conversation_ids)
+            )
+
+    async def _announce_loop(self) -> None:
+        """Announce again, now and then, every conversation this process's sockets watch: the
+        others forget one not announced for WATCH_ANNOUNCE_SECONDS x 3."""
+        while True:
+            await asyncio.sleep(WATCH_ANNOUNCE_SECONDS)
+            try:
+                await self.announce(sorted(self.local))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("announcing the watched conversations failed; will retry")
+
+    def _watched_from_elsewhere(self, conversation_ids: list[int]) -> None:
+        until = time.monotonic() + WATCH_ANNOUNCE_SECONDS * 3
+        for conversation_id in conversation_ids:
+            self.watched_elsewhere[conversation_id] = until
 
     async def write_title(self, message_id: int, *, again: bool = False) -> str | None:
         """Title a conversation from its first exchange (billed like any reply); once, unless
@@ -314,6 +369,11 @@ class GenerationManager:
                 logger.exception("generation control request %r failed", event.get("type"))
 
     async def _control(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "gen.watchers":
+            conversations = event.get("conversations")
+            if event.get("origin") != self.origin and isinstance(conversations, list):
+                self._watched_from_elsewhere([c for c in conversations if isinstance(c, int)])
+            return
         message_id = event.get("message")
         if not isinstance(message_id, int):
             logger.warning("generation control request without a reply id: %r", event.get("type"))
@@ -323,6 +383,8 @@ class GenerationManager:
         elif event.get("type") == "gen.snapshot":
             snap = self.local_snapshot(message_id)
             if snap is not None:
+                # A socket elsewhere watches the reply: its deltas after the snapshot go to it.
+                self._watched_from_elsewhere([snap.conversation_id])
                 await self.layer.send(event["reply_to"], snapshot_event(snap))
 
     async def _flush_loop(self) -> None:

@@ -210,6 +210,29 @@ def test_two_processes_share_replies_stops_and_the_reaper(
             assert on_b.text(first["message"]) == on_a.text(first["message"])
             assert any(f["type"] == "snapshot" for f in on_b.frames)
 
+            # 1b. B watches a conversation with nothing streaming (no snapshot to ask A for)
+            # when a reply starts in A: B sees the start and every delta, the same text as A.
+            quiet = send(on_a, '[[fake {"tokens": 2, "interval_ms": 1}]] quiet')
+            on_a.until(lambda f: f["type"] == "done" and f["message"] == quiet["message"])
+            on_b.send({"type": "watch", "conversation": quiet["conversation"]})
+            on_b.until(
+                lambda f: f["type"] == "watching" and f["conversation"] == quiet["conversation"]
+            )
+            again = send(
+                on_a,
+                '[[fake {"tokens": 40, "interval_ms": 10}]] again',
+                conversation=quiet["conversation"],
+            )
+            done_b = on_b.until(lambda f: f["type"] == "done" and f["message"] == again["message"])
+            on_a.until(lambda f: f["type"] == "done" and f["message"] == again["message"])
+            seen_b = [f for f in on_b.frames if f.get("message") == again["message"]]
+            assert seen_b[0]["type"] == "started"
+            assert not any(f["type"] == "snapshot" for f in seen_b)
+            assert [f["seq"] for f in seen_b if f["type"] == "delta"] == list(
+                range(1, done_b["seq"] + 1)
+            )
+            assert on_b.text(again["message"]) == on_a.text(again["message"]) != ""
+
             # 2. Stop sent through B stops the generation running in A.
             second = send(
                 on_a,
