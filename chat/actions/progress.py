@@ -175,27 +175,6 @@ def finish_generation(outcome: Outcome) -> Message | None:
     return message
 
 
-def finish_many(outcomes: list[Outcome]) -> list[Message | Exception | None]:
-    """The ends of replies that finished together, written in one transaction: each as
-    `finish_generation` alone, in a savepoint of its own, so one that the database refuses
-    changes nothing for the others (its exception is its result). Replies are written in order
-    of id. A failure of the commit itself fails them all, leaving nothing written."""
-    if len(outcomes) == 1:
-        try:
-            return [finish_generation(outcomes[0])]
-        except Exception as exc:
-            return [exc]
-    results: dict[int, Message | Exception | None] = {}
-    order = sorted(range(len(outcomes)), key=lambda i: outcomes[i].plan.message_id)
-    with transaction.atomic():
-        for i in order:
-            try:
-                results[i] = finish_generation(outcomes[i])
-            except Exception as exc:
-                results[i] = exc
-    return [results[i] for i in range(len(outcomes))]
-
-
 FINISHED_FIELDS = (
     "status",
     "content",

@@ -44,7 +44,6 @@ from chat.upstream.settings import config_from_settings
 from chutesweb.runtime import server_lifecycle
 
 from .accepting import AcceptQueue
-from .batching import Batches
 from .generation import (
     MAX_SAVE_FAILURES,
     TRANSIENT_DATABASE_ERRORS,
@@ -58,21 +57,6 @@ logger = logging.getLogger(__name__)
 
 # How often a process tells the others which conversations its sockets watch.
 WATCH_ANNOUNCE_SECONDS = 60.0
-
-
-# The most reply ends written in one transaction: a reply's `done` waits for its batch.
-MAX_FINISH_BATCH = 16
-
-
-class FinishQueue(Batches[progress_actions.Outcome, Message | None]):
-    """The ends of replies that finish together, written in one transaction
-    (`progress.finish_many`)."""
-
-    def __init__(self) -> None:
-        super().__init__("writing the ends of replies", MAX_FINISH_BATCH)
-
-    def run_many(self, items: list[progress_actions.Outcome]) -> list[Message | Exception | None]:
-        return progress_actions.finish_many(items)
 
 
 class GenerationManager:
@@ -90,10 +74,8 @@ class GenerationManager:
         # without a channel-layer hop per frame per socket.
         self.local: dict[int, set[Any]] = {}
         self.channel_name = ""
-        # Requests accepted, and the ends of replies written, in batches when they come in
-        # bursts.
+        # Requests accepted in batches when they come in bursts.
         self.accepts = AcceptQueue()
-        self.finishes = FinishQueue()
         # Conversations sockets of other processes watch, until when (time.monotonic()): only
         # their deltas go through the layer (see `broadcast`).
         self.watched_elsewhere: dict[int, float] = {}

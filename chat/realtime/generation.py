@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
@@ -408,7 +409,7 @@ class Generation:
         delay = 0.05
         while True:
             try:
-                return await self.manager.finishes.submit(outcome)
+                return await database_sync_to_async(progress_actions.finish_generation)(outcome)
             except TRANSIENT_DATABASE_ERRORS:
                 if time.monotonic() + delay > deadline:
                     logger.exception("could not save the end of reply %s", self.message_id)

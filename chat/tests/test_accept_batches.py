@@ -1,7 +1,6 @@
-"""Requests accepted, and reply ends written, in batches (`replies.accept_many`,
-`progress.finish_many`, `chat/realtime/batching.py`): every guarantee of a lone accept or end
-holds for each item of a batch, and one item's refusal or failure changes nothing for the
-others."""
+"""Requests accepted in batches (`replies.accept_many`, `chat/realtime/accepting.py`): every
+guarantee of a lone accept holds for each request of a batch, and one request's refusal or
+failure changes nothing for the others."""
 
 from __future__ import annotations
 
@@ -13,11 +12,12 @@ from typing import Any
 import pytest
 from django.db import IntegrityError
 
-from chat import errors, rows
-from chat.actions import progress, replies
+from chat import errors
+from chat.actions import replies
 from chat.errors import Refused
 from chat.models import Charge, Conversation, Message, Profile
 from chat.protocol import parse_client_frame
+from chat.realtime import accepting
 from chat.realtime.accepting import AcceptQueue
 from chat.testing.wsclient import MODEL, open_socket, request_id, send_frame
 
@@ -140,8 +140,8 @@ class Recorder:
 async def test_a_lone_request_goes_at_once_and_a_burst_goes_in_batches(monkeypatch) -> None:
     recorder = Recorder()
     monkeypatch.setattr(replies, "accept_many", recorder)
+    monkeypatch.setattr(accepting, "MAX_BATCH", 4)
     queue: Any = AcceptQueue()
-    queue.max_batch = 4
     assert await queue.accept(None, send("lone")) == "plan of lone"
     assert recorder.batches == [["lone"]]
     # Ten in one turn of the loop: in batches of at most MAX_BATCH, in order, each answered
@@ -182,70 +182,6 @@ async def test_a_waiter_that_goes_away_leaves_the_others_answered(monkeypatch) -
     assert gone.cancelled()
 
 
-def outcome_of(plan: replies.GenerationPlan, text: str) -> progress.Outcome:
-    return progress.Outcome(
-        plan=plan,
-        status="complete",
-        content=text,
-        reasoning="",
-        seq=3,
-        prompt_tokens=10,
-        completion_tokens=3,
-        cached_tokens=0,
-        finish_reason="stop",
-        error_code="",
-        error_message="",
-        lava_request_id="",
-        chutes_invocation_id="",
-        reasoning_ms=None,
-    )
-
-
-def test_ends_written_together_are_each_written_and_billed(make_user, configured) -> None:
-    users = [make_user() for _ in range(3)]
-    plans = [replies.accept(user, send("q")) for user in users]
-    outcomes = [outcome_of(plan, f"answer {i}") for i, plan in enumerate(plans)]
-    # Given in an order other than the replies' (written in id order).
-    results = progress.finish_many(outcomes[::-1])
-    assert [m.pk for m in results if isinstance(m, Message)] == [p.message_id for p in plans][::-1]
-    for i, plan in enumerate(plans):
-        reply = Message.objects.get(pk=plan.message_id)
-        assert (reply.status, reply.content, reply.completion_tokens) == (
-            "complete",
-            f"answer {i}",
-            3,
-        )
-        charge = Charge.objects.get(pk=plan.charge_id)
-        assert charge.state == "settled" and charge.cost == reply.cost > 0
-
-
-def test_an_end_the_database_refuses_leaves_the_others_written(
-    make_user, configured, monkeypatch
-) -> None:
-    users = [make_user() for _ in range(3)]
-    plans = [replies.accept(user, send("q")) for user in users]
-    refused = plans[1].message_id
-    real = rows.update
-
-    def refusing(model: Any, where: dict[str, Any], /, **values: Any) -> int:
-        # The reply's row is written, then its charge is refused: both roll back together.
-        if model is Charge and where == {"pk": plans[1].charge_id}:
-            raise IntegrityError("a value the database refuses")
-        return real(model, where, **values)
-
-    monkeypatch.setattr(rows, "update", refusing)
-    results = progress.finish_many([outcome_of(plan, "done") for plan in plans])
-    assert isinstance(results[1], IntegrityError)
-    assert isinstance(results[0], Message) and isinstance(results[2], Message)
-    statuses = {m.pk: m.status for m in Message.objects.filter(role="assistant")}
-    # The refused one's savepoint was rolled back: it is still streaming, for its own retry.
-    assert statuses == {
-        plans[0].message_id: "complete",
-        refused: "streaming",
-        plans[2].message_id: "complete",
-    }
-
-
 async def test_a_burst_of_sends_over_sockets_is_accepted_in_batches(
     upstream, make_user, settings, monkeypatch
 ) -> None:
@@ -259,14 +195,6 @@ async def test_a_burst_of_sends_over_sockets_is_accepted_in_batches(
         return real(requests)
 
     monkeypatch.setattr(replies, "accept_many", recording)
-    ended: list[int] = []
-    real_finish = progress.finish_many
-
-    def recording_ends(outcomes: list[Any]) -> list[Any]:
-        ended.append(len(outcomes))
-        return real_finish(outcomes)
-
-    monkeypatch.setattr(progress, "finish_many", recording_ends)
     users = [await asyncio.to_thread(make_user) for _ in range(12)]
     sockets = [await open_socket(user) for user in users]
     await asyncio.gather(*(s.send(send_frame("hello", model=MODEL)) for s in sockets))
@@ -278,7 +206,6 @@ async def test_a_burst_of_sends_over_sockets_is_accepted_in_batches(
         await socket.close()
     assert sum(sizes) == 12
     assert max(sizes) > 1  # some arrived while an earlier batch was being accepted
-    assert sum(ended) == 12  # every end written once, however they were grouped
     assert all(frames[-1]["status"] == "complete" for frames in done)
     replies_made = await asyncio.to_thread(
         lambda: sorted(Message.objects.filter(role="assistant").values_list("user_id", flat=True))
