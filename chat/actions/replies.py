@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from chat import errors, protocol, rows
@@ -297,6 +297,10 @@ def accept_many(
                 results[i] = accept(user, frame)
             except Exception as exc:
                 results[i] = exc
+        if transaction.get_rollback() or connection.closed_in_transaction:
+            # A request's savepoint could not be rolled back (the connection was lost): the
+            # whole transaction is, so none of the batch was written, whatever it returned.
+            raise DatabaseError("the batch's transaction could not be completed")
     done = [result for result in results if result is not None]
     assert len(done) == len(requests)
     return done

@@ -45,8 +45,12 @@ class AcceptQueue:
     async def _drain(self) -> None:
         try:
             while self._waiting:
-                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-                await self._accept_batch(batch)
+                # A request whose socket went away while it waited is not accepted: nobody
+                # would start its reply.
+                waiting = [request for request in self._waiting if not request[2].done()]
+                batch, self._waiting = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+                if batch:
+                    await self._accept_batch(batch)
         finally:
             self._draining = None
             # Cancelled (the process is stopping) with requests still waiting: they fail

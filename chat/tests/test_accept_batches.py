@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import IntegrityError
+from django.db import DatabaseError, IntegrityError, OperationalError, connection
 
 from chat import errors
 from chat.actions import replies
@@ -180,6 +181,56 @@ async def test_a_waiter_that_goes_away_leaves_the_others_answered(monkeypatch) -
     assert await first == "plan of a"
     assert await last == "plan of c"
     assert gone.cancelled()
+
+
+async def test_a_request_whose_socket_went_away_while_waiting_is_not_accepted(
+    monkeypatch,
+) -> None:
+    release = threading.Event()
+    recorder = Recorder()
+
+    def first_blocks(requests: list[tuple[Any, Any]]) -> list[Any]:
+        if not recorder.batches:
+            release.wait(10)
+        return recorder(requests)
+
+    monkeypatch.setattr(replies, "accept_many", first_blocks)
+    queue: Any = AcceptQueue()
+    first = asyncio.ensure_future(queue.accept(None, send("a")))
+    await asyncio.sleep(0.05)  # "a" is on the database thread
+    gone = asyncio.ensure_future(queue.accept(None, send("b")))
+    last = asyncio.ensure_future(queue.accept(None, send("c")))
+    await asyncio.sleep(0)
+    gone.cancel()
+    release.set()
+    assert await first == "plan of a"
+    assert await last == "plan of c"
+    assert recorder.batches == [["a"], ["c"]]
+
+
+def test_a_batch_whose_transaction_broke_fails_whole(make_user, configured, monkeypatch) -> None:
+    """A request fails and its savepoint cannot be rolled back (the connection was lost): the
+    other requests' plans must not be handed out, since nothing of the batch is written."""
+    alice, bob = make_user(), make_user()
+    real_send = replies._accept_send
+    real_rollback = connection.savepoint_rollback
+
+    def failing_for_bob(user, frame, state):
+        if user.pk == bob.pk:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_send(user, frame, state)
+
+    def rollback_fails(sid: str) -> None:
+        real_rollback(sid)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(replies, "_accept_send", failing_for_bob)
+    monkeypatch.setattr(connection, "savepoint_rollback", rollback_fails)
+    with pytest.raises(DatabaseError):
+        replies.accept_many([(alice, send("a")), (bob, send("b"))])
+    monkeypatch.undo()
+    assert not Message.objects.exists()
+    assert not Charge.objects.exists()
 
 
 async def test_a_burst_of_sends_over_sockets_is_accepted_in_batches(
