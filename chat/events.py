@@ -36,6 +36,11 @@ def watchers_event(origin: str, conversation_ids: list[int]) -> dict[str, Any]:
     return {"type": "gen.watchers", "origin": origin, "conversations": conversation_ids}
 
 
+def watchers_question(origin: str) -> dict[str, Any]:
+    """A process that just started asks the others to announce their watched conversations."""
+    return {"type": "gen.watchers.ask", "origin": origin}
+
+
 def stop_event(message_id: int) -> dict[str, Any]:
     """Stop the reply `message_id` (sent to its control group)."""
     return {"type": "gen.stop", "message": message_id}

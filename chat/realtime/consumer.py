@@ -1,7 +1,7 @@
 """The chat websocket: authorise, validate, dispatch, send. Generations run elsewhere
 (`chat.realtime.engine`); this socket only starts, stops and watches them.
 
-One class for one socket's whole life, about 500 lines: the delivery rule (sequence numbers,
+One class for one socket's whole life, about 530 lines: the delivery rule (sequence numbers,
 snapshots, resyncs, flow control) reads the socket's state at every step, and split apart its
 pieces would pass that state back and forth."""
 
@@ -406,6 +406,28 @@ class ChatConsumer(AsyncWebsocketConsumer):
         else:
             self.held.setdefault(message_id, [])
             await self.manager.request_snapshot(message_id, self.channel_name)
+            asyncio.get_running_loop().call_later(
+                SNAPSHOT_TIMEOUT, self._resync_timeout, message_id
+            )
+
+    def _resync_timeout(self, message_id: int) -> None:
+        if message_id in self.held:
+            task = asyncio.ensure_future(self._give_up_resync(message_id))
+            self.pending_tasks.add(task)
+            task.add_done_callback(self.pending_tasks.discard)
+
+    async def _give_up_resync(self, message_id: int) -> None:
+        """No exact snapshot came (the reply ended in its process meanwhile, say): its frames
+        go through again, and its end, held meanwhile, goes out; the page re-reads the saved
+        reply when an end comes with text it did not see."""
+        held = self.held.pop(message_id, None)
+        if held is None:
+            return
+        logger.warning("no snapshot of reply %s came for a resync", message_id)
+        self.delivered.pop(message_id, None)
+        for event in held:
+            if event["kind"] == "done":
+                await self._deliver_done(message_id, event["frame"])
 
     async def chat_snapshot(self, event: dict[str, Any]) -> None:
         """An exact snapshot from the process running a generation."""

@@ -36,6 +36,7 @@ from chat.events import (
     conversation_group,
     stop_event,
     watchers_event,
+    watchers_question,
 )
 from chat.models import Message
 from chat.upstream import client as upstream_client
@@ -99,6 +100,9 @@ class GenerationManager:
             await self._settle_orphans()
             if self.remote:
                 await self.layer.group_add(WATCHERS_GROUP, self.channel_name)
+                # The others announce at once, rather than within a minute: until then this
+                # process's deltas would not reach their sockets.
+                await self.layer.group_send(WATCHERS_GROUP, watchers_question(self.origin))
                 self._spawn(self._announce_loop())
             self._spawn(self._control_loop())
             self._spawn(self._flush_loop())
@@ -267,11 +271,20 @@ class GenerationManager:
         while True:
             await asyncio.sleep(WATCH_ANNOUNCE_SECONDS)
             try:
+                # Group memberships expire (the layer's group_expiry): renewed every time.
+                await self.layer.group_add(WATCHERS_GROUP, self.channel_name)
+                self._forget_expired()
                 await self.announce(sorted(self.local))
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("announcing the watched conversations failed; will retry")
+
+    def _forget_expired(self) -> None:
+        now = time.monotonic()
+        for conversation_id, until in list(self.watched_elsewhere.items()):
+            if until < now:
+                del self.watched_elsewhere[conversation_id]
 
     def _watched_from_elsewhere(self, conversation_ids: list[int]) -> None:
         until = time.monotonic() + WATCH_ANNOUNCE_SECONDS * 3
@@ -373,6 +386,10 @@ class GenerationManager:
             conversations = event.get("conversations")
             if event.get("origin") != self.origin and isinstance(conversations, list):
                 self._watched_from_elsewhere([c for c in conversations if isinstance(c, int)])
+            return
+        if event.get("type") == "gen.watchers.ask":
+            if event.get("origin") != self.origin:
+                await self.announce(sorted(self.local))
             return
         message_id = event.get("message")
         if not isinstance(message_id, int):

@@ -5,12 +5,16 @@ for a snapshot of the reply."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
 from typing import Any
 
 import pytest
 
-from chat.events import WATCHERS_GROUP, conversation_group, watchers_event
+from chat.events import WATCHERS_GROUP, conversation_group, watchers_event, watchers_question
+from chat.realtime import consumer as consumer_module
 from chat.realtime import engine
+from chat.realtime.consumer import ChatConsumer
 from chat.realtime.engine import GenerationManager
 from chat.realtime.generation import Snapshot
 
@@ -89,3 +93,76 @@ async def test_announcements_go_to_every_process(manager) -> None:
     await manager.announce([])
     layer: RecordingLayer = manager.layer
     assert layer.sent == [(WATCHERS_GROUP, watchers_event(manager.origin, [3, 4]))]
+
+
+async def test_a_process_that_starts_asks_the_others_and_they_answer(manager) -> None:
+    layer: RecordingLayer = manager.layer
+    manager.local = {5: {object()}, 9: {object()}}
+    await manager._control(watchers_question("a-new-process"))
+    await manager._control(watchers_question(manager.origin))  # its own question: no answer
+    assert layer.sent == [(WATCHERS_GROUP, watchers_event(manager.origin, [5, 9]))]
+
+
+async def test_expired_announcements_are_forgotten_whether_or_not_a_delta_asks(
+    manager, monkeypatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(engine.time, "monotonic", lambda: now[0])
+    await manager._control(watchers_event("another-process", list(range(100))))
+    now[0] += engine.WATCH_ANNOUNCE_SECONDS * 3 + 1
+    await manager._control(watchers_event("another-process", [500]))
+    manager._forget_expired()
+    assert list(manager.watched_elsewhere) == [500]
+
+
+async def test_each_announcement_renews_the_membership_of_the_watchers_group(
+    manager, monkeypatch
+) -> None:
+    joined: list[str] = []
+
+    async def group_add(group: str, channel: str) -> None:
+        joined.append(group)
+
+    manager.layer.group_add = group_add
+    sleeps = [0]
+
+    async def sleep(seconds: float) -> None:
+        sleeps[0] += 1
+        if sleeps[0] > 2:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(engine.asyncio, "sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await manager._announce_loop()
+    assert joined == [WATCHERS_GROUP, WATCHERS_GROUP]
+
+
+class Socket(ChatConsumer):
+    """A consumer without a connection: what it sends is recorded."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+        self.channel_name = "here!1"
+        self.held = {}
+        self.delivered = {}
+        self.finished = OrderedDict()
+        self.pending_tasks = set()
+        self.texts: list[str] = []
+
+    async def send_text(self, text: str) -> None:
+        self.texts.append(text)
+
+
+async def test_a_resync_no_snapshot_answers_lets_the_end_through(manager, monkeypatch) -> None:
+    """The reply ended in its process before the snapshot request got there: the end the
+    socket holds goes out after a while instead of never (the page then re-reads the reply)."""
+    monkeypatch.setattr(consumer_module, "SNAPSHOT_TIMEOUT", 0.01)
+    socket = Socket(manager)
+    socket.delivered[70] = 0
+    await socket._deliver_delta(70, {"seq": 5, "frame": '{"type":"delta"}'})
+    assert 70 in socket.held  # a gap: waiting for a snapshot
+    await socket.deliver({"message": 70, "kind": "done", "seq": 9, "frame": '{"type":"done"}'})
+    assert socket.texts == []
+    await asyncio.sleep(0.1)
+    assert socket.texts == ['{"type":"done"}']
+    assert 70 not in socket.held
