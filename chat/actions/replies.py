@@ -288,10 +288,9 @@ def accept_many(
             return [accept(user, frame)]
         except Exception as exc:
             return [exc]
-    results: list[GenerationPlan | Exception | None] = [None] * len(requests)
-    order = sorted(range(len(requests)), key=lambda i: requests[i][0].pk)
+    results: dict[int, GenerationPlan | Exception] = {}
     with transaction.atomic():
-        for i in order:
+        for i in sorted(range(len(requests)), key=lambda i: requests[i][0].pk):
             user, frame = requests[i]
             try:
                 results[i] = accept(user, frame)
@@ -301,9 +300,7 @@ def accept_many(
             # A request's savepoint could not be rolled back (the connection was lost): the
             # whole transaction is, so none of the batch was written, whatever it returned.
             raise DatabaseError("the batch's transaction could not be completed")
-    done = [result for result in results if result is not None]
-    assert len(done) == len(requests)
-    return done
+    return [results[i] for i in range(len(requests))]
 
 
 def _check_shown(message: Message, what: str, request_id: str) -> None:

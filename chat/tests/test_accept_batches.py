@@ -186,18 +186,19 @@ async def test_a_waiter_that_goes_away_leaves_the_others_answered(monkeypatch) -
 async def test_a_request_whose_socket_went_away_while_waiting_is_not_accepted(
     monkeypatch,
 ) -> None:
-    release = threading.Event()
+    running, release = threading.Event(), threading.Event()
     recorder = Recorder()
 
     def first_blocks(requests: list[tuple[Any, Any]]) -> list[Any]:
         if not recorder.batches:
+            running.set()
             release.wait(10)
         return recorder(requests)
 
     monkeypatch.setattr(replies, "accept_many", first_blocks)
     queue: Any = AcceptQueue()
     first = asyncio.ensure_future(queue.accept(None, send("a")))
-    await asyncio.sleep(0.05)  # "a" is on the database thread
+    assert await asyncio.to_thread(running.wait, 10)  # "a" is on the database thread
     gone = asyncio.ensure_future(queue.accept(None, send("b")))
     last = asyncio.ensure_future(queue.accept(None, send("c")))
     await asyncio.sleep(0)

@@ -148,9 +148,11 @@ class Socket(ChatConsumer):
         self.finished = OrderedDict()
         self.pending_tasks = set()
         self.texts: list[str] = []
+        self.sent = asyncio.Event()
 
     async def send_text(self, text: str) -> None:
         self.texts.append(text)
+        self.sent.set()
 
 
 async def test_a_resync_no_snapshot_answers_lets_the_end_through(manager, monkeypatch) -> None:
@@ -163,6 +165,6 @@ async def test_a_resync_no_snapshot_answers_lets_the_end_through(manager, monkey
     assert 70 in socket.held  # a gap: waiting for a snapshot
     await socket.deliver({"message": 70, "kind": "done", "seq": 9, "frame": '{"type":"done"}'})
     assert socket.texts == []
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(socket.sent.wait(), 5)
     assert socket.texts == ['{"type":"done"}']
     assert 70 not in socket.held
